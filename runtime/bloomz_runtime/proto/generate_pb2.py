@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#bloomz_runtime/proto/generate.proto\x12\tbloomz.v1\"\xb5\x02\n\x14GenerationParameters\x12\x1b\n\x0emax_new_tokens\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x11\n\tdo_sample\x18\x02 \x01(\x08\x12\x18\n\x0btemperature\x18\x03 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_k\x18\x04 \x01(\x05H\x02\x88\x01\x01\x12\x12\n\x05top_p\x18\x05 \x01(\x02H\x03\x88\x01\x01\x12\x1f\n\x12repetition_penalty\x18\x06 \x01(\x02H\x04\x88\x01\x01\x12\x11\n\x04seed\x18\x07 \x01(\x04H\x05\x88\x01\x01\x12\x0c\n\x04stop\x18\x08 \x03(\t\x12\x12\n\nignore_eos\x18\t \x01(\x08\x42\x11\n\x0f_max_new_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_kB\x08\n\x06_top_pB\x15\n\x13_repetition_penaltyB\x07\n\x05_seed\"j\n\x0fGenerateRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x33\n\nparameters\x18\x02 \x01(\x0b\x32\x1f.bloomz.v1.GenerationParameters\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"[\n\x07Timings\x12\x10\n\x08queue_ms\x18\x01 \x01(\x01\x12\x16\n\x0e\x66irst_token_ms\x18\x02 \x01(\x01\x12\x14\n\x0cper_token_ms\x18\x03 \x01(\x01\x12\x10\n\x08total_ms\x18\x04 \x01(\x01\"\xb9\x01\n\x10GenerateResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x15\n\rprompt_tokens\x18\x02 \x01(\r\x12\x18\n\x10generated_tokens\x18\x03 \x01(\r\x12.\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x17.bloomz.v1.FinishReason\x12#\n\x07timings\x18\x05 \x01(\x0b\x32\x12.bloomz.v1.Timings\x12\x11\n\ttoken_ids\x18\x06 \x03(\r\"\xbf\x01\n\x16GenerateStreamResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12.\n\rfinish_reason\x18\x02 \x01(\x0e\x32\x17.bloomz.v1.FinishReason\x12\x15\n\rprompt_tokens\x18\x03 \x01(\r\x12\x18\n\x10generated_tokens\x18\x04 \x01(\r\x12#\n\x07timings\x18\x05 \x01(\x0b\x32\x12.bloomz.v1.Timings\x12\x11\n\ttoken_ids\x18\x06 \x03(\r\"\r\n\x0bInfoRequest\"\x81\x01\n\x06Limits\x12\x18\n\x10max_input_tokens\x18\x01 \x01(\r\x12\x16\n\x0emax_new_tokens\x18\x02 \x01(\r\x12\x16\n\x0emax_batch_size\x18\x03 \x01(\r\x12\x16\n\x0emax_queue_size\x18\x04 \x01(\r\x12\x15\n\rbatch_wait_ms\x18\x05 \x01(\r\"\xbc\x02\n\x0cInfoResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x02 \x01(\t\x12\x12\n\nworld_size\x18\x03 \x01(\r\x12\r\n\x05\x64type\x18\x04 \x01(\t\x12!\n\x06limits\x18\x05 \x01(\x0b\x32\x11.bloomz.v1.Limits\x12\x37\n\x08versions\x18\x06 \x03(\x0b\x32%.bloomz.v1.InfoResponse.VersionsEntry\x12\x12\n\nmodel_type\x18\x07 \x01(\t\x12\x12\n\nparameters\x18\x08 \x01(\x04\x12\x10\n\x08kv_cache\x18\t \x01(\x08\x12\x12\n\nhpu_graphs\x18\n \x01(\x08\x12\x0f\n\x07\x62\x61\x63kend\x18\x0b \x01(\t\x1a/\n\rVersionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x82\x01\n\x10\x42\x65nchmarkRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x16\n\x0emax_new_tokens\x18\x02 \x01(\r\x12\x13\n\x06warmup\x18\x03 \x01(\rH\x00\x88\x01\x01\x12\x17\n\niterations\x18\x04 \x01(\rH\x01\x88\x01\x01\x42\t\n\x07_warmupB\r\n\x0b_iterations\"\x96\x02\n\x11\x42\x65nchmarkResponse\x12\x17\n\x0flatency_seconds\x18\x01 \x01(\x01\x12\x19\n\x11tokens_per_second\x18\x02 \x01(\x01\x12\x16\n\x0e\x66irst_token_ms\x18\x03 \x01(\x01\x12\x14\n\x0cper_token_ms\x18\x04 \x01(\x01\x12\x15\n\rprompt_tokens\x18\x05 \x01(\r\x12\x12\n\niterations\x18\x06 \x01(\r\x12\x19\n\x11latencies_seconds\x18\x07 \x03(\x01\x12\x16\n\x0emax_new_tokens\x18\x08 \x01(\r\x12\x12\n\nworld_size\x18\t \x01(\r\x12\x0e\n\x06\x64\x65vice\x18\n \x01(\t\x12\r\n\x05\x64type\x18\x0b \x01(\t\x12\x0e\n\x06warmup\x18\x0c \x01(\r*v\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x01\x12\x15\n\x11\x46INISH_REASON_EOS\x10\x02\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x03\x32\xa9\x02\n\x0eTextGeneration\x12\x43\n\x08Generate\x12\x1a.bloomz.v1.GenerateRequest\x1a\x1b.bloomz.v1.GenerateResponse\x12Q\n\x0eGenerateStream\x12\x1a.bloomz.v1.GenerateRequest\x1a!.bloomz.v1.GenerateStreamResponse0\x01\x12\x37\n\x04Info\x12\x16.bloomz.v1.InfoRequest\x1a\x17.bloomz.v1.InfoResponse\x12\x46\n\tBenchmark\x12\x1b.bloomz.v1.BenchmarkRequest\x1a\x1c.bloomz.v1.BenchmarkResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#bloomz_runtime/proto/generate.proto\x12\tbloomz.v1\"\xf5\x02\n\x14GenerationParameters\x12\x1b\n\x0emax_new_tokens\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x11\n\tdo_sample\x18\x02 \x01(\x08\x12\x18\n\x0btemperature\x18\x03 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_k\x18\x04 \x01(\x05H\x02\x88\x01\x01\x12\x12\n\x05top_p\x18\x05 \x01(\x02H\x03\x88\x01\x01\x12\x1f\n\x12repetition_penalty\x18\x06 \x01(\x02H\x04\x88\x01\x01\x12\x11\n\x04seed\x18\x07 \x01(\x04H\x05\x88\x01\x01\x12\x0c\n\x04stop\x18\x08 \x03(\t\x12\x12\n\nignore_eos\x18\t \x01(\x08\x12#\n\x16truncate_prompt_tokens\x18\n \x01(\x05H\x06\x88\x01\x01\x42\x11\n\x0f_max_new_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_kB\x08\n\x06_top_pB\x15\n\x13_repetition_penaltyB\x07\n\x05_seedB\x19\n\x17_truncate_prompt_tokens\"j\n\x0fGenerateRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x33\n\nparameters\x18\x02 \x01(\x0b\x32\x1f.bloomz.v1.GenerationParameters\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"[\n\x07Timings\x12\x10\n\x08queue_ms\x18\x01 \x01(\x01\x12\x16\n\x0e\x66irst_token_ms\x18\x02 \x01(\x01\x12\x14\n\x0cper_token_ms\x18\x03 \x01(\x01\x12\x10\n\x08total_ms\x18\x04 \x01(\x01\"\xc9\x01\n\x10GenerateResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x15\n\rprompt_tokens\x18\x02 \x01(\r\x12\x18\n\x10generated_tokens\x18\x03 \x01(\r\x12.\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x17.bloomz.v1.FinishReason\x12#\n\x07timings\x18\x05 \x01(\x0b\x32\x12.bloomz.v1.Timings\x12\x11\n\ttoken_ids\x18\x06 \x03(\r\x12\x0e\n\x06prompt\x18\x07 \x01(\t\"\xbf\x01\n\x16GenerateStreamResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12.\n\rfinish_reason\x18\x02 \x01(\x0e\x32\x17.bloomz.v1.FinishReason\x12\x15\n\rprompt_tokens\x18\x03 \x01(\r\x12\x18\n\x10generated_tokens\x18\x04 \x01(\r\x12#\n\x07timings\x18\x05 \x01(\x0b\x32\x12.bloomz.v1.Timings\x12\x11\n\ttoken_ids\x18\x06 \x03(\r\"\r\n\x0bInfoRequest\"\x81\x01\n\x06Limits\x12\x18\n\x10max_input_tokens\x18\x01 \x01(\r\x12\x16\n\x0emax_new_tokens\x18\x02 \x01(\r\x12\x16\n\x0emax_batch_size\x18\x03 \x01(\r\x12\x16\n\x0emax_queue_size\x18\x04 \x01(\r\x12\x15\n\rbatch_wait_ms\x18\x05 \x01(\r\"\xbc\x02\n\x0cInfoResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x02 \x01(\t\x12\x12\n\nworld_size\x18\x03 \x01(\r\x12\r\n\x05\x64type\x18\x04 \x01(\t\x12!\n\x06limits\x18\x05 \x01(\x0b\x32\x11.bloomz.v1.Limits\x12\x37\n\x08versions\x18\x06 \x03(\x0b\x32%.bloomz.v1.InfoResponse.VersionsEntry\x12\x12\n\nmodel_type\x18\x07 \x01(\t\x12\x12\n\nparameters\x18\x08 \x01(\x04\x12\x10\n\x08kv_cache\x18\t \x01(\x08\x12\x12\n\nhpu_graphs\x18\n \x01(\x08\x12\x0f\n\x07\x62\x61\x63kend\x18\x0b \x01(\t\x1a/\n\rVersionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x82\x01\n\x10\x42\x65nchmarkRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x16\n\x0emax_new_tokens\x18\x02 \x01(\r\x12\x13\n\x06warmup\x18\x03 \x01(\rH\x00\x88\x01\x01\x12\x17\n\niterations\x18\x04 \x01(\rH\x01\x88\x01\x01\x42\t\n\x07_warmupB\r\n\x0b_iterations\"\x96\x02\n\x11\x42\x65nchmarkResponse\x12\x17\n\x0flatency_seconds\x18\x01 \x01(\x01\x12\x19\n\x11tokens_per_second\x18\x02 \x01(\x01\x12\x16\n\x0e\x66irst_token_ms\x18\x03 \x01(\x01\x12\x14\n\x0cper_token_ms\x18\x04 \x01(\x01\x12\x15\n\rprompt_tokens\x18\x05 \x01(\r\x12\x12\n\niterations\x18\x06 \x01(\r\x12\x19\n\x11latencies_seconds\x18\x07 \x03(\x01\x12\x16\n\x0emax_new_tokens\x18\x08 \x01(\r\x12\x12\n\nworld_size\x18\t \x01(\r\x12\x0e\n\x06\x64\x65vice\x18\n \x01(\t\x12\r\n\x05\x64type\x18\x0b \x01(\t\x12\x0e\n\x06warmup\x18\x0c \x01(\r*v\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x01\x12\x15\n\x11\x46INISH_REASON_EOS\x10\x02\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x03\x32\xa9\x02\n\x0eTextGeneration\x12\x43\n\x08Generate\x12\x1a.bloomz.v1.GenerateRequest\x1a\x1b.bloomz.v1.GenerateResponse\x12Q\n\x0eGenerateStream\x12\x1a.bloomz.v1.GenerateRequest\x1a!.bloomz.v1.GenerateStreamResponse0\x01\x12\x37\n\x04Info\x12\x16.bloomz.v1.InfoRequest\x1a\x17.bloomz.v1.InfoResponse\x12\x46\n\tBenchmark\x12\x1b.bloomz.v1.BenchmarkRequest\x1a\x1c.bloomz.v1.BenchmarkResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,30 +33,30 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_INFORESPONSE_VERSIONSENTRY']._loaded_options = None
   _globals['_INFORESPONSE_VERSIONSENTRY']._serialized_options = b'8\001'
-  _globals['_FINISHREASON']._serialized_start=1825
-  _globals['_FINISHREASON']._serialized_end=1943
+  _globals['_FINISHREASON']._serialized_start=1905
+  _globals['_FINISHREASON']._serialized_end=2023
   _globals['_GENERATIONPARAMETERS']._serialized_start=51
-  _globals['_GENERATIONPARAMETERS']._serialized_end=360
-  _globals['_GENERATEREQUEST']._serialized_start=362
-  _globals['_GENERATEREQUEST']._serialized_end=468
-  _globals['_TIMINGS']._serialized_start=470
-  _globals['_TIMINGS']._serialized_end=561
-  _globals['_GENERATERESPONSE']._serialized_start=564
-  _globals['_GENERATERESPONSE']._serialized_end=749
-  _globals['_GENERATESTREAMRESPONSE']._serialized_start=752
-  _globals['_GENERATESTREAMRESPONSE']._serialized_end=943
-  _globals['_INFOREQUEST']._serialized_start=945
-  _globals['_INFOREQUEST']._serialized_end=958
-  _globals['_LIMITS']._serialized_start=961
-  _globals['_LIMITS']._serialized_end=1090
-  _globals['_INFORESPONSE']._serialized_start=1093
-  _globals['_INFORESPONSE']._serialized_end=1409
-  _globals['_INFORESPONSE_VERSIONSENTRY']._serialized_start=1362
-  _globals['_INFORESPONSE_VERSIONSENTRY']._serialized_end=1409
-  _globals['_BENCHMARKREQUEST']._serialized_start=1412
-  _globals['_BENCHMARKREQUEST']._serialized_end=1542
-  _globals['_BENCHMARKRESPONSE']._serialized_start=1545
-  _globals['_BENCHMARKRESPONSE']._serialized_end=1823
-  _globals['_TEXTGENERATION']._serialized_start=1946
-  _globals['_TEXTGENERATION']._serialized_end=2243
+  _globals['_GENERATIONPARAMETERS']._serialized_end=424
+  _globals['_GENERATEREQUEST']._serialized_start=426
+  _globals['_GENERATEREQUEST']._serialized_end=532
+  _globals['_TIMINGS']._serialized_start=534
+  _globals['_TIMINGS']._serialized_end=625
+  _globals['_GENERATERESPONSE']._serialized_start=628
+  _globals['_GENERATERESPONSE']._serialized_end=829
+  _globals['_GENERATESTREAMRESPONSE']._serialized_start=832
+  _globals['_GENERATESTREAMRESPONSE']._serialized_end=1023
+  _globals['_INFOREQUEST']._serialized_start=1025
+  _globals['_INFOREQUEST']._serialized_end=1038
+  _globals['_LIMITS']._serialized_start=1041
+  _globals['_LIMITS']._serialized_end=1170
+  _globals['_INFORESPONSE']._serialized_start=1173
+  _globals['_INFORESPONSE']._serialized_end=1489
+  _globals['_INFORESPONSE_VERSIONSENTRY']._serialized_start=1442
+  _globals['_INFORESPONSE_VERSIONSENTRY']._serialized_end=1489
+  _globals['_BENCHMARKREQUEST']._serialized_start=1492
+  _globals['_BENCHMARKREQUEST']._serialized_end=1622
+  _globals['_BENCHMARKRESPONSE']._serialized_start=1625
+  _globals['_BENCHMARKRESPONSE']._serialized_end=1903
+  _globals['_TEXTGENERATION']._serialized_start=2026
+  _globals['_TEXTGENERATION']._serialized_end=2323
 # @@protoc_insertion_point(module_scope)
