@@ -38,4 +38,4 @@ PY
   install -m 0755 "$tmp/kubectl" "$TOOLS/kubectl"
 fi
 "$TOOLS/helm" version --short
-"$TOOLS/kubectl" version --client 2>/dev/null | head -1
+"$TOOLS/kubectl" version --client 2>/dev/null | sed -n 1p
