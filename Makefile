@@ -21,3 +21,42 @@ lint: setup
 ## test: lint, then the whole test suite (unit, integration, end-to-end on CPU)
 test: lint
 	$(PY) -m pytest -q
+
+# --- packaging: container images and the Helm chart (docs/cluster.md) ---
+.PHONY: images push chart chart-sync chart-test
+## images: build the operator and runtime images, tagged with the package version (REGISTRY=..., ENGINE=...)
+images:
+	bash scripts/images.sh build
+## push: push the images that `make images` tagged
+push:
+	bash scripts/images.sh push
+## chart-sync: copy crds/ into the chart, regenerate its RBAC file and version from their sources
+chart-sync: setup
+	bash scripts/sync-chart.sh
+## chart: lint and package the Helm chart into dist/
+chart: setup
+	helm lint --strict charts/bloomz-operator
+	helm package charts/bloomz-operator --destination dist
+## chart-test: the packaging tests (helm lint/template, schema, RBAC, CRD copy, settings, Dockerfiles)
+chart-test: setup
+	$(PY) -m pytest -q tests/packaging
+
+# --- benchmarks (docs/client.md, BENCHMARKS.md) ---
+.PHONY: bench bench-vllm
+BENCH_ARGS ?=
+## bench: our runtime vs plain transformers, vLLM-CPU and the roofline; appends to BENCHMARKS.md (BENCH_ARGS=...)
+bench: setup
+	$(PY) -m bloomz_runtime.benchmarks $(BENCH_ARGS)
+## bench-vllm: install the vLLM-CPU peer into .cache/vllm-venv (about 3.4 GB; `make bench` does it on first use)
+bench-vllm:
+	bash scripts/setup-vllm.sh
+
+# --- local sandbox: API emulator + operator + local pod runner, no cluster (docs/sandbox.md) ---
+.PHONY: sandbox demo
+SANDBOX_ARGS ?=
+## sandbox: bring up the sandbox, apply examples/bloomz-cpu.yaml, keep it running until Ctrl-C (SANDBOX_ARGS=...)
+sandbox: setup
+	$(PY) -m bloomz_operator.sandbox $(SANDBOX_ARGS)
+## demo: set up, then the sandbox once: Ready, latency, kubectl get bloomz, a generate request, clean exit
+demo: setup
+	$(PY) -m bloomz_operator.sandbox --once $(SANDBOX_ARGS)

@@ -1,0 +1,149 @@
+"""The chart's Deployment, run for real: the operator image's entry point with the Deployment's args and env
+and the rendered settings file starts the real operator against the Kubernetes API emulator; its liveness
+endpoint answers where the probe looks, and the runtime pods it creates use the chart's settings."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import kubernetes
+import pytest
+from bloomz_operator.constants import GROUP, PLURAL, VERSION
+from bloomz_operator.sandbox.apiserver import SandboxAPIServer
+from conftest import CHART, REPO, documents, helm_template, single
+from dockerfiles import parse
+from helpers import free_port
+
+CPU_IMAGE = "registry.example.com/ml/runtime-cpu:chart-test"
+START_TIMEOUT_S = 120.0
+
+
+def wait_for(predicate: Any, what: str, timeout: float = START_TIMEOUT_S) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = predicate()
+        if result:
+            return result
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+class Operator:
+    def __init__(self, process: subprocess.Popen[bytes], liveness_url: str, log: Path) -> None:
+        self.process, self.liveness_url, self.log = process, liveness_url, log
+
+    def healthz(self) -> int | None:
+        try:
+            with urllib.request.urlopen(self.liveness_url, timeout=5) as response:
+                return int(response.status)
+        except (urllib.error.URLError, OSError):
+            return None
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SandboxAPIServer]:
+    crds = sorted((CHART / "crds").glob("*.yaml"))
+    with SandboxAPIServer(crd_paths=crds, namespaces=("default",)) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def operator(api: SandboxAPIServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
+    root = tmp_path_factory.mktemp("operator-pod")
+    port = free_port()
+    objects = documents(
+        helm_template(
+            "--set", f"config.livenessPort={port}", "--set", f"config.devices.cpu.image={CPU_IMAGE}"
+        ).stdout
+    )
+    deployment, configmap = single(objects, "Deployment"), single(objects, "ConfigMap")
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    # Mount the ConfigMap as the kubelet would, under a stand-in root directory.
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounted: list[str] = []
+    for mount in container["volumeMounts"]:
+        source = volumes[mount["name"]]
+        if "configMap" in source:
+            assert source["configMap"]["name"] == configmap["metadata"]["name"]
+            folder = root / mount["mountPath"].lstrip("/")
+            folder.mkdir(parents=True)
+            for key, text in configmap["data"].items():
+                (folder / key).write_text(text)
+            mounted.append(mount["mountPath"])
+    # Environment values that point into a mounted ConfigMap point into the stand-in root instead.
+    env: dict[str, str] = {}
+    for item in container["env"]:
+        if "value" in item:
+            value = item["value"]
+            inside = any(value.startswith(path.rstrip("/") + "/") for path in mounted)
+            env[item["name"]] = str(root / value.lstrip("/")) if inside else value
+    env["POD_NAMESPACE"] = "bloomz-system"
+    # The image's entry point with the Deployment's args; python3 -> this interpreter (the image stand-in).
+    command = parse(REPO / "docker" / "operator.Dockerfile").entrypoint() + list(container.get("args", []))
+    assert command[0] == "python3"
+    command[0] = sys.executable
+    kubeconfig = api.write_kubeconfig(root / "kubeconfig")
+    log = root / "operator.log"
+    probe = container["livenessProbe"]["httpGet"]
+    probe_port = {p["name"]: p["containerPort"] for p in container["ports"]}[probe["port"]]
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            command,
+            env={**os.environ, **env, "KUBECONFIG": str(kubeconfig)},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=root,
+        )
+    handle = Operator(process, f"http://127.0.0.1:{probe_port}{probe['path']}", log)
+    try:
+        yield handle
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+
+def test_liveness_endpoint_answers_where_the_chart_probes(operator: Operator) -> None:
+    def alive() -> bool:
+        assert operator.process.poll() is None, f"operator exited:\n{operator.log.read_text()[-3000:]}"
+        return operator.healthz() == 200
+
+    wait_for(alive, "the operator's liveness endpoint")
+
+
+def test_operator_creates_runtime_pods_with_the_charts_settings(
+    api: SandboxAPIServer, operator: Operator
+) -> None:
+    client = api.api_client()
+    custom, core = kubernetes.client.CustomObjectsApi(client), kubernetes.client.CoreV1Api(client)
+    body = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "BloomzInference",
+        "metadata": {"name": "chart-check", "namespace": "default"},
+        "spec": {"model": "/models/bloomz-tiny", "device": "cpu", "cards": 1, "dtype": "float32"},
+    }
+    custom.create_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, body)
+
+    def runtime_pods() -> list[Any]:
+        assert operator.process.poll() is None, f"operator exited:\n{operator.log.read_text()[-3000:]}"
+        pods = core.list_namespaced_pod("default").items
+        return [
+            p for p in pods if p.metadata and (p.metadata.labels or {}).get(f"{GROUP}/name") == "chart-check"
+        ]
+
+    (pod,) = wait_for(runtime_pods, "the operator to create the runtime pod")
+    (container,) = pod.spec.containers
+    assert container.image == CPU_IMAGE
+    assert container.command == parse(REPO / "docker" / "runtime-cpu.Dockerfile").entrypoint()
