@@ -60,3 +60,24 @@ sandbox: setup
 ## demo: set up, then the sandbox once: Ready, latency, kubectl get bloomz, a generate request, clean exit
 demo: setup
 	$(PY) -m bloomz_operator.sandbox --once $(SANDBOX_ARGS)
+
+# --- the Kubernetes API emulator alone, for kubectl and client experiments (sandbox/apiserver.py) ---
+.PHONY: apiserver
+APISERVER_PORT ?= 0
+## apiserver: serve only the API emulator with the CRD; writes .cache/apiserver.kubeconfig; Ctrl-C stops it
+apiserver: setup
+	$(PY) -m bloomz_operator.sandbox.apiserver --port $(APISERVER_PORT) \
+		--crd crds/bloomzinferences.inference.bloomz.dev.yaml --kubeconfig .cache/apiserver.kubeconfig
+
+# --- the runtime alone: tiny model, 2 ranks under mpirun on CPU, client bench + dataset (docs/runtime.md) ---
+.PHONY: demo-runtime
+## demo-runtime: build the tiny checkpoint, serve it with 2 ranks, run `client bench` and `client dataset`, stop
+demo-runtime: setup
+	$(PY) -m bloomz_runtime.demo
+
+# --- the operator alone: CRD, builders, planner, status, latency, Kopf against the API emulator (docs/operator.md) ---
+.PHONY: test-operator
+## test-operator: lint the operator's files and run tests/operator
+test-operator: setup
+	$(PY) -m ruff check operator/bloomz_operator tests/operator
+	$(PY) -m pytest -q tests/operator

@@ -1,0 +1,89 @@
+"""`python -m bloomz_operator`: the operator process (contract 5), a thin wrapper around kopf.run."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import replace
+
+import kopf
+
+from .handlers import register_handlers
+from .settings import LOG_LEVELS, Settings, SettingsError, load_settings
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bloomz_operator",
+        description="Kopf operator for BloomzInference resources (inference.bloomz.dev/v1alpha1).",
+    )
+    parser.add_argument(
+        "--config", help="settings YAML file (default: $BLOOMZ_OPERATOR_CONFIG, else built-ins)"
+    )
+    parser.add_argument(
+        "--namespace",
+        "-n",
+        action="append",
+        default=[],
+        help="namespace to watch (repeatable; overrides config)",
+    )
+    parser.add_argument("--all-namespaces", "-A", action="store_true", help="watch every namespace")
+    parser.add_argument(
+        "--log-level", type=str.upper, choices=LOG_LEVELS, help="overrides the config's logLevel"
+    )
+    parser.add_argument("--liveness-port", type=int, help="port of the /healthz endpoint (overrides config)")
+    parser.add_argument(
+        "--standalone",
+        action="store_true",
+        help="no Kopf peering (one operator replica; the chart's default)",
+    )
+    return parser.parse_args(argv)
+
+
+def effective_settings(args: argparse.Namespace, settings: Settings) -> Settings:
+    """The settings file, overridden by the command line."""
+    if args.all_namespaces:
+        settings = replace(settings, namespaces=())
+    elif args.namespace:
+        settings = replace(settings, namespaces=tuple(args.namespace))
+    if args.log_level:
+        settings = replace(settings, log_level=args.log_level)
+    if args.liveness_port:
+        settings = replace(settings, liveness_port=args.liveness_port)
+    return settings
+
+
+def liveness_endpoint(port: int) -> str:
+    # BLOOMZ_BIND_HOST (as for the runtime): the local sandbox and tests bind to a loopback address.
+    host = os.environ.get("BLOOMZ_BIND_HOST") or "0.0.0.0"
+    return f"http://{host}:{port}/healthz"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        settings = effective_settings(args, load_settings(args.config))
+    except SettingsError as error:
+        print(f"bloomz-operator: {error}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=getattr(logging, settings.log_level), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    kopf.configure(verbose=settings.log_level == "DEBUG")
+    registry = kopf.OperatorRegistry()
+    register_handlers(registry, settings)
+    kopf.run(
+        registry=registry,
+        standalone=args.standalone,
+        clusterwide=not settings.namespaces,
+        namespaces=settings.namespaces,
+        liveness_endpoint=liveness_endpoint(settings.liveness_port),
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

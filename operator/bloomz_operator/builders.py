@@ -1,0 +1,324 @@
+"""Pure builders: a BloomzInference (spec + owner) and the operator settings -> the desired Pods and Service.
+
+Nothing here talks to the API server; the handlers send what these functions return.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .constants import (
+    API_VERSION,
+    CONTAINER_NAME,
+    GRPC_PORT,
+    GRPC_PORT_NAME,
+    HEALTH_SERVICE,
+    KIND,
+    LABEL_INSTANCE,
+    LABEL_MANAGED_BY,
+    LABEL_NAME,
+    LABEL_OWNER,
+    LABEL_REPLICA_INDEX,
+    LABEL_TEMPLATE_HASH,
+    MANAGER_NAME,
+    METRICS_PORT,
+    METRICS_PORT_NAME,
+    RUNTIME_APP_NAME,
+)
+from .settings import Settings
+from .spec import InferenceSpec
+
+RUNTIME_ENTRYPOINT = ("python3", "-m", "bloomz_runtime.launch")
+# The runtime drains for this long on SIGTERM; the kubelet waits a little longer before SIGKILL.
+GRACE_PERIOD_S = 30
+PROBE_PERIOD_S = 10
+# Startup budget: a fixed part (image start, mpirun, graph warm-up) plus time per billion parameters to
+# read and shard the weights. 7B1 -> ~12 min, 176B -> ~69 min; unknown sizes get 30 min.
+STARTUP_BASE_S = 600
+STARTUP_PER_BILLION_S = 20
+STARTUP_UNKNOWN_S = 1800
+MODELS_VOLUME = "models"
+SHM_VOLUME = "dshm"
+# BLOOM checkpoints without a size in their name are the 176B model (bigscience/bloom, bigscience/bloomz).
+_FULL_SIZE_MODELS = re.compile(r"(^|/)bloomz?(-mt)?$")
+_SIZE_IN_NAME = re.compile(r"(\d+)b(\d*)|(\d+)m\b", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The BloomzInference that owns the children."""
+
+    name: str
+    namespace: str
+    uid: str
+
+
+def runtime_entrypoint() -> list[str]:
+    """The runtime container's command; the runtime Dockerfiles' ENTRYPOINT must equal it."""
+    return list(RUNTIME_ENTRYPOINT)
+
+
+def model_size_billions(model: str) -> float | None:
+    """Parameters (billions) guessed from a BLOOM checkpoint name: bloomz-7b1 -> 7.1, bloom-560m -> 0.56."""
+    name = model.rstrip("/").lower()
+    if _FULL_SIZE_MODELS.search(name):
+        return 176.0
+    match = _SIZE_IN_NAME.search(name.rsplit("/", 1)[-1])
+    if not match:
+        return None
+    if match.group(3):
+        return int(match.group(3)) / 1000
+    return float(f"{match.group(1)}.{match.group(2) or 0}")
+
+
+def startup_budget_seconds(model: str) -> int:
+    size = model_size_billions(model)
+    if size is None:
+        return STARTUP_UNKNOWN_S
+    return int(STARTUP_BASE_S + STARTUP_PER_BILLION_S * size)
+
+
+def selector_labels(name: str) -> dict[str, str]:
+    return {LABEL_NAME: RUNTIME_APP_NAME, LABEL_OWNER: name}
+
+
+def common_labels(name: str) -> dict[str, str]:
+    return {**selector_labels(name), LABEL_INSTANCE: name, LABEL_MANAGED_BY: MANAGER_NAME}
+
+
+def owner_reference(owner: Owner) -> dict[str, Any]:
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "name": owner.name,
+        "uid": owner.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def runtime_args(spec: InferenceSpec) -> list[str]:
+    """The launcher's flags (contract 2) for this spec."""
+    gen = spec.generation
+    args = [
+        "--model", spec.model,
+        "--device", spec.device,
+        "--world-size", str(spec.cards),
+        "--port", str(GRPC_PORT),
+        "--metrics-port", str(METRICS_PORT),
+    ]  # fmt: skip
+    if spec.dtype:
+        args += ["--dtype", spec.dtype]
+    args += [
+        "--max-input-tokens", str(gen.max_input_tokens),
+        "--max-new-tokens", str(gen.max_new_tokens),
+        "--max-batch-size", str(gen.max_batch_size),
+        "--max-queue-size", str(gen.max_queue_size),
+        "--batch-wait-ms", str(gen.batch_wait_ms),
+        "--kv-cache" if gen.kv_cache else "--no-kv-cache",
+    ]  # fmt: skip
+    if spec.device == "hpu":
+        args.append("--hpu-graphs" if gen.hpu_graphs else "--no-hpu-graphs")
+    args += ["--grace-period-s", str(GRACE_PERIOD_S)]
+    return args
+
+
+def _env(spec: InferenceSpec, settings: Settings) -> list[dict[str, Any]]:
+    env: dict[str, dict[str, Any]] = {}
+
+    def put(name: str, value: str) -> None:
+        env[name] = {"name": name, "value": value}
+
+    for name, field_path in (("POD_NAME", "metadata.name"), ("POD_NAMESPACE", "metadata.namespace")):
+        env[name] = {"name": name, "valueFrom": {"fieldRef": {"fieldPath": field_path}}}
+    put("PYTHONUNBUFFERED", "1")
+    if spec.device == "hpu":
+        # optimum-habana runs Gaudi in lazy mode; lazy collectives are needed for HPU graphs with
+        # DeepSpeed tensor parallelism (optimum-habana text-generation README).
+        put("PT_HPU_LAZY_MODE", "1")
+        put("PT_HPU_ENABLE_LAZY_COLLECTIVES", "true")
+    if spec.storage is not None and not spec.model.startswith("/"):
+        # Hub downloads go to the model volume, so a restarted pod does not fetch the weights again.
+        put("HF_HOME", f"{spec.storage.mount_path.rstrip('/')}/huggingface")
+    for name, value in settings.device(spec.device).env.items():
+        put(name, value)
+    for item in spec.env:
+        env[str(item["name"])] = dict(item)
+    return list(env.values())
+
+
+def _resources(spec: InferenceSpec, settings: Settings) -> dict[str, dict[str, Any]]:
+    device = settings.device(spec.device)
+    limits: dict[str, Any] = {}
+    requests: dict[str, Any] = {}
+    if spec.device == "cpu":
+        # One core per rank, and memory for a small model per rank.
+        requests.update({"cpu": str(spec.cards), "memory": f"{2 * spec.cards}Gi"})
+        limits["memory"] = f"{4 * spec.cards}Gi"
+    elif device.resource_name:
+        limits[device.resource_name] = str(spec.cards)
+    if device.memory:
+        limits["memory"] = device.memory
+    if device.hugepages_2mi:
+        limits["hugepages-2Mi"] = device.hugepages_2mi
+    # Quantities are strings in the API (an int from the spec's int-or-string is the same quantity).
+    limits.update({k: str(v) for k, v in spec.resources.get("limits", {}).items()})
+    requests.update({k: str(v) for k, v in spec.resources.get("requests", {}).items()})
+    resources: dict[str, dict[str, Any]] = {"limits": limits}
+    if requests:
+        resources["requests"] = requests
+    return resources
+
+
+def _grpc_probe(period: int, failures: int, timeout: int = 5) -> dict[str, Any]:
+    return {
+        "grpc": {"port": GRPC_PORT, "service": HEALTH_SERVICE},
+        "periodSeconds": period,
+        "timeoutSeconds": timeout,
+        "failureThreshold": failures,
+    }
+
+
+def _volumes(spec: InferenceSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    # mpirun and DeepSpeed exchange tensors through /dev/shm; the container default (64 MiB) is too small.
+    volumes: list[dict[str, Any]] = [{"name": SHM_VOLUME, "emptyDir": {"medium": "Memory"}}]
+    mounts: list[dict[str, Any]] = [{"name": SHM_VOLUME, "mountPath": "/dev/shm"}]
+    storage = spec.storage
+    if storage is not None:
+        mount: dict[str, Any] = {"name": MODELS_VOLUME, "mountPath": storage.mount_path}
+        if storage.pvc_claim_name:
+            claim: dict[str, Any] = {"claimName": storage.pvc_claim_name}
+            if storage.pvc_read_only:
+                claim["readOnly"] = True
+                mount["readOnly"] = True
+            if storage.pvc_sub_path:
+                mount["subPath"] = storage.pvc_sub_path
+            volumes.append({"name": MODELS_VOLUME, "persistentVolumeClaim": claim})
+        else:
+            volumes.append(
+                {"name": MODELS_VOLUME, "hostPath": {"path": storage.host_path, "type": "Directory"}}
+            )
+        mounts.append(mount)
+    return volumes, mounts
+
+
+def build_pod_spec(spec: InferenceSpec, settings: Settings) -> dict[str, Any]:
+    """The pod's `spec` (identical for every replica; its hash names the template)."""
+    device = settings.device(spec.device)
+    volumes, mounts = _volumes(spec)
+    startup_failures = max(1, -(-startup_budget_seconds(spec.model) // PROBE_PERIOD_S))
+    container: dict[str, Any] = {
+        "name": CONTAINER_NAME,
+        "image": spec.image or device.image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": runtime_entrypoint(),
+        "args": runtime_args(spec),
+        "env": _env(spec, settings),
+        "ports": [
+            {"name": GRPC_PORT_NAME, "containerPort": GRPC_PORT, "protocol": "TCP"},
+            {"name": METRICS_PORT_NAME, "containerPort": METRICS_PORT, "protocol": "TCP"},
+        ],
+        "resources": _resources(spec, settings),
+        "volumeMounts": mounts,
+        "startupProbe": _grpc_probe(PROBE_PERIOD_S, startup_failures),
+        "readinessProbe": _grpc_probe(PROBE_PERIOD_S, 3),
+        # Generous: a long batch must not get a busy pod killed.
+        "livenessProbe": _grpc_probe(20, 6, timeout=10),
+    }
+    if spec.device == "hpu":
+        container["securityContext"] = {"capabilities": {"add": ["SYS_NICE"]}}
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Always",
+        "terminationGracePeriodSeconds": GRACE_PERIOD_S + 15,
+        "containers": [container],
+        "volumes": volumes,
+    }
+    if device.host_ipc:
+        pod_spec["hostIPC"] = True
+    node_selector = {**device.node_selector, **spec.node_selector}
+    if node_selector:
+        pod_spec["nodeSelector"] = node_selector
+    tolerations = [dict(t) for t in (*device.tolerations, *spec.tolerations)]
+    if tolerations:
+        pod_spec["tolerations"] = tolerations
+    return pod_spec
+
+
+def template_hash(pod_spec: Mapping[str, Any]) -> str:
+    """A short stable digest of the pod template: a changed spec gives a new hash, hence new pods."""
+    canonical = json.dumps(pod_spec, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:10]
+
+
+def pod_name(owner_name: str, hash_: str, index: int) -> str:
+    # Deterministic names make creation idempotent: an operator restart gets 409s, not twins.
+    return f"{owner_name[:40].rstrip('-')}-{hash_}-{index}"
+
+
+def build_pods(owner: Owner, spec: InferenceSpec, settings: Settings) -> list[dict[str, Any]]:
+    """One Pod per replica, all from the same template."""
+    pod_spec = build_pod_spec(spec, settings)
+    hash_ = template_hash(pod_spec)
+    pods = []
+    for index in range(spec.replicas):
+        labels = {**common_labels(owner.name), LABEL_TEMPLATE_HASH: hash_, LABEL_REPLICA_INDEX: str(index)}
+        pods.append(
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {
+                    "name": pod_name(owner.name, hash_, index),
+                    "namespace": owner.namespace,
+                    "labels": labels,
+                    "ownerReferences": [owner_reference(owner)],
+                },
+                "spec": json.loads(json.dumps(pod_spec)),  # an independent copy per pod
+            }
+        )
+    return pods
+
+
+def desired_template_hash(spec: InferenceSpec, settings: Settings) -> str:
+    return template_hash(build_pod_spec(spec, settings))
+
+
+def build_service(owner: Owner) -> dict[str, Any]:
+    """The Service in front of the replicas: gRPC and Prometheus metrics."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": owner.name,
+            "namespace": owner.namespace,
+            "labels": common_labels(owner.name),
+            "ownerReferences": [owner_reference(owner)],
+        },
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector_labels(owner.name),
+            "ports": [
+                {
+                    "name": GRPC_PORT_NAME,
+                    "port": GRPC_PORT,
+                    "targetPort": GRPC_PORT_NAME,
+                    "protocol": "TCP",
+                    "appProtocol": "grpc",
+                },
+                {
+                    "name": METRICS_PORT_NAME,
+                    "port": METRICS_PORT,
+                    "targetPort": METRICS_PORT_NAME,
+                    "protocol": "TCP",
+                },
+            ],
+        },
+    }
+
+
+def service_endpoint(owner: Owner) -> str:
+    return f"{owner.name}.{owner.namespace}.svc:{GRPC_PORT}"

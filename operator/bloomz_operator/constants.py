@@ -1,0 +1,34 @@
+"""Names shared by the CRD, the builders and the handlers (contract 4 of the design)."""
+
+from __future__ import annotations
+
+GROUP = "inference.bloomz.dev"
+VERSION = "v1alpha1"
+PLURAL = "bloomzinferences"
+KIND = "BloomzInference"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+# Labels and annotations on the children.
+LABEL_NAME = "app.kubernetes.io/name"
+LABEL_INSTANCE = "app.kubernetes.io/instance"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+LABEL_OWNER = f"{GROUP}/name"
+LABEL_TEMPLATE_HASH = f"{GROUP}/template-hash"
+LABEL_REPLICA_INDEX = f"{GROUP}/replica-index"
+RUNTIME_APP_NAME = "bloomz-runtime"
+MANAGER_NAME = "bloomz-operator"
+
+# `inference.bloomz.dev/benchmark: now` on the resource asks for a fresh latency measurement.
+BENCHMARK_ANNOTATION = f"{GROUP}/benchmark"
+BENCHMARK_NOW = "now"
+
+CONTAINER_NAME = "runtime"
+GRPC_PORT = 50051
+GRPC_PORT_NAME = "grpc"
+METRICS_PORT = 9090
+METRICS_PORT_NAME = "metrics"
+HEALTH_SERVICE = "bloomz.v1.TextGeneration"
+
+# What the seed measured: greedy, batch 1, 100 new tokens on this prompt.
+SEED_PROMPT = "DeepSpeed is a machine learning framework"
+SEED_MAX_NEW_TOKENS = 100

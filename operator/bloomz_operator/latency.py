@@ -1,0 +1,159 @@
+"""Latency: when a measurement is due (pure), a Benchmark RPC per ready pod (grpc.aio), the summary (pure).
+
+The seed's method runs server-side in the runtime (batch 1, greedy, `maxNewTokens` tokens, EOS ignored);
+the operator only asks each ready pod for it and keeps the median over pods in `status.latency`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import grpc
+from bloomz_runtime.proto import generate_pb2, generate_pb2_grpc
+
+from .constants import BENCHMARK_ANNOTATION, BENCHMARK_NOW
+from .spec import BenchmarkSpec
+
+
+@dataclass(frozen=True)
+class PodTarget:
+    pod: str
+    address: str  # host:port
+
+
+@dataclass(frozen=True)
+class PodMeasurement:
+    pod: str
+    seconds: float | None = None
+    tokens_per_second: float | None = None
+    first_token_ms: float | None = None
+    per_token_ms: float | None = None
+    prompt_tokens: int | None = None
+    iterations: int | None = None
+    max_new_tokens: int | None = None
+    error: str | None = None
+
+
+def parse_time(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def format_time(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def benchmark_requested(annotations: Mapping[str, str] | None) -> bool:
+    return (annotations or {}).get(BENCHMARK_ANNOTATION) == BENCHMARK_NOW
+
+
+def benchmark_due(
+    *,
+    latency: Mapping[str, Any] | None,
+    bench: BenchmarkSpec,
+    requested: bool,
+    current_hash: str,
+    now: datetime,
+) -> bool:
+    """Whether a measurement should run now (given that there are ready pods to measure)."""
+    if requested:
+        return True
+    if not bench.enabled:
+        return False
+    if not latency or latency.get("templateHash") != current_hash or not latency.get("measuredAt"):
+        return True  # never measured, or measured on pods of another template
+    if bench.interval_seconds <= 0:
+        return False  # measure once per template (and on request)
+    return now >= parse_time(str(latency["measuredAt"])) + timedelta(seconds=bench.interval_seconds)
+
+
+def benchmark_request(bench: BenchmarkSpec) -> generate_pb2.BenchmarkRequest:
+    return generate_pb2.BenchmarkRequest(
+        prompt=bench.prompt,
+        max_new_tokens=bench.max_new_tokens,
+        warmup=bench.warmup,
+        iterations=bench.iterations,
+    )
+
+
+def _describe_rpc_error(error: grpc.aio.AioRpcError) -> str:
+    return f"{error.code().name}: {error.details() or 'no details'}"
+
+
+async def measure_pod(target: PodTarget, bench: BenchmarkSpec, timeout_s: float) -> PodMeasurement:
+    """Run the Benchmark RPC on one pod; any failure becomes the pod's `error`, never an exception."""
+    try:
+        async with grpc.aio.insecure_channel(target.address) as channel:
+            stub = generate_pb2_grpc.TextGenerationStub(channel)
+            reply = await stub.Benchmark(benchmark_request(bench), timeout=timeout_s)
+    except grpc.aio.AioRpcError as error:
+        return PodMeasurement(target.pod, error=_describe_rpc_error(error))
+    except (OSError, asyncio.TimeoutError) as error:
+        return PodMeasurement(target.pod, error=f"{type(error).__name__}: {error}")
+    return PodMeasurement(
+        pod=target.pod,
+        seconds=reply.latency_seconds,
+        tokens_per_second=reply.tokens_per_second,
+        first_token_ms=reply.first_token_ms,
+        per_token_ms=reply.per_token_ms,
+        prompt_tokens=reply.prompt_tokens,
+        iterations=reply.iterations,
+        max_new_tokens=reply.max_new_tokens or bench.max_new_tokens,
+    )
+
+
+async def measure_pods(
+    targets: Sequence[PodTarget], bench: BenchmarkSpec, timeout_s: float
+) -> list[PodMeasurement]:
+    """All pods at once: each pod is its own model copy, so they do not disturb each other."""
+    return list(await asyncio.gather(*(measure_pod(t, bench, timeout_s) for t in targets)))
+
+
+def _rounded(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def summarize(
+    measurements: Sequence[PodMeasurement], bench: BenchmarkSpec, *, current_hash: str, now: datetime
+) -> dict[str, Any]:
+    """status.latency: the median over the pods that answered, and every pod's own values or error."""
+    good = [m for m in measurements if m.error is None and m.seconds is not None]
+    pods: list[dict[str, Any]] = []
+    for m in measurements:
+        entry: dict[str, Any] = {"pod": m.pod}
+        if m.error is not None:
+            entry["error"] = m.error
+        else:
+            entry.update(
+                seconds=_rounded(m.seconds, 4),
+                tokensPerSecond=_rounded(m.tokens_per_second, 2),
+                firstTokenMs=_rounded(m.first_token_ms, 2),
+                perTokenMs=_rounded(m.per_token_ms, 2),
+            )
+        pods.append(entry)
+    latency: dict[str, Any] = {
+        "maxNewTokens": bench.max_new_tokens,
+        "iterations": bench.iterations,
+        "measuredAt": format_time(now),
+        "templateHash": current_hash,
+        "pods": pods,
+    }
+    if good:
+
+        def median(attr: str) -> float:
+            return float(statistics.median(getattr(m, attr) for m in good))
+
+        latency.update(
+            seconds=round(median("seconds"), 4),
+            tokensPerSecond=round(median("tokens_per_second"), 2),
+            firstTokenMs=round(median("first_token_ms"), 2),
+            perTokenMs=round(median("per_token_ms"), 2),
+            promptTokens=int(statistics.median(m.prompt_tokens or 0 for m in good)),
+            iterations=int(statistics.median(m.iterations or 0 for m in good)),
+            maxNewTokens=int(statistics.median(m.max_new_tokens or bench.max_new_tokens for m in good)),
+        )
+    return latency

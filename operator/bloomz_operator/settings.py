@@ -1,0 +1,245 @@
+"""Operator settings (contract 5): a YAML file, every key optional, built-in defaults.
+
+`load_settings(path)` reads and validates the file; unknown keys and wrong types are refused with a
+message that names the key, so a typo in a Helm value never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import yaml
+
+CONFIG_ENV = "BLOOMZ_OPERATOR_CONFIG"
+
+# Intel's Gaudi PyTorch installer image the Gaudi runtime image is built on (docker/runtime-gaudi.Dockerfile):
+# optimum-habana 1.21.x is validated with SynapseAI 1.24.0 (PyTorch 2.10.0), Habana's DeepSpeed fork tag
+# 1.23.0 and transformers 4.55.x.
+SYNAPSE_VERSION = "1.24.0"
+GAUDI_BASE_IMAGE = (
+    f"vault.habana.ai/gaudi-docker/{SYNAPSE_VERSION}/ubuntu22.04/habanalabs/pytorch-installer-2.10.0"
+)
+RUNTIME_VERSION = "0.1.0"
+DEFAULT_IMAGES = {
+    "hpu": f"ghcr.io/bloomz-operator/runtime-gaudi:{RUNTIME_VERSION}-synapse{SYNAPSE_VERSION}",
+    "cuda": f"ghcr.io/bloomz-operator/runtime-cuda:{RUNTIME_VERSION}",
+    "cpu": f"ghcr.io/bloomz-operator/runtime-cpu:{RUNTIME_VERSION}",
+}
+DEVICE_RESOURCES = {"hpu": "habana.ai/gaudi", "cuda": "nvidia.com/gpu"}
+DEVICES = ("hpu", "cuda", "cpu")
+IMAGE_PULL_POLICIES = ("Always", "IfNotPresent", "Never")
+
+
+class SettingsError(ValueError):
+    """The settings file is unreadable or does not match the settings schema."""
+
+
+@dataclass(frozen=True)
+class DeviceSettings:
+    image: str
+    resource_name: str | None = None
+    node_selector: Mapping[str, str] = field(default_factory=dict)
+    tolerations: tuple[Mapping[str, Any], ...] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+    # Gaudi pod recipe (docs.habana.ai "Running Workloads on Kubernetes": memory 409Gi, hugepages-2Mi
+    # 95000Mi, hostIPC, SYS_NICE). None = not requested.
+    memory: str | None = None
+    hugepages_2mi: str | None = None
+    host_ipc: bool = False
+
+
+@dataclass(frozen=True)
+class BenchmarkSettings:
+    enabled: bool = True
+    timeout_seconds: float = 900.0
+    # The runtime gRPC port the operator dials on each pod IP (tests point it at a local runtime).
+    port: int = 50051
+    # How often the per-resource timer checks whether a measurement is due.
+    check_interval_seconds: float = 10.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    namespaces: tuple[str, ...] = ()
+    log_level: str = "INFO"
+    liveness_port: int = 8080
+    image_pull_policy: str = "IfNotPresent"
+    reconcile_interval_seconds: float = 15.0
+    benchmark: BenchmarkSettings = field(default_factory=BenchmarkSettings)
+    devices: Mapping[str, DeviceSettings] = field(default_factory=lambda: dict(DEFAULT_DEVICES))
+
+    def device(self, name: str) -> DeviceSettings:
+        return self.devices[name]
+
+
+DEFAULT_DEVICES: dict[str, DeviceSettings] = {
+    "hpu": DeviceSettings(
+        image=DEFAULT_IMAGES["hpu"],
+        resource_name="habana.ai/gaudi",
+        memory="409Gi",
+        hugepages_2mi="95000Mi",
+        host_ipc=True,
+    ),
+    "cuda": DeviceSettings(image=DEFAULT_IMAGES["cuda"], resource_name="nvidia.com/gpu"),
+    "cpu": DeviceSettings(image=DEFAULT_IMAGES["cpu"]),
+}
+
+_DEVICE_KEYS = {
+    "image": "image",
+    "resourceName": "resource_name",
+    "nodeSelector": "node_selector",
+    "tolerations": "tolerations",
+    "env": "env",
+    "memory": "memory",
+    "hugepages2Mi": "hugepages_2mi",
+    "hostIPC": "host_ipc",
+}
+_BENCHMARK_KEYS = {
+    "enabled": "enabled",
+    "timeoutSeconds": "timeout_seconds",
+    "port": "port",
+    "checkIntervalSeconds": "check_interval_seconds",
+}
+_TOP_KEYS = {
+    "namespaces",
+    "logLevel",
+    "livenessPort",
+    "imagePullPolicy",
+    "reconcileIntervalSeconds",
+    "benchmark",
+    "devices",
+}
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def _expect(value: Any, kind: type | tuple[type, ...], where: str) -> Any:
+    # bool is an int in Python: refuse it where a number is expected.
+    if isinstance(value, bool) and kind in (int, float, (int, float)):
+        raise SettingsError(f"{where}: expected a number, got {value!r}")
+    if not isinstance(value, kind):
+        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise SettingsError(f"{where}: expected {names}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _check_keys(data: Mapping[str, Any], allowed: set[str] | Mapping[str, str], where: str) -> None:
+    unknown = sorted(set(data) - set(allowed))
+    if unknown:
+        raise SettingsError(
+            f"{where}: unknown key(s) {', '.join(unknown)} (allowed: {', '.join(sorted(allowed))})"
+        )
+
+
+def _str_map(value: Any, where: str) -> dict[str, str]:
+    _expect(value, dict, where)
+    return {str(k): str(_expect(v, (str, int, float), f"{where}.{k}")) for k, v in value.items()}
+
+
+def _positive(value: Any, where: str, *, allow_zero: bool = False) -> float:
+    number = _expect(value, (int, float), where)
+    if number < 0 or (number == 0 and not allow_zero):
+        raise SettingsError(f"{where}: must be {'>= 0' if allow_zero else '> 0'}, got {number}")
+    return float(number)
+
+
+def _port(value: Any, where: str) -> int:
+    port = _expect(value, int, where)
+    if not 1 <= port <= 65535:
+        raise SettingsError(f"{where}: not a TCP port: {port}")
+    return int(port)
+
+
+def _device(name: str, data: Any, base: DeviceSettings) -> DeviceSettings:
+    where = f"devices.{name}"
+    _expect(data, dict, where)
+    _check_keys(data, _DEVICE_KEYS, where)
+    changes: dict[str, Any] = {}
+    for key, value in data.items():
+        attr, at = _DEVICE_KEYS[key], f"{where}.{key}"
+        if key in ("nodeSelector", "env"):
+            changes[attr] = _str_map(value, at)
+        elif key == "tolerations":
+            items = _expect(value, list, at)
+            changes[attr] = tuple(_expect(t, dict, f"{at}[{i}]") for i, t in enumerate(items))
+        elif key == "hostIPC":
+            changes[attr] = _expect(value, bool, at)
+        elif value is None and key in ("memory", "hugepages2Mi", "resourceName"):
+            changes[attr] = None  # explicitly switched off
+        else:
+            changes[attr] = str(_expect(value, (str, int), at))
+    return replace(base, **changes)
+
+
+def parse_settings(data: Mapping[str, Any] | None) -> Settings:
+    """Validate a settings mapping (the YAML document) and merge it over the defaults."""
+    if data is None:
+        return Settings()
+    _expect(data, dict, "settings")
+    _check_keys(data, _TOP_KEYS, "settings")
+    defaults = Settings()
+    changes: dict[str, Any] = {}
+    if "namespaces" in data:
+        items = _expect(data["namespaces"], list, "namespaces")
+        changes["namespaces"] = tuple(_expect(n, str, f"namespaces[{i}]") for i, n in enumerate(items))
+    if "logLevel" in data:
+        level = str(_expect(data["logLevel"], str, "logLevel")).upper()
+        if level not in LOG_LEVELS:
+            raise SettingsError(f"logLevel: must be one of {', '.join(LOG_LEVELS)}, got {data['logLevel']!r}")
+        changes["log_level"] = level
+    if "livenessPort" in data:
+        changes["liveness_port"] = _port(data["livenessPort"], "livenessPort")
+    if "imagePullPolicy" in data:
+        policy = _expect(data["imagePullPolicy"], str, "imagePullPolicy")
+        if policy not in IMAGE_PULL_POLICIES:
+            raise SettingsError(
+                f"imagePullPolicy: must be one of {', '.join(IMAGE_PULL_POLICIES)}, got {policy!r}"
+            )
+        changes["image_pull_policy"] = policy
+    if "reconcileIntervalSeconds" in data:
+        changes["reconcile_interval_seconds"] = _positive(
+            data["reconcileIntervalSeconds"], "reconcileIntervalSeconds"
+        )
+    if "benchmark" in data:
+        bench = _expect(data["benchmark"], dict, "benchmark")
+        _check_keys(bench, _BENCHMARK_KEYS, "benchmark")
+        bench_changes: dict[str, Any] = {}
+        if "enabled" in bench:
+            bench_changes["enabled"] = _expect(bench["enabled"], bool, "benchmark.enabled")
+        if "timeoutSeconds" in bench:
+            bench_changes["timeout_seconds"] = _positive(bench["timeoutSeconds"], "benchmark.timeoutSeconds")
+        if "port" in bench:
+            bench_changes["port"] = _port(bench["port"], "benchmark.port")
+        if "checkIntervalSeconds" in bench:
+            bench_changes["check_interval_seconds"] = _positive(
+                bench["checkIntervalSeconds"], "benchmark.checkIntervalSeconds"
+            )
+        changes["benchmark"] = replace(defaults.benchmark, **bench_changes)
+    if "devices" in data:
+        devices = _expect(data["devices"], dict, "devices")
+        _check_keys(devices, set(DEVICES), "devices")
+        merged = dict(defaults.devices)
+        for name, device_data in devices.items():
+            merged[name] = _device(name, device_data, merged[name])
+        changes["devices"] = merged
+    return replace(defaults, **changes)
+
+
+def load_settings(path: str | None) -> Settings:
+    """Read the settings file at `path` (or $BLOOMZ_OPERATOR_CONFIG); no file means the defaults."""
+    path = path or os.environ.get(CONFIG_ENV) or None
+    if path is None:
+        return Settings()
+    try:
+        with open(path, encoding="utf-8") as stream:
+            data = yaml.safe_load(stream)
+    except OSError as error:
+        raise SettingsError(f"cannot read settings file {path}: {error}") from error
+    except yaml.YAMLError as error:
+        raise SettingsError(f"settings file {path} is not valid YAML: {error}") from error
+    try:
+        return parse_settings(data)
+    except SettingsError as error:
+        raise SettingsError(f"{path}: {error}") from error
