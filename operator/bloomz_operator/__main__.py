@@ -69,10 +69,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as error:
         print(f"bloomz-operator: {error}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=getattr(logging, settings.log_level), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    # Kopf installs its own log handler; one more (basicConfig) would print every line twice.
     kopf.configure(verbose=settings.log_level == "DEBUG")
+    logging.getLogger().setLevel(getattr(logging, settings.log_level))
     registry = kopf.OperatorRegistry()
     register_handlers(registry, settings)
     kopf.run(
