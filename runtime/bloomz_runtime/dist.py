@@ -1,0 +1,85 @@
+"""Rank discovery and torch.distributed set-up for ranks started by mpirun (no mpi4py).
+
+Open MPI tells each process who it is through OMPI_COMM_WORLD_*; torch.distributed and
+DeepSpeed want RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+BACKENDS = {"hpu": "hccl", "cuda": "nccl", "cpu": "gloo"}
+# Collectives between ranks: loading a 176B checkpoint shard by shard can take many minutes.
+DEFAULT_TIMEOUT_S = 1800.0
+# The control channel (rank 0 -> others) carries a heartbeat when idle, so a shorter limit
+# only fires when a peer is really gone.
+CONTROL_TIMEOUT_S = 120.0
+
+
+def rank_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """RANK/WORLD_SIZE/LOCAL_RANK/LOCAL_SIZE/MASTER_ADDR/MASTER_PORT from Open MPI's variables.
+
+    Values already set win (a user or another launcher knows better); without Open MPI's
+    variables this is a single process.
+    """
+    rank = environ.get("OMPI_COMM_WORLD_RANK", "0")
+    size = environ.get("OMPI_COMM_WORLD_SIZE", "1")
+    local = environ.get("OMPI_COMM_WORLD_LOCAL_RANK", rank)
+    local_size = environ.get("OMPI_COMM_WORLD_LOCAL_SIZE", size)
+    mapped = {
+        "RANK": environ.get("RANK", rank),
+        "WORLD_SIZE": environ.get("WORLD_SIZE", size),
+        "LOCAL_RANK": environ.get("LOCAL_RANK", local),
+        # DeepSpeed's CPU shared-memory all-reduce is only set up when LOCAL_SIZE says every
+        # rank is on this machine; without it the kernel runs uninitialised and crashes.
+        "LOCAL_SIZE": environ.get("LOCAL_SIZE", local_size),
+        "MASTER_ADDR": environ.get("MASTER_ADDR", "127.0.0.1"),
+        "MASTER_PORT": environ.get("MASTER_PORT", "29500"),
+    }
+    return mapped
+
+
+@dataclass
+class DistContext:
+    rank: int
+    world_size: int
+    local_rank: int
+    # A gloo group for the control channel; None with a single rank.
+    control_group: Any = None
+
+    @property
+    def is_leader(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: str, expected_world_size: int) -> DistContext:
+    """Export the rank variables and initialise torch.distributed when there is more than one rank."""
+    env = rank_env(os.environ)
+    os.environ.update(env)
+    rank, world_size, local_rank = int(env["RANK"]), int(env["WORLD_SIZE"]), int(env["LOCAL_RANK"])
+    if world_size != expected_world_size:
+        raise RuntimeError(f"started with {world_size} ranks but --world-size is {expected_world_size}")
+    if world_size == 1:
+        return DistContext(rank=0, world_size=1, local_rank=0)
+
+    import torch.distributed as dist
+
+    if device == "hpu":
+        import habana_frameworks.torch.distributed.hccl  # noqa: F401  registers the hccl backend
+    if device == "cuda":
+        import torch
+
+        torch.cuda.set_device(local_rank)
+    dist.init_process_group(
+        backend=BACKENDS[device],
+        rank=rank,
+        world_size=world_size,
+        timeout=datetime.timedelta(seconds=DEFAULT_TIMEOUT_S),
+    )
+    # Python objects travel over gloo whatever the device's collective backend is.
+    control = dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=CONTROL_TIMEOUT_S))
+    return DistContext(rank=rank, world_size=world_size, local_rank=local_rank, control_group=control)

@@ -1,0 +1,99 @@
+"""The batch every rank holds, and how one ``Step`` changes it (the same on all ranks).
+
+Continuous batching: rows join (prefill) and leave (finished, cancelled) between decode steps.
+Only tensors live here; requests, sampling and text belong to rank 0's coordinator.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from bloomz_runtime.backends.base import ModelRunner
+from bloomz_runtime.commands import Step
+from bloomz_runtime.kvcache import concat_rows, left_pad_prompts, ones_column, select_rows
+
+
+class BatchEngine:
+    def __init__(self, runner: ModelRunner, kv_cache: bool = True) -> None:
+        self.runner = runner
+        self.kv_cache = kv_cache
+        self.rows: list[str] = []
+        # The model's cache object (opaque); its tensors are edited through the runner.
+        self.cache: Any = None
+        self.mask = torch.zeros((0, 0), dtype=torch.long)
+        # Without a KV cache every step re-reads the whole sequence, so keep the token ids.
+        self.ids = torch.zeros((0, 0), dtype=torch.long)
+
+    def apply(self, step: Step) -> torch.Tensor | None:
+        """Run one step; returns last-position logits [rows, vocab] in row order (None if no rows)."""
+        if step.drop:
+            self._drop(step.drop)
+        parts: list[torch.Tensor] = []
+        if step.decode:
+            parts.append(self._decode(step.decode))
+        if step.admit:
+            parts.append(self._prefill(step.admit))
+        return torch.cat(parts) if parts else None
+
+    def _drop(self, drop: tuple[str, ...]) -> None:
+        gone = set(drop)
+        keep = [i for i, row in enumerate(self.rows) if row not in gone]
+        self.rows = [self.rows[i] for i in keep]
+        if not self.rows:
+            self.cache, self.mask, self.ids = None, self.mask[:0, :0], self.ids[:0, :0]
+            return
+        if self.kv_cache:
+            kv, self.mask = select_rows(self.runner.cache_tensors(self.cache), self.mask, keep)
+            self.runner.set_cache_tensors(self.cache, kv)
+        else:
+            index = torch.tensor(keep, dtype=torch.long)
+            self.ids, self.mask = self.ids[index], self.mask[index]
+
+    def _decode(self, tokens: tuple[int, ...]) -> torch.Tensor:
+        if len(tokens) != len(self.rows):
+            raise RuntimeError(f"decode got {len(tokens)} tokens for {len(self.rows)} rows")
+        new = torch.tensor(tokens, dtype=torch.long).unsqueeze(1)
+        self.mask = ones_column(self.mask)
+        if self.kv_cache:
+            logits, self.cache = self.runner.forward(new, self.mask, self.cache, use_cache=True)
+        else:
+            self.ids = torch.cat([self.ids, new], dim=1)
+            logits, _ = self.runner.forward(self.ids, self.mask, None, use_cache=False)
+        return logits
+
+    def _prefill(self, admit: tuple[tuple[str, tuple[int, ...]], ...]) -> torch.Tensor:
+        prompts = [list(ids) for _, ids in admit]
+        length = self.runner.prompt_length(max(len(p) for p in prompts))
+        ids, mask = left_pad_prompts(prompts, self.runner.pad_id, length)
+        logits, cache = self.runner.forward(ids, mask, None, use_cache=self.kv_cache)
+        if not self.rows:
+            self.cache, self.mask = cache, mask
+            if not self.kv_cache:
+                self.ids = ids
+        elif self.kv_cache:
+            cache_tensors = self.runner.cache_tensors
+            kv, self.mask = concat_rows(cache_tensors(self.cache), self.mask, cache_tensors(cache), mask)
+            self.runner.set_cache_tensors(self.cache, kv)
+        else:
+            self.ids, self.mask = _concat_ids(self.ids, self.mask, ids, mask, self.runner.pad_id)
+        self.rows.extend(row for row, _ in admit)
+        return logits
+
+
+def _concat_ids(
+    a_ids: torch.Tensor, a_mask: torch.Tensor, b_ids: torch.Tensor, b_mask: torch.Tensor, pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    length = max(a_ids.shape[1], b_ids.shape[1])
+
+    def pad(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        extra = length - ids.shape[1]
+        return (
+            torch.cat([ids.new_full((ids.shape[0], extra), pad_id), ids], dim=1),
+            torch.cat([mask.new_zeros((mask.shape[0], extra)), mask], dim=1),
+        )
+
+    a_ids, a_mask = pad(a_ids, a_mask)
+    b_ids, b_mask = pad(b_ids, b_mask)
+    return torch.cat([a_ids, b_ids]), torch.cat([a_mask, b_mask])

@@ -1,0 +1,192 @@
+"""What a runtime pod runs: start the ranks (mpirun for more than one) and mirror their fate.
+
+    python3 -m bloomz_runtime.launch --model PATH_OR_HUB_ID --device {hpu,cuda,cpu} --world-size N ...
+
+``build_command`` is pure and unit-tested; ``main`` adds the side effects: a free MASTER_PORT,
+signal forwarding (SIGTERM goes to rank 0, which drains and then shuts the other ranks down),
+and the child's exit code as ours.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from bloomz_runtime.options import BIND_HOST_ENV, ServeOptions, parse_options, to_argv
+
+SERVE_MODULE = "bloomz_runtime.serve"
+# Rank 0 writes its pid here so the launcher can ask it (and only it) to drain.
+LEADER_PIDFILE_ENV = "BLOOMZ_LEADER_PIDFILE"
+# Environment every rank needs; Open MPI forwards these by name (-x) to every node.
+FORWARDED_ENV_PREFIXES = (
+    "BLOOMZ_",
+    "HF_",
+    "HUGGING_FACE_",
+    "TRANSFORMERS_",
+    "HABANA_",
+    "PT_HPU_",
+    "NCCL_",
+    "CUDA_",
+    "TORCH_",
+    "MASTER_",
+    "OMP_",
+    "KMP_",
+    "MKL_",
+)
+FORWARDED_ENV_NAMES = ("PATH", "PYTHONPATH", "LD_LIBRARY_PATH", "VIRTUAL_ENV", "HOME", "TMPDIR")
+# After the grace period, how long rank 0 may take to stop the other ranks before we kill the job.
+KILL_MARGIN_S = 15.0
+
+
+def threads_per_rank(cpu_count: int, world_size: int) -> int:
+    return max(1, cpu_count // world_size)
+
+
+def mpirun_binding_flags(device: str, world_size: int, cpu_count: int) -> list[str]:
+    """Process placement per device.
+
+    hpu: Intel's recipe for Gaudi servers, each rank bound to its own block of cores.
+    cuda: the GPU does the work, leave the host threads free.
+    cpu: ranks share the cores through OMP_NUM_THREADS = cores / ranks; no pinning, because a
+    container's cpuset often does not match what mpirun believes the node has.
+    """
+    if device == "hpu":
+        cores = threads_per_rank(cpu_count, world_size)
+        return ["--bind-to", "core", "--map-by", f"socket:PE={cores}", "--rank-by", "core"]
+    if device == "cuda":
+        return ["--bind-to", "none", "--map-by", "slot"]
+    return ["--bind-to", "none", "--map-by", "slot", "--oversubscribe"]
+
+
+def forwarded_env_names(environ: Mapping[str, str]) -> list[str]:
+    names = {k for k in environ if k.startswith(FORWARDED_ENV_PREFIXES) or k in FORWARDED_ENV_NAMES}
+    return sorted(names)
+
+
+def rank_environment(
+    opts: ServeOptions, environ: Mapping[str, str], *, master_port: int, cpu_count: int, pidfile: str | None
+) -> dict[str, str]:
+    """The environment the ranks start with (the launcher's plus what they must agree on)."""
+    env = dict(environ)
+    env.setdefault("MASTER_ADDR", "127.0.0.1")
+    env["MASTER_PORT"] = environ.get("MASTER_PORT", str(master_port))
+    env.setdefault("OMP_NUM_THREADS", str(threads_per_rank(cpu_count, opts.world_size)))
+    env[BIND_HOST_ENV] = opts.bind_host
+    # Output of every rank reaches the pod log at once.
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    if pidfile:
+        env[LEADER_PIDFILE_ENV] = pidfile
+    return env
+
+
+def build_command(
+    opts: ServeOptions,
+    env: Mapping[str, str],
+    *,
+    python: str = sys.executable,
+    is_root: bool = False,
+    cpu_count: int = 1,
+    mpirun: str = "mpirun",
+) -> list[str]:
+    """The command line that starts all ranks: serve directly for one rank, mpirun otherwise."""
+    serve = [python, "-u", "-m", SERVE_MODULE, *to_argv(opts)]
+    if opts.world_size == 1:
+        return serve
+    cmd = [mpirun, "-np", str(opts.world_size)]
+    if is_root:
+        cmd.append("--allow-run-as-root")
+    cmd += mpirun_binding_flags(opts.device, opts.world_size, cpu_count)
+    for name in forwarded_env_names(env):
+        cmd += ["-x", name]
+    return cmd + serve
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def exit_code(returncode: int) -> int:
+    """A child killed by signal N exits like a shell reports it: 128 + N."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+class _Supervisor:
+    """Runs the job, turns our SIGTERM/SIGINT into a drain request to rank 0, escalates if ignored."""
+
+    def __init__(self, cmd: Sequence[str], env: dict[str, str], pidfile: Path | None, grace_s: float) -> None:
+        self.pidfile = pidfile
+        self.grace_s = grace_s
+        self.kill_at: float | None = None
+        self.signals = 0
+        # Own process group: a Ctrl-C in a terminal reaches only us, and we decide what the ranks get.
+        self.proc = subprocess.Popen(list(cmd), env=env, start_new_session=True)
+
+    def _leader_pid(self) -> int | None:
+        if self.pidfile is None:
+            return self.proc.pid
+        try:
+            return int(self.pidfile.read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def on_signal(self, signum: int, _frame: object) -> None:
+        self.signals += 1
+        leader = self._leader_pid()
+        if self.signals == 1 and leader is not None:
+            self._kill(leader, signal.SIGTERM)
+            self.kill_at = time.monotonic() + self.grace_s + KILL_MARGIN_S
+        else:
+            # Second signal, or ranks still starting: stop the whole job now.
+            self._kill_group(signal.SIGTERM)
+            self.kill_at = time.monotonic() + 5.0
+
+    def _kill(self, pid: int, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+
+    def _kill_group(self, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, sig)
+
+    def wait(self) -> int:
+        while True:
+            try:
+                return self.proc.wait(timeout=0.5)
+            except subprocess.TimeoutExpired:
+                if self.kill_at is not None and time.monotonic() > self.kill_at:
+                    self._kill_group(signal.SIGKILL)
+                    self.kill_at = None
+
+
+def main(argv: list[str] | None = None) -> int:
+    opts = parse_options(argv)
+    cpu_count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    with tempfile.TemporaryDirectory(prefix="bloomz-launch-") as tmp:
+        pidfile = Path(tmp) / "leader.pid" if opts.world_size > 1 else None
+        env = rank_environment(
+            opts,
+            os.environ,
+            master_port=free_port(),
+            cpu_count=cpu_count,
+            pidfile=str(pidfile) if pidfile else None,
+        )
+        cmd = build_command(opts, env, is_root=os.geteuid() == 0, cpu_count=cpu_count)
+        print("launch:", " ".join(cmd), file=sys.stderr, flush=True)
+        supervisor = _Supervisor(cmd, env, pidfile, opts.grace_period_s)
+        signal.signal(signal.SIGTERM, supervisor.on_signal)
+        signal.signal(signal.SIGINT, supervisor.on_signal)
+        return exit_code(supervisor.wait())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,122 @@
+"""Rank 0's waiting room: a bounded queue and the rules for when requests join the batch.
+
+The rules are pure functions (unit-tested); ``RequestQueue`` adds only locking.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from typing import Protocol
+
+from bloomz_runtime.errors import QueueFull, Unavailable
+
+
+class Waiting(Protocol):
+    cancelled: bool
+    urgent: bool
+    deadline: float | None
+
+    def expired(self, now: float) -> bool: ...
+
+
+def free_slots(running: int, max_batch_size: int) -> int:
+    return max(0, max_batch_size - running)
+
+
+def should_gather(
+    running: int, waiting: Sequence[Waiting], max_batch_size: int, oldest_wait_s: float, batch_wait_s: float
+) -> bool:
+    """Whether an idle engine should wait a little longer for more requests before prefilling.
+
+    Only an idle engine waits (a running batch takes newcomers at the next step anyway), only once
+    a burst has begun (two or more waiting: a lone request starts at once, so batch-1 latency
+    never pays for batching), never for urgent requests, never beyond batch_wait_s, and not once
+    the batch would be full.
+    """
+    if running > 0 or len(waiting) < 2 or batch_wait_s <= 0:
+        return False
+    if any(w.urgent for w in waiting):
+        return False
+    if len(waiting) >= max_batch_size:
+        return False
+    return oldest_wait_s < batch_wait_s
+
+
+def split_admissible(
+    waiting: Sequence[Waiting], slots: int, now: float
+) -> tuple[list[Waiting], list[Waiting], list[Waiting]]:
+    """(admit, still waiting, gone): cancelled or expired requests never reach the model."""
+    admit: list[Waiting] = []
+    keep: list[Waiting] = []
+    gone: list[Waiting] = []
+    for w in waiting:
+        if w.cancelled or w.expired(now):
+            gone.append(w)
+        elif len(admit) < slots:
+            admit.append(w)
+        else:
+            keep.append(w)
+    return admit, keep, gone
+
+
+class RequestQueue:
+    def __init__(self, max_size: int) -> None:
+        self.max_size = max_size
+        self._items: deque[Waiting] = deque()
+        self._arrived: deque[float] = deque()
+        self._cond = threading.Condition()
+        self._closed = False
+
+    def put(self, item: Waiting) -> None:
+        with self._cond:
+            if self._closed:
+                raise Unavailable("server is shutting down")
+            if len(self._items) >= self.max_size:
+                raise QueueFull(f"queue is full ({self.max_size} waiting requests)")
+            self._items.append(item)
+            self._arrived.append(time.monotonic())
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def cancel_all(self) -> None:
+        """Mark every waiting request cancelled (the engine answers them CANCELLED when it takes them)."""
+        with self._cond:
+            for item in self._items:
+                item.cancelled = True
+            self._cond.notify_all()
+
+    def __len__(self) -> int:
+        with self._cond:
+            return len(self._items)
+
+    def wait_for_items(self, timeout: float) -> bool:
+        """Block until something is waiting (True) or the timeout passes (False). No polling."""
+        with self._cond:
+            return self._cond.wait_for(lambda: bool(self._items) or self._closed, timeout) and bool(
+                self._items
+            )
+
+    def gather(self, running: int, max_batch_size: int, batch_wait_s: float) -> None:
+        """Let an idle engine collect a batch: wait while ``should_gather`` says so."""
+        with self._cond:
+            while True:
+                oldest = time.monotonic() - self._arrived[0] if self._arrived else 0.0
+                if not should_gather(running, list(self._items), max_batch_size, oldest, batch_wait_s):
+                    return
+                self._cond.wait(batch_wait_s - oldest)
+
+    def take(self, slots: int) -> tuple[list[Waiting], list[Waiting]]:
+        """(requests to admit now, requests that left while waiting)."""
+        with self._cond:
+            admit, keep, gone = split_admissible(list(self._items), slots, time.monotonic())
+            arrived = dict(zip(map(id, self._items), self._arrived, strict=True))
+            self._items = deque(keep)
+            self._arrived = deque(arrived[id(k)] for k in keep)
+            return admit, gone

@@ -1,0 +1,353 @@
+"""The gRPC face of rank 0: bloomz.v1.TextGeneration over the coordinator, plus health and reflection."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import statistics
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from bloomz_runtime import __version__
+from bloomz_runtime.backends.base import ModelRunner
+from bloomz_runtime.coordinator import Coordinator
+from bloomz_runtime.errors import InvalidArgument, Unavailable, grpc_status
+from bloomz_runtime.metrics import RuntimeMetrics
+from bloomz_runtime.options import ServeOptions
+from bloomz_runtime.proto import generate_pb2 as pb
+from bloomz_runtime.proto import generate_pb2_grpc as pb_grpc
+from bloomz_runtime.requests import (
+    FINISH_EOS,
+    FINISH_LENGTH,
+    FINISH_STOP,
+    Event,
+    FinishedEvent,
+    GenerationRequest,
+    TokenEvent,
+)
+from bloomz_runtime.scheduler import RequestQueue
+from bloomz_runtime.validation import (
+    Limits,
+    SamplingParams,
+    ValidatedParams,
+    validate_parameters,
+    validate_prompt,
+    validate_prompt_tokens,
+)
+
+SERVICE_NAME = "bloomz.v1.TextGeneration"
+SEED_PROMPT = "DeepSpeed is a machine learning framework"
+SEED_NEW_TOKENS = 100
+BENCH_WARMUP = 2
+BENCH_ITERATIONS = 5
+MAX_BENCH_ITERATIONS = 100
+
+FINISH_REASONS = {
+    FINISH_LENGTH: pb.FINISH_REASON_LENGTH,
+    FINISH_EOS: pb.FINISH_REASON_EOS,
+    FINISH_STOP: pb.FINISH_REASON_STOP,
+}
+
+T = TypeVar("T")
+
+
+@dataclass
+class Attached:
+    """What exists once the model is loaded."""
+
+    runner: ModelRunner
+    coordinator: Coordinator
+    queue: RequestQueue
+
+
+def _ms(a: float | None, b: float | None) -> float:
+    return (b - a) * 1000.0 if a is not None and b is not None else 0.0
+
+
+def timings_of(req: GenerationRequest) -> pb.Timings:
+    t = req.times
+    per_token = 0.0
+    if len(req.generated) > 1:
+        per_token = _ms(t.first_token, t.finished) / (len(req.generated) - 1)
+    return pb.Timings(
+        queue_ms=_ms(t.accepted, t.scheduled),
+        first_token_ms=_ms(t.scheduled, t.first_token),
+        per_token_ms=per_token,
+        total_ms=_ms(t.accepted, t.finished),
+    )
+
+
+def _unary(method: str) -> Callable[[Callable[..., Awaitable[T]]], Callable[..., Awaitable[T]]]:
+    """Count the call and turn domain errors into status codes (the only place that does)."""
+
+    def wrap(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+        @functools.wraps(fn)
+        async def handler(self: TextGenerationService, request: Any, context: grpc.aio.ServicerContext) -> T:
+            try:
+                result = await fn(self, request, context)
+            except asyncio.CancelledError:
+                self.metrics.requests.labels(method, grpc.StatusCode.CANCELLED.name).inc()
+                raise
+            except Exception as exc:
+                code, details = grpc_status(exc)
+                self.metrics.requests.labels(method, code.name).inc()
+                await context.abort(code, details)
+            self.metrics.requests.labels(method, grpc.StatusCode.OK.name).inc()
+            return result
+
+        return handler
+
+    return wrap
+
+
+class TextGenerationService(pb_grpc.TextGenerationServicer):
+    def __init__(self, opts: ServeOptions, metrics: RuntimeMetrics) -> None:
+        self.opts = opts
+        self.metrics = metrics
+        self.limits = Limits(max_input_tokens=opts.max_input_tokens, max_new_tokens=opts.max_new_tokens)
+        self.attached: Attached | None = None
+        self.draining = False
+
+    def attach(self, runner: ModelRunner, coordinator: Coordinator, queue: RequestQueue) -> None:
+        self.attached = Attached(runner, coordinator, queue)
+
+    def _ready(self) -> Attached:
+        if self.draining:
+            raise Unavailable("server is draining (shutting down)")
+        if self.attached is None:
+            raise Unavailable("model is still loading")
+        return self.attached
+
+    # -- submitting work -------------------------------------------------------------------
+    def submit(
+        self,
+        prompt_ids: list[int],
+        params: ValidatedParams,
+        deadline_s: float | None = None,
+        urgent: bool = False,
+        label: str = "",
+    ) -> tuple[GenerationRequest, asyncio.Queue[Event]]:
+        att = self._ready()
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[Event] = asyncio.Queue()
+
+        def sink(event: Event) -> None:
+            loop.call_soon_threadsafe(events.put_nowait, event)
+
+        deadline = time.monotonic() + deadline_s if deadline_s is not None else None
+        req = GenerationRequest(
+            prompt_ids, params, att.runner.tokenizer, att.runner.eos_id, sink, deadline, urgent, label
+        )
+        att.queue.put(req)
+        self.metrics.queue_depth.set(len(att.queue))
+        return req, events
+
+    def _prepare(self, request: pb.GenerateRequest) -> tuple[list[int], ValidatedParams]:
+        att = self._ready()
+        validate_prompt(request.prompt)
+        params = validate_parameters(
+            request.parameters if request.HasField("parameters") else None, self.limits
+        )
+        ids = list(att.runner.tokenizer(request.prompt, add_special_tokens=False).input_ids)
+        if params.truncate_prompt_tokens is not None:
+            ids = ids[: params.truncate_prompt_tokens]
+        validate_prompt_tokens(len(ids), self.limits)
+        return ids, params
+
+    async def run_to_end(self, req: GenerationRequest, events: asyncio.Queue[Event]) -> tuple[str, str]:
+        """(text, finish reason) once the request ends; cancels it if the caller goes away."""
+        pieces: list[str] = []
+        try:
+            while True:
+                event = await events.get()
+                if isinstance(event, TokenEvent):
+                    pieces.append(event.text)
+                elif isinstance(event, FinishedEvent):
+                    pieces.append(event.text)
+                    return "".join(pieces), event.reason
+                else:
+                    raise event.error
+        finally:
+            if not req.done:
+                req.cancelled = True
+
+    # -- RPCs ------------------------------------------------------------------------------
+    @_unary("Generate")
+    async def Generate(
+        self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GenerateResponse:
+        ids, params = self._prepare(request)
+        req, events = self.submit(ids, params, context.time_remaining(), label=request.request_id)
+        text, reason = await self.run_to_end(req, events)
+        return pb.GenerateResponse(
+            text=text,
+            prompt_tokens=len(ids),
+            generated_tokens=len(req.generated),
+            finish_reason=FINISH_REASONS[reason],
+            timings=timings_of(req),
+            token_ids=req.generated,
+            prompt=self._decode_prompt(ids),
+        )
+
+    def _decode_prompt(self, ids: list[int]) -> str:
+        assert self.attached is not None
+        return str(self.attached.runner.tokenizer.decode(ids, skip_special_tokens=True))
+
+    async def GenerateStream(
+        self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.GenerateStreamResponse]:
+        method = "GenerateStream"
+        req: GenerationRequest | None = None
+        try:
+            ids, params = self._prepare(request)
+            req, events = self.submit(ids, params, context.time_remaining(), label=request.request_id)
+            while True:
+                event = await events.get()
+                if isinstance(event, TokenEvent):
+                    yield pb.GenerateStreamResponse(text=event.text, token_ids=[event.token_id])
+                elif isinstance(event, FinishedEvent):
+                    yield pb.GenerateStreamResponse(
+                        text=event.text,
+                        finish_reason=FINISH_REASONS[event.reason],
+                        prompt_tokens=len(ids),
+                        generated_tokens=len(req.generated),
+                        timings=timings_of(req),
+                    )
+                    break
+                else:
+                    raise event.error
+        except asyncio.CancelledError:
+            self.metrics.requests.labels(method, grpc.StatusCode.CANCELLED.name).inc()
+            raise
+        except Exception as exc:
+            code, details = grpc_status(exc)
+            self.metrics.requests.labels(method, code.name).inc()
+            await context.abort(code, details)
+        finally:
+            if req is not None and not req.done:
+                req.cancelled = True
+        self.metrics.requests.labels(method, grpc.StatusCode.OK.name).inc()
+
+    @_unary("Info")
+    async def Info(self, request: pb.InfoRequest, context: grpc.aio.ServicerContext) -> pb.InfoResponse:
+        att = self._ready()
+        runner = att.runner
+        o = self.opts
+        config = getattr(runner.model, "config", None)
+        return pb.InfoResponse(
+            model=o.model_name,
+            device=o.device,
+            world_size=o.world_size,
+            dtype=o.torch_dtype_name,
+            limits=pb.Limits(
+                max_input_tokens=o.max_input_tokens,
+                max_new_tokens=o.max_new_tokens,
+                max_batch_size=o.max_batch_size,
+                max_queue_size=o.max_queue_size,
+                batch_wait_ms=o.batch_wait_ms,
+            ),
+            versions={"bloomz_runtime": __version__, "grpcio": grpc.__version__, **runner.versions},
+            model_type=str(getattr(config, "model_type", "")),
+            parameters=runner.parameters,
+            kv_cache=o.kv_cache,
+            hpu_graphs=o.hpu_graphs and o.device == "hpu",
+            backend=runner.backend,
+        )
+
+    @_unary("Benchmark")
+    async def Benchmark(
+        self, request: pb.BenchmarkRequest, context: grpc.aio.ServicerContext
+    ) -> pb.BenchmarkResponse:
+        att = self._ready()
+        prompt = request.prompt or SEED_PROMPT
+        new_tokens = request.max_new_tokens or SEED_NEW_TOKENS
+        warmup = request.warmup if request.HasField("warmup") else BENCH_WARMUP
+        iterations = request.iterations if request.HasField("iterations") else BENCH_ITERATIONS
+        if not 1 <= iterations <= MAX_BENCH_ITERATIONS:
+            raise InvalidArgument(f"iterations must be in [1, {MAX_BENCH_ITERATIONS}], got {iterations}")
+        if warmup > MAX_BENCH_ITERATIONS:
+            raise InvalidArgument(f"warmup must be <= {MAX_BENCH_ITERATIONS}, got {warmup}")
+        if new_tokens > self.limits.max_new_tokens:
+            raise InvalidArgument(
+                f"max_new_tokens {new_tokens} exceeds the server limit {self.limits.max_new_tokens}"
+            )
+        ids = list(att.runner.tokenizer(prompt, add_special_tokens=False).input_ids)
+        validate_prompt_tokens(len(ids), self.limits)
+        # The seed's method: greedy, batch 1, eos ignored so every run makes exactly new_tokens.
+        params = ValidatedParams(max_new_tokens=new_tokens, sampling=SamplingParams(), ignore_eos=True)
+        runs: list[GenerationRequest] = []
+        for i in range(warmup + iterations):
+            req, events = self.submit(ids, params, context.time_remaining(), urgent=True, label="benchmark")
+            await self.run_to_end(req, events)
+            if i >= warmup:
+                runs.append(req)
+        latencies = [_seconds(r.times.scheduled, r.times.finished) for r in runs]
+        first = [_seconds(r.times.scheduled, r.times.first_token) for r in runs]
+        per_token = [
+            _seconds(r.times.first_token, r.times.finished) / max(1, len(r.generated) - 1) for r in runs
+        ]
+        latency = statistics.median(latencies)
+        return pb.BenchmarkResponse(
+            latency_seconds=latency,
+            tokens_per_second=new_tokens / latency if latency > 0 else 0.0,
+            first_token_ms=statistics.median(first) * 1000.0,
+            per_token_ms=statistics.median(per_token) * 1000.0,
+            prompt_tokens=len(ids),
+            iterations=iterations,
+            latencies_seconds=latencies,
+            max_new_tokens=new_tokens,
+            world_size=self.opts.world_size,
+            device=self.opts.device,
+            dtype=self.opts.torch_dtype_name,
+            warmup=warmup,
+        )
+
+    async def warmup(self) -> None:
+        """Exercise prefill, decode, and joining a running batch before reporting SERVING."""
+        att = self._ready()
+        ids = list(att.runner.tokenizer(SEED_PROMPT, add_special_tokens=False).input_ids)
+        params = ValidatedParams(max_new_tokens=4, sampling=SamplingParams(), ignore_eos=True)
+        first, first_events = self.submit(ids, params, urgent=True, label="warmup")
+        # Once the first has its first token it is in the batch and the queue is empty again
+        # (even a queue of one has room); the second then joins the running batch.
+        head = await first_events.get()
+        first_events.put_nowait(head)
+        second = self.submit(ids[:2], params, label="warmup")
+        await self.run_to_end(first, first_events)
+        await self.run_to_end(*second)
+
+
+def _seconds(a: float | None, b: float | None) -> float:
+    return (b - a) if a is not None and b is not None else 0.0
+
+
+async def start_grpc_server(
+    service: TextGenerationService, health: HealthServicer, host: str, port: int
+) -> tuple[grpc.aio.Server, int]:
+    """Serve TextGeneration, health and reflection; returns the server and the bound port."""
+    server = grpc.aio.server()
+    pb_grpc.add_TextGenerationServicer_to_server(service, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    names = (
+        pb.DESCRIPTOR.services_by_name["TextGeneration"].full_name,
+        health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+        reflection.SERVICE_NAME,
+    )
+    reflection.enable_server_reflection(names, server)
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    bound = server.add_insecure_port(address)
+    await server.start()
+    return server, bound
+
+
+async def set_health(health: HealthServicer, serving: bool) -> None:
+    status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+    for name in ("", SERVICE_NAME):
+        await health.set(name, status)

@@ -1,0 +1,120 @@
+"""Checking a request's parameters against the server's limits (pure; INVALID_ARGUMENT on failure)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from bloomz_runtime.errors import InvalidArgument
+
+MAX_STOP_STRINGS = 8
+MAX_STOP_LENGTH = 256
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_input_tokens: int
+    max_new_tokens: int
+    max_stop_strings: int = MAX_STOP_STRINGS
+    max_stop_length: int = MAX_STOP_LENGTH
+    # Server default when a request does not say; capped by max_new_tokens.
+    default_new_tokens: int = 64
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+
+    @property
+    def is_plain_greedy(self) -> bool:
+        return not self.do_sample and self.repetition_penalty == 1.0
+
+
+@dataclass(frozen=True)
+class ValidatedParams:
+    max_new_tokens: int
+    sampling: SamplingParams
+    stop: tuple[str, ...] = ()
+    ignore_eos: bool = False
+    truncate_prompt_tokens: int | None = None
+
+
+def _has(msg: Any, name: str) -> bool:
+    try:
+        return bool(msg.HasField(name))
+    except ValueError:
+        return False
+
+
+def validate_parameters(params: Any, limits: Limits) -> ValidatedParams:
+    """``params`` is a bloomz.v1.GenerationParameters message (or None): unset optional fields
+    take defaults, set ones must be in range."""
+    if params is None:
+        return ValidatedParams(
+            max_new_tokens=min(limits.default_new_tokens, limits.max_new_tokens), sampling=SamplingParams()
+        )
+    max_new = min(limits.default_new_tokens, limits.max_new_tokens)
+    if _has(params, "max_new_tokens"):
+        max_new = int(params.max_new_tokens)
+        if max_new <= 0:
+            raise InvalidArgument(f"max_new_tokens must be > 0, got {max_new}")
+        if max_new > limits.max_new_tokens:
+            raise InvalidArgument(
+                f"max_new_tokens {max_new} exceeds the server limit {limits.max_new_tokens}"
+            )
+    do_sample = bool(params.do_sample)
+    temperature = float(params.temperature) if _has(params, "temperature") else 1.0
+    if not math.isfinite(temperature) or temperature < 0 or (do_sample and temperature == 0):
+        raise InvalidArgument(f"temperature must be > 0 when sampling, got {temperature}")
+    top_k = int(params.top_k) if _has(params, "top_k") else 0
+    if top_k < 0:
+        raise InvalidArgument(f"top_k must be >= 0 (0 = off), got {top_k}")
+    top_p = float(params.top_p) if _has(params, "top_p") else 1.0
+    if not (0.0 < top_p <= 1.0):
+        raise InvalidArgument(f"top_p must be in (0, 1], got {top_p}")
+    penalty = float(params.repetition_penalty) if _has(params, "repetition_penalty") else 1.0
+    if not math.isfinite(penalty) or penalty <= 0:
+        raise InvalidArgument(f"repetition_penalty must be > 0, got {penalty}")
+    stop = tuple(params.stop)
+    if len(stop) > limits.max_stop_strings:
+        raise InvalidArgument(f"at most {limits.max_stop_strings} stop strings, got {len(stop)}")
+    for s in stop:
+        if not s:
+            raise InvalidArgument("stop strings must not be empty")
+        if len(s) > limits.max_stop_length:
+            raise InvalidArgument(f"stop strings are limited to {limits.max_stop_length} characters")
+    truncate = int(params.truncate_prompt_tokens) if _has(params, "truncate_prompt_tokens") else None
+    if truncate is not None and truncate <= 0:
+        raise InvalidArgument(f"truncate_prompt_tokens must be > 0, got {truncate}")
+    return ValidatedParams(
+        max_new_tokens=max_new,
+        sampling=SamplingParams(
+            do_sample=do_sample,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            repetition_penalty=penalty,
+            seed=int(params.seed) if _has(params, "seed") else None,
+        ),
+        stop=stop,
+        ignore_eos=bool(params.ignore_eos),
+        truncate_prompt_tokens=truncate,
+    )
+
+
+def validate_prompt(prompt: str) -> None:
+    if not prompt:
+        raise InvalidArgument("prompt must not be empty")
+
+
+def validate_prompt_tokens(count: int, limits: Limits) -> None:
+    if count == 0:
+        raise InvalidArgument("prompt has no tokens")
+    if count > limits.max_input_tokens:
+        raise InvalidArgument(f"prompt has {count} tokens, the limit is {limits.max_input_tokens}")

@@ -1,0 +1,135 @@
+"""Shared helpers for tests that start real runtime processes."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def health_status(target: str, service: str = "", timeout: float = 5.0) -> int | None:
+    """The health service's status for ``service``, or None if the server does not answer."""
+    with grpc.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        try:
+            return int(stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout).status)
+        except grpc.RpcError:
+            return None
+
+
+def wait_for_serving(target: str, timeout: float, process: subprocess.Popen[bytes] | None = None) -> None:
+    """Poll grpc.health.v1 until SERVING; fail early if ``process`` exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"runtime exited with {process.returncode} before SERVING")
+        if health_status(target, timeout=2.0) == health_pb2.HealthCheckResponse.SERVING:
+            return
+        time.sleep(0.2)
+    raise TimeoutError(f"{target} not SERVING after {timeout:.0f} s")
+
+
+@dataclass
+class RuntimeProcess:
+    target: str
+    port: int
+    metrics_port: int
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def runtime_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    merged = dict(os.environ)
+    merged.setdefault("BLOOMZ_BIND_HOST", "127.0.0.1")
+    # The test machines have 2 shared cores: one thread per rank avoids OpenMP spin contention.
+    merged.setdefault("OMP_NUM_THREADS", "1")
+    merged.setdefault("TOKENIZERS_PARALLELISM", "false")
+    merged.update(env or {})
+    return merged
+
+
+def start_runtime(
+    model_dir: Path | str,
+    world_size: int = 1,
+    port: int | None = None,
+    extra_args: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+    log_path: Path | None = None,
+) -> RuntimeProcess:
+    """Start ``python -m bloomz_runtime.launch --device cpu`` without waiting for it."""
+    port = port or free_port()
+    metrics_port = free_port()
+    if log_path is None:
+        fd, name = tempfile.mkstemp(prefix="bloomz-runtime-", suffix=".log")
+        os.close(fd)
+        log_path = Path(name)
+    cmd = [
+        sys.executable, "-m", "bloomz_runtime.launch",
+        "--model", str(model_dir),
+        "--device", "cpu",
+        "--world-size", str(world_size),
+        "--port", str(port),
+        "--metrics-port", str(metrics_port),
+        *extra_args,
+    ]  # fmt: skip
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(cmd, env=runtime_env(env), stdout=log, stderr=subprocess.STDOUT)
+    return RuntimeProcess(f"127.0.0.1:{port}", port, metrics_port, process, log_path)
+
+
+def stop_runtime(rt: RuntimeProcess, timeout: float = 60.0) -> int:
+    """SIGTERM (drain), then SIGKILL if it does not exit in time; returns the exit code."""
+    if rt.process.poll() is None:
+        rt.process.send_signal(signal.SIGTERM)
+        try:
+            rt.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            rt.process.kill()
+            rt.process.wait(timeout=30)
+    return int(rt.process.returncode)
+
+
+@contextlib.contextmanager
+def run_runtime(
+    model_dir: Path | str,
+    world_size: int = 1,
+    port: int | None = None,
+    extra_args: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+    timeout: float = 300.0,
+) -> Iterator[RuntimeProcess]:
+    """A runtime on 127.0.0.1, SERVING on entry, stopped (drained) on exit."""
+    rt = start_runtime(model_dir, world_size, port, extra_args, env)
+    try:
+        try:
+            wait_for_serving(rt.target, timeout, rt.process)
+        except Exception as exc:
+            raise RuntimeError(f"{exc}\n--- runtime log ---\n{rt.log()[-5000:]}") from exc
+        yield rt
+    finally:
+        stop_runtime(rt)
+        with contextlib.suppress(OSError):
+            rt.log_path.unlink()
