@@ -922,13 +922,16 @@ def deleted(**_):
 def test_kopf_operator_handles_create_and_delete(
     api: SandboxAPIServer, custom: k8s.CustomObjectsApi, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import kopf
     import kopf.testing
 
     handlers = tmp_path / "handlers.py"
     handlers.write_text(KOPF_HANDLERS)
     monkeypatch.setenv("SANDBOX_TEST_URL", api.url)
     args = ["run", "--standalone", "--namespace", "default", str(handlers)]
-    with kopf.testing.KopfRunner(args, timeout=120) as runner:
+    # A fresh registry: Kopf makes a runner's registry the process-wide default, so handlers of
+    # earlier in-process operators (the operator's own tests) would otherwise run here too.
+    with kopf.testing.KopfRunner(args, registry=kopf.OperatorRegistry(), timeout=120) as runner:
         create_gadget(custom, "default", "kopf-smoke")
 
         def current() -> dict[str, Any]:
