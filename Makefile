@@ -81,3 +81,10 @@ demo-runtime: setup
 test-operator: setup
 	$(PY) -m ruff check operator/bloomz_operator tests/operator
 	$(PY) -m pytest -q tests/operator
+
+# --- multi-node replicas: groups of pods joined by mpirun over SSH (docs/multinode.md) ---
+.PHONY: test-multinode
+## test-multinode: the group builders, planner and status, the launcher's multi-node parts, a 2-"node" CPU group
+test-multinode: setup
+	$(PY) -m pytest -q tests/operator/test_operator_multinode.py tests/runtime/test_multinode.py \
+		tests/runtime/test_multinode_e2e.py

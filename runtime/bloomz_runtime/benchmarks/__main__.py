@@ -1,0 +1,5 @@
+import sys
+
+from bloomz_runtime.benchmarks.runner import main
+
+sys.exit(main())

@@ -1,0 +1,5 @@
+import sys
+
+from bloomz_runtime.client.cli import main
+
+sys.exit(main())

