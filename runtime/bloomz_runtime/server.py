@@ -332,7 +332,9 @@ async def start_grpc_server(
     service: TextGenerationService, health: HealthServicer, host: str, port: int
 ) -> tuple[grpc.aio.Server, int]:
     """Serve TextGeneration, health and reflection; returns the server and the bound port."""
-    server = grpc.aio.server()
+    # No SO_REUSEPORT (grpcio's default is on): a second server on the same address must fail to
+    # start, not silently share the port with the first.
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
     pb_grpc.add_TextGenerationServicer_to_server(service, server)
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     names = (
