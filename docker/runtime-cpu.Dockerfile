@@ -34,9 +34,10 @@ LABEL org.opencontainers.image.title="bloomz-runtime-cpu" \
 # Open MPI runs the ranks. g++ stays: DeepSpeed JIT-compiles its shared-memory all-reduce for the node's
 # own CPU (-march=native) when the first process group starts, so it cannot be prebuilt portably.
 # Debian package versions follow the base image's tag, which pins them (hence no DL3008 pins).
+# openssh: multi-node replicas (docs/multinode.md): worker pods run sshd, the leader's mpirun reaches them by ssh.
 # hadolint ignore=DL3008
 RUN apt-get update \
- && apt-get install -y --no-install-recommends openmpi-bin g++ \
+ && apt-get install -y --no-install-recommends openmpi-bin g++ openssh-client openssh-server \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /opt/venv /opt/venv
 COPY --from=build /models /models

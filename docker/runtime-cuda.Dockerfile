@@ -15,6 +15,11 @@ LABEL org.opencontainers.image.title="bloomz-runtime-cuda" \
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /opt/bloomz
+# openssh: multi-node replicas (docs/multinode.md): worker pods run sshd, the leader's mpirun reaches them by ssh.
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends openssh-client openssh-server \
+ && rm -rf /var/lib/apt/lists/*
 COPY docker/base-constraints.sh /usr/local/bin/base-constraints.sh
 COPY pyproject.toml README.md ./
 COPY runtime/ runtime/

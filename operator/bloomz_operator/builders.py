@@ -24,10 +24,12 @@ from .constants import (
     LABEL_NAME,
     LABEL_OWNER,
     LABEL_REPLICA_INDEX,
+    LABEL_ROLE,
     LABEL_TEMPLATE_HASH,
     MANAGER_NAME,
     METRICS_PORT,
     METRICS_PORT_NAME,
+    ROLE_LEADER,
     RUNTIME_APP_NAME,
 )
 from .settings import Settings
@@ -142,6 +144,11 @@ def _env(spec: InferenceSpec, settings: Settings) -> list[dict[str, Any]]:
         # DeepSpeed tensor parallelism (optimum-habana text-generation README).
         put("PT_HPU_LAZY_MODE", "1")
         put("PT_HPU_ENABLE_LAZY_COLLECTIVES", "true")
+        if spec.multi_node:
+            # Intel's HCCL picks the scale-out path itself (Gaudi NICs first, then host NICs over libfabric);
+            # HCCL_SOCKET_IFNAME names the interface it uses between servers: the pod's own. The settings'
+            # and the spec's env (applied after) override it.
+            put("HCCL_SOCKET_IFNAME", "eth0")
     if spec.storage is not None and not spec.model.startswith("/"):
         # Hub downloads go to the model volume, so a restarted pod does not fetch the weights again.
         put("HF_HOME", f"{spec.storage.mount_path.rstrip('/')}/huggingface")
@@ -158,10 +165,10 @@ def _resources(spec: InferenceSpec, settings: Settings) -> dict[str, dict[str, A
     requests: dict[str, Any] = {}
     if spec.device == "cpu":
         # One core per rank, and memory for a small model per rank.
-        requests.update({"cpu": str(spec.cards), "memory": f"{2 * spec.cards}Gi"})
-        limits["memory"] = f"{4 * spec.cards}Gi"
+        requests.update({"cpu": str(spec.cards_per_pod), "memory": f"{2 * spec.cards_per_pod}Gi"})
+        limits["memory"] = f"{4 * spec.cards_per_pod}Gi"
     elif device.resource_name:
-        limits[device.resource_name] = str(spec.cards)
+        limits[device.resource_name] = str(spec.cards_per_pod)
     if device.memory:
         limits["memory"] = device.memory
     if device.hugepages_2mi:
@@ -287,8 +294,13 @@ def desired_template_hash(spec: InferenceSpec, settings: Settings) -> str:
     return template_hash(build_pod_spec(spec, settings))
 
 
-def build_service(owner: Owner) -> dict[str, Any]:
-    """The Service in front of the replicas: gRPC and Prometheus metrics."""
+def build_service(owner: Owner, *, leaders_only: bool = False) -> dict[str, Any]:
+    """The Service in front of the replicas: gRPC and Prometheus metrics.
+
+    `leaders_only`: multi-node replicas serve from their leader pod only (workers run sshd and ranks)."""
+    selector = selector_labels(owner.name)
+    if leaders_only:
+        selector[LABEL_ROLE] = ROLE_LEADER
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -300,7 +312,7 @@ def build_service(owner: Owner) -> dict[str, Any]:
         },
         "spec": {
             "type": "ClusterIP",
-            "selector": selector_labels(owner.name),
+            "selector": selector,
             "ports": [
                 {
                     "name": GRPC_PORT_NAME,

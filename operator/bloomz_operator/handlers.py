@@ -18,8 +18,9 @@ from typing import Any
 import kopf
 
 from . import pods as podview
-from .builders import Owner, desired_template_hash
+from .builders import Owner
 from .constants import BENCHMARK_ANNOTATION, GROUP, KIND, LABEL_MANAGED_BY, MANAGER_NAME, PLURAL, VERSION
+from .groups import current_template_hash
 from .kubeapi import KubeAPI, make_api_client
 from .latency import PodTarget, benchmark_due, benchmark_requested, measure_pods, summarize
 from .reconciler import clean_up, reconcile
@@ -173,7 +174,7 @@ def register_handlers(
                 parsed = parse_spec(dict(spec))
             except SpecError:
                 return  # the reconciler reports it in the status
-            current_hash = desired_template_hash(parsed, settings)
+            current_hash = current_template_hash(parsed, settings)
             requested = benchmark_requested(annotations)
             now = datetime.now(timezone.utc)
             latency = status.get("latency")
@@ -191,6 +192,7 @@ def register_handlers(
                 PodTarget(podview.name_of(pod), _address(ip, settings.benchmark.port))
                 for pod in sorted(observed, key=podview.name_of)
                 if podview.hash_of(pod) == current_hash
+                and not podview.is_worker(pod)  # a multi-node group serves (and is measured) on its leader
                 and podview.is_ready(pod)
                 and not podview.is_terminating(pod)
                 and (ip := podview.pod_ip(pod))

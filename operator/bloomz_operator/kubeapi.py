@@ -27,6 +27,9 @@ API_CALLS: frozenset[tuple[str, str, str]] = frozenset(
         ("", "services", "get"),
         ("", "services", "create"),
         ("", "services", "delete"),
+        # Multi-node replicas: the SSH key pair of a resource's groups.
+        ("", "secrets", "get"),
+        ("", "secrets", "create"),
     }
 )
 
@@ -48,7 +51,7 @@ def make_api_client() -> kubernetes.client.ApiClient:
 
 
 class KubeAPI:
-    """Pods and Services of one namespace at a time, as plain dicts."""
+    """Pods, Services and Secrets of one namespace at a time, as plain dicts."""
 
     def __init__(self, api_client: kubernetes.client.ApiClient) -> None:
         # Any: raw dict bodies and `_preload_content=False` responses are outside the client's typed models.
@@ -82,13 +85,18 @@ class KubeAPI:
         return True
 
     def service_exists(self, namespace: str, name: str) -> bool:
+        return self.read_service(namespace, name) is not None
+
+    def read_service(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The Service as a dict, or None if there is none."""
         try:
-            self.core.read_namespaced_service(name, namespace, _preload_content=False)
+            response = self.core.read_namespaced_service(name, namespace, _preload_content=False)
         except ApiException as error:
             if error.status == 404:
-                return False
+                return None
             raise
-        return True
+        service: dict[str, Any] = json.loads(response.data)
+        return service
 
     def create_service(self, namespace: str, body: Mapping[str, Any]) -> bool:
         try:
@@ -104,6 +112,25 @@ class KubeAPI:
             self.core.delete_namespaced_service(name, namespace, _preload_content=False)
         except ApiException as error:
             if error.status == 404:
+                return False
+            raise
+        return True
+
+    def secret_exists(self, namespace: str, name: str) -> bool:
+        try:
+            self.core.read_namespaced_secret(name, namespace, _preload_content=False)
+        except ApiException as error:
+            if error.status == 404:
+                return False
+            raise
+        return True
+
+    def create_secret(self, namespace: str, body: Mapping[str, Any]) -> bool:
+        """True if created, False if it exists already (made by an earlier pass: that key is kept)."""
+        try:
+            self.core.create_namespaced_secret(namespace, dict(body), _preload_content=False)
+        except ApiException as error:
+            if error.status == 409:
                 return False
             raise
         return True

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from .constants import LABEL_REPLICA_INDEX, LABEL_TEMPLATE_HASH
+from .constants import LABEL_GROUP_MEMBER, LABEL_REPLICA_INDEX, LABEL_ROLE, LABEL_TEMPLATE_HASH, ROLE_WORKER
 
 Pod = Mapping[str, Any]
 
@@ -70,3 +70,20 @@ def owned_by(pods: Iterable[Pod], owner_uid: str) -> list[Pod]:
         for pod in pods
         if any(ref.get("uid") == owner_uid for ref in pod.get("metadata", {}).get("ownerReferences") or ())
     ]
+
+
+def role_of(pod: Pod) -> str | None:
+    """ "leader" or "worker" for a pod of a multi-node group; None for a single-node replica's pod."""
+    return labels_of(pod).get(LABEL_ROLE)
+
+
+def is_worker(pod: Pod) -> bool:
+    return role_of(pod) == ROLE_WORKER
+
+
+def member_of(pod: Pod) -> int:
+    """A pod's place in its group (0 = the leader, and the only member of a single-node replica)."""
+    try:
+        return int(labels_of(pod).get(LABEL_GROUP_MEMBER, "0"))
+    except ValueError:
+        return 0

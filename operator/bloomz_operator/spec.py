@@ -50,6 +50,8 @@ class InferenceSpec:
     model: str
     device: str = "hpu"
     cards: int = 1
+    # Devices one node (pod) of a replica uses; a replica with more cards is a group of pods on several nodes.
+    cards_per_node: int = 8
     replicas: int = 1
     dtype: str | None = None
     image: str | None = None
@@ -62,12 +64,33 @@ class InferenceSpec:
     tolerations: tuple[Mapping[str, Any], ...] = ()
     env: tuple[Mapping[str, Any], ...] = ()
 
+    @property
+    def nodes(self) -> int:
+        """Pods per replica: 1 when the cards fit one node, else cards / cardsPerNode (leader + workers)."""
+        return 1 if self.cards <= self.cards_per_node else self.cards // self.cards_per_node
+
+    @property
+    def multi_node(self) -> bool:
+        return self.nodes > 1
+
+    @property
+    def cards_per_pod(self) -> int:
+        return self.cards_per_node if self.multi_node else self.cards
+
 
 DEVICES = ("hpu", "cuda", "cpu")
 
 
 class SpecError(ValueError):
     """A spec the CRD schema should have refused (an API server without validation let it through)."""
+
+
+def cards_per_node_message(cards: int, cards_per_node: int) -> str:
+    # The same words as the CRD's validation rule, so both ways of refusing read alike.
+    return (
+        f"spec.cards ({cards}) must be at most spec.cardsPerNode ({cards_per_node}) or a multiple of it: "
+        "a replica spans whole nodes"
+    )
 
 
 def _pick(data: Mapping[str, Any], key: str, default: Any) -> Any:
@@ -128,6 +151,7 @@ def _parse(spec: Mapping[str, Any]) -> InferenceSpec:
         model=str(spec["model"]),
         device=str(_pick(spec, "device", "hpu")),
         cards=int(_pick(spec, "cards", 1)),
+        cards_per_node=int(_pick(spec, "cardsPerNode", 8)),
         replicas=int(_pick(spec, "replicas", 1)),
         dtype=spec.get("dtype") or None,
         image=spec.get("image") or None,
@@ -152,6 +176,10 @@ def _check(spec: InferenceSpec) -> None:
         raise SpecError(f"spec.device must be one of {', '.join(DEVICES)}, got {spec.device!r}")
     if spec.cards < 1:
         raise SpecError(f"spec.cards must be >= 1, got {spec.cards}")
+    if spec.cards_per_node < 1:
+        raise SpecError(f"spec.cardsPerNode must be >= 1, got {spec.cards_per_node}")
+    if spec.cards > spec.cards_per_node and spec.cards % spec.cards_per_node:
+        raise SpecError(cards_per_node_message(spec.cards, spec.cards_per_node))
     if spec.replicas < 0:
         raise SpecError(f"spec.replicas must be >= 0, got {spec.replicas}")
     if spec.max_surge < 0:

@@ -7,7 +7,7 @@ crash-loop reason with the last exit code), so `kubectl get bloomz -o yaml` says
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from . import pods as podview
@@ -43,6 +43,9 @@ def _waiting_problem(pod: Mapping[str, Any]) -> tuple[str, str] | None:
             restarts = status.get("restartCount")
             if restarts:
                 detail += f", {restarts} restarts"
+            if last.get("message"):
+                # The container's termination message, e.g. a multi-node leader naming the unreachable worker.
+                detail += f": {str(last['message']).strip()[:300]}"
             return reason, f"container {status.get('name')} keeps crashing: {detail}"
         if reason in IMAGE_ERRORS or reason in CONFIG_ERRORS:
             return reason, f"container {status.get('name')}: {waiting.get('message') or reason}"
@@ -83,6 +86,17 @@ def diagnose(pod: Mapping[str, Any]) -> Diagnosis:
     )
 
 
+def diagnose_member(pod: Mapping[str, Any]) -> Diagnosis:
+    """`diagnose`, except that a worker of a multi-node group loads nothing itself: it is done once its
+    sshd accepts connections (the leader's readiness says when the group's model is loaded)."""
+    found = diagnose(pod)
+    if not podview.is_worker(pod) or found.failed or not found.scheduled or found.ready:
+        return found
+    if podview.phase_of(pod) == "Running":
+        return replace(found, reason="StartingSSH", message=f"{found.pod}: worker starting sshd")
+    return found
+
+
 def _condition(type_: str, ok: bool, reason: str, message: str) -> dict[str, Any]:
     return {"type": type_, "status": "True" if ok else "False", "reason": reason, "message": message}
 
@@ -103,15 +117,32 @@ def compute_status(
     generation: int | None,
     previous_conditions: Sequence[Mapping[str, Any]] = (),
     now: str,
+    nodes: int = 1,
 ) -> dict[str, Any]:
-    """The status block, given the owned pods (any template) and the desired replica count."""
+    """The status block, given the owned pods (any template) and the desired replica count.
+
+    `nodes` > 1: each replica is a group of that many pods, which counts (and serves) as one replica only
+    when it is complete and its leader is ready."""
     live = [pod for pod in observed if not podview.is_terminating(pod)]
-    ready_count = sum(podview.is_ready(pod) for pod in live)
     # The conditions speak about the current template's pods (the ones the spec asked for).
     current = [pod for pod in live if podview.hash_of(pod) == current_hash]
-    diagnoses = [diagnose(pod) for pod in sorted(current, key=podview.name_of)]
-    missing = max(0, replicas - len(current))
-    current_ready = sum(d.ready for d in diagnoses)
+    if nodes == 1:
+        ready_count = sum(podview.is_ready(pod) for pod in live)
+        diagnoses = [diagnose(pod) for pod in sorted(current, key=podview.name_of)]
+        missing = max(0, replicas - len(current))
+        current_ready = sum(d.ready for d in diagnoses)
+        live_replicas = len(live)
+    else:
+        groups = _groups(live)
+        # Groups of an earlier template may have had another size: complete as far as can be told.
+        ready_count = sum(
+            _group_serves(pods, nodes if key[0] == current_hash else None) for key, pods in groups.items()
+        )
+        current_groups = {key: pods for key, pods in groups.items() if key[0] == current_hash}
+        diagnoses = [diagnose_member(pod) for pod in sorted(current, key=podview.name_of)]
+        missing = max(0, replicas - len(current_groups))
+        current_ready = sum(_group_serves(pods, nodes) for pods in current_groups.values())
+        live_replicas = len(groups)
 
     if replicas == 0:
         conditions = [
@@ -167,7 +198,7 @@ def compute_status(
     status: dict[str, Any] = {
         "phase": phase,
         "conditions": conditions,
-        "replicas": len(live),
+        "replicas": live_replicas,
         "readyReplicas": ready_count,
         "endpoint": endpoint,
         "templateHash": current_hash,
@@ -175,6 +206,29 @@ def compute_status(
     if generation is not None:
         status["observedGeneration"] = generation
     return status
+
+
+def _groups(live: Sequence[Mapping[str, Any]]) -> dict[tuple[str | None, str], list[Mapping[str, Any]]]:
+    groups: dict[tuple[str | None, str], list[Mapping[str, Any]]] = {}
+    for pod in live:
+        index = podview.index_of(pod)
+        key = (podview.hash_of(pod), str(index) if index is not None else podview.name_of(pod))
+        groups.setdefault(key, []).append(pod)
+    return groups
+
+
+def _group_serves(pods: Sequence[Mapping[str, Any]], nodes: int | None) -> bool:
+    """A complete group whose leader is ready (old single-node pods: the pod is ready)."""
+    leaders = [pod for pod in pods if podview.member_of(pod) == 0]
+    if podview.role_of(pods[0]) is None:  # a single-node pod of an earlier template
+        return all(podview.is_ready(pod) for pod in pods)
+    alive = all(not podview.is_finished(pod) for pod in pods)
+    return (
+        (nodes is None or len(pods) == nodes)
+        and alive
+        and bool(leaders)
+        and all(podview.is_ready(p) for p in leaders)
+    )
 
 
 @dataclass(frozen=True)
@@ -206,6 +260,7 @@ def status_events(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> list
             "ScaledToZero",
             "ContainerCreating",
             "NotReady",
+            "StartingSSH",
         )
         changed = (before.get("reason"), before.get("message")) != (cond["reason"], cond["message"])
         # One warning per new problem, even when it blocks several conditions.

@@ -20,6 +20,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from bloomz_runtime.multinode import ROLE_LEADER, ROLE_WORKER, prepare_leader, run_worker, split_args
 from bloomz_runtime.options import BIND_HOST_ENV, ServeOptions, parse_options, to_argv
 
 SERVE_MODULE = "bloomz_runtime.serve"
@@ -169,6 +170,10 @@ class _Supervisor:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Multi-node replicas: a worker becomes sshd; a leader runs mpirun over its group (multinode.py).
+    group, argv = split_args(sys.argv[1:] if argv is None else argv)
+    if group.role == ROLE_WORKER:
+        return run_worker(group)
     opts = parse_options(argv)
     cpu_count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     with tempfile.TemporaryDirectory(prefix="bloomz-launch-") as tmp:
@@ -181,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
             pidfile=str(pidfile) if pidfile else None,
         )
         cmd = build_command(opts, env, is_root=os.geteuid() == 0, cpu_count=cpu_count)
+        if group.role == ROLE_LEADER:
+            cmd = prepare_leader(group, opts.world_size, env, cmd, Path(tmp))
         print("launch:", " ".join(cmd), file=sys.stderr, flush=True)
         supervisor = _Supervisor(cmd, env, pidfile, opts.grace_period_s)
         signal.signal(signal.SIGTERM, supervisor.on_signal)

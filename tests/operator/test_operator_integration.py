@@ -301,6 +301,14 @@ def tiny_resource(name: str, replicas: int) -> dict[str, Any]:
     return dict(body)
 
 
+def tiny_group_resource(name: str) -> dict[str, Any]:
+    """The CPU example as a multi-node replica: 4 ranks, 2 per "node", so a leader and one worker."""
+    body = tiny_resource(name, 1)
+    body["spec"].update(cards=4, cardsPerNode=2)
+    body["spec"]["benchmark"]["enabled"] = True
+    return body
+
+
 def test_failed_pod_replaced_restart_creates_nothing_twice_scale_down(cluster: Cluster) -> None:
     name = "tiny-replicas"
     with running_operator(cluster):
@@ -348,15 +356,89 @@ def test_failed_pod_replaced_restart_creates_nothing_twice_scale_down(cluster: C
         wait_for("its pods gone", lambda: not cluster.pods(name))
 
 
-def test_every_api_call_of_the_operator_is_granted_by_rbac(cluster: Cluster) -> None:
-    # A short life of a resource of its own, so this test stands alone; earlier tests add their calls.
-    name = "tiny-rbac"
+def test_multi_node_group_secret_services_failure_recreation_and_leader_latency(cluster: Cluster) -> None:
+    name = "tiny-groups"
+    mark = len(cluster.server.requests)
     with running_operator(cluster):
-        cluster.custom.create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, tiny_resource(name, 1))
-        wait_for("the pod", lambda: cluster.pods(name))
-        wait_for("a status", lambda: cluster.resource(name).get("status", {}).get("phase"))
+        cluster.custom.create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, tiny_group_resource(name))
+        pods = wait_for("the group", lambda: len(cluster.pods(name)) == 2 and cluster.pods(name))
+        by_role = {p["metadata"]["labels"][f"{GROUP}/role"]: p for p in pods}
+        leader, worker = by_role["leader"], by_role["worker"]
+        args = leader["spec"]["containers"][0]["args"]
+        assert args[args.index("--hosts") + 1] == ",".join(
+            f"{p['metadata']['name']}.{name}-hosts" for p in (leader, worker)
+        )
+        secret = cluster.core.read_namespaced_secret(f"{name}-ssh", NS)
+        assert set(secret.data) == {"id_ed25519", "id_ed25519.pub", "authorized_keys"}
+        assert secret.metadata.owner_references[0].name == name
+        headless = cluster.core.read_namespaced_service(f"{name}-hosts", NS)
+        assert headless.spec.cluster_ip == "None" and headless.spec.publish_not_ready_addresses
+        service = wait_for("the Service", lambda: cluster.core.read_namespaced_service(name, NS))
+        assert service.spec.selector[f"{GROUP}/role"] == "leader"
+
+        # The worker is evicted: the whole group is recreated and the status names the member.
+        uids = {p["metadata"]["name"]: p["metadata"]["uid"] for p in pods}
+        evicted = {"phase": "Failed", "reason": "Evicted", "message": "The node was low on memory."}
+        cluster.set_pod_status(worker["metadata"]["name"], evicted)
+        failure = wait_for(
+            "lastGroupFailure", lambda: cluster.resource(name).get("status", {}).get("lastGroupFailure")
+        )
+        assert (failure["pod"], failure["role"], failure["reason"]) == (
+            worker["metadata"]["name"],
+            "worker",
+            "Evicted",
+        )
+        wait_for(
+            "the group recreated",
+            lambda: (
+                len(new := cluster.pods(name)) == 2
+                and all(p["metadata"]["uid"] != uids[p["metadata"]["name"]] for p in new)
+            ),
+        )
+        assert count_events(cluster, "GroupRecreated") >= 1
+
+        # Both pods ready (the leader pointing at a real runtime): the group serves, and the latency is
+        # measured on its leader only.
+        for pod in cluster.pods(name):
+            cluster.set_pod_status(pod["metadata"]["name"], ready())
+        latency = wait_for(
+            "status.latency", lambda: cluster.resource(name).get("status", {}).get("latency"), 180
+        )
+        assert [entry["pod"] for entry in latency["pods"]] == [leader["metadata"]["name"]]
+        assert latency["seconds"] > 0
+        status = cluster.resource(name)["status"]
+        assert (status["phase"], status["replicas"], status["readyReplicas"]) == ("Ready", 1, 1)
+        # The Services were created once and never replaced (their selectors read back as written).
+        service_writes = [
+            r[:2] for r in operator_requests(cluster, mark) if "/services" in r[1] and r[0] != "GET"
+        ]
+        assert sorted(service_writes) == [("POST", f"/api/v1/namespaces/{NS}/services")] * 2
+
         cluster.custom.delete_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, name)
         wait_for("the resource gone", lambda: name not in cluster.kubectl("get", "bloomz", "-o", "name"))
+        wait_for("its pods gone", lambda: not cluster.pods(name))
+        assert (
+            cluster.kubectl("get", "service", f"{name}-hosts", "--ignore-not-found", "-o", "name").strip()
+            == ""
+        )
+
+
+def test_every_api_call_of_the_operator_is_granted_by_rbac(cluster: Cluster) -> None:
+    # A short life of a resource of its own, so this test stands alone; earlier tests add their calls.
+    name, multi = "tiny-rbac", "rbac-groups"
+    with running_operator(cluster):
+        cluster.custom.create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, tiny_resource(name, 1))
+        # A multi-node resource too: its SSH Secret and headless Service are calls of their own.
+        cluster.custom.create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, tiny_group_resource(multi))
+        wait_for("the pod", lambda: cluster.pods(name))
+        wait_for("the group", lambda: len(cluster.pods(multi)) == 2)
+        for resource in (name, multi):
+            wait_for("a status", lambda r=resource: cluster.resource(r).get("status", {}).get("phase"))
+            cluster.custom.delete_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, resource)
+            wait_for(
+                "the resource gone",
+                lambda r=resource: r not in cluster.kubectl("get", "bloomz", "-o", "name"),
+            )
     calls = {call for r in operator_requests(cluster) if (call := api_call(*r[:3])) is not None}
     rules = rbac.NAMESPACED_RULES + rbac.CLUSTER_RULES
     ungranted = sorted(call for call in calls if not rbac.allows(rules, *call))

@@ -15,6 +15,8 @@ CORE_METHODS = {
     "create_namespaced_service": ("", "services", "create"),
     "delete_namespaced_service": ("", "services", "delete"),
     "patch_namespaced_custom_object_status": ("inference.bloomz.dev", "bloomzinferences/status", "patch"),
+    "read_namespaced_secret": ("", "secrets", "get"),
+    "create_namespaced_secret": ("", "secrets", "create"),
 }
 
 
@@ -41,9 +43,11 @@ def test_rules_are_well_formed_and_sorted() -> None:
 def test_exactly_the_declared_calls_are_granted() -> None:
     assert granted(rbac.NAMESPACED_RULES) == kubeapi.API_CALLS | rbac.KOPF_NAMESPACED_CALLS
     assert granted(rbac.CLUSTER_RULES) == rbac.KOPF_CLUSTER_CALLS
-    # Nothing that writes outside the operator's own objects, and no secrets at all.
+    # Nothing that writes outside the operator's own objects; secrets only to create and read back the SSH
+    # key pair of multi-node groups (never list/watch: the operator sees no other secret).
     everything = granted(rbac.NAMESPACED_RULES) | granted(rbac.CLUSTER_RULES)
-    assert not any(resource == "secrets" for _, resource, _ in everything)
+    assert {verb for _, resource, verb in everything if resource == "secrets"} == {"create", "get"}
+    assert not any(resource == "secrets" for _, resource, _ in granted(rbac.CLUSTER_RULES))
     assert not any(verb in ("update", "deletecollection", "escalate", "bind") for *_, verb in everything)
 
 
