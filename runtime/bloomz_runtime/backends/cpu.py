@@ -9,7 +9,57 @@ import torch
 from bloomz_runtime.backends.base import ModelRunner, count_parameters, torch_dtype
 from bloomz_runtime.backends.bloom import BloomRunner, supports_lean_forward
 from bloomz_runtime.dist import DistContext
+from bloomz_runtime.multinode import avoid_shared_memory_all_reduce_across_nodes
 from bloomz_runtime.options import ServeOptions
+
+# Rows a running batch usually holds; oneDNN picks its weight layout for this many (any count works).
+PACKED_BATCH_HINT = 16
+
+
+def can_pack_linears(dtype: torch.dtype) -> bool:
+    """oneDNN's prepacked float32 matmul is in every x86 torch build we ship (private ops, so check)."""
+    mkldnn_ops = torch.ops.mkldnn
+    return (
+        dtype == torch.float32
+        and torch.backends.mkldnn.is_available()
+        and hasattr(mkldnn_ops, "_reorder_linear_weight")
+        and hasattr(mkldnn_ops, "_linear_pointwise")
+    )
+
+
+class PackedLinear(torch.nn.Module):
+    """``nn.Linear`` with its weight reordered once into oneDNN's blocked layout.
+
+    MKL's sgemm on a plain [out, in] weight is slow for a decode batch of a few rows (16 rows cost
+    2.2x one row, 15 rows 5x; profile of 16 concurrent clients: 87 % of a step in these matmuls);
+    oneDNN on a prepacked weight costs about the same as MKL for one row and 0.65x for 16. Results
+    equal ``F.linear``'s up to float32 rounding.
+    """
+
+    def __init__(self, linear: torch.nn.Linear, batch_hint: int = PACKED_BATCH_HINT) -> None:
+        super().__init__()
+        self.in_features = linear.in_features
+        self.out_features = linear.out_features
+        with torch.no_grad():
+            packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), batch_hint)
+        self.register_buffer("packed_weight", packed, persistent=False)
+        self.bias = linear.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed_weight, self.bias, "none", [], "")
+
+
+def pack_linears(model: torch.nn.Module) -> int:
+    """Replace every plain ``nn.Linear`` (not subclasses such as DeepSpeed's sharded ones) in place."""
+    targets = [
+        (parent, name, child)
+        for parent in model.modules()
+        for name, child in parent.named_children()
+        if type(child) is torch.nn.Linear
+    ]
+    for parent, name, child in targets:
+        setattr(parent, name, PackedLinear(child))
+    return len(targets)
 
 
 class CpuBackend:
@@ -40,6 +90,12 @@ class CpuBackend:
             )
             model = engine.module
             versions["deepspeed"] = str(deepspeed.__version__)
+            # Ranks on several nodes (a multi-node group): not DeepSpeed's single-machine all-reduce.
+            avoid_shared_memory_all_reduce_across_nodes()
+        elif can_pack_linears(dtype):
+            # A tied lm_head gets its own packed copy (the embedding lookup keeps the original):
+            # one vocabulary-sized matrix more memory for 0.65x the lm_head time at batch 16.
+            pack_linears(model)
         runner_class = BloomRunner if supports_lean_forward(model) else ModelRunner
         return runner_class(
             model=model,

@@ -1,0 +1,58 @@
+"""oneDNN-prepacked linear layers of the CPU backend: same results as ``nn.Linear`` (up to float32
+rounding) for every batch size a running batch can have, and only plain ``nn.Linear`` is packed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from bloomz_runtime.backends.cpu import CpuBackend, PackedLinear, can_pack_linears, pack_linears
+from bloomz_runtime.dist import DistContext
+from bloomz_runtime.options import ServeOptions
+
+
+def test_packing_applies_to_float32_only() -> None:
+    # The pinned x86 torch build has oneDNN; other dtypes keep transformers' own kernels.
+    assert can_pack_linears(torch.float32)
+    assert not can_pack_linears(torch.bfloat16)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("shape", [(1, 64), (3, 64), (16, 64), (2, 5, 64)])
+def test_packed_linear_equals_linear(bias: bool, shape: tuple[int, ...]) -> None:
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(64, 96, bias=bias)
+    packed = PackedLinear(linear)
+    x = torch.randn(*shape)
+    with torch.inference_mode():
+        expected = linear(x)
+        got = packed(x)
+    assert got.shape == expected.shape
+    assert torch.allclose(got, expected, atol=1e-5, rtol=1e-5)
+    assert not torch.equal(got, torch.zeros_like(got))
+
+
+class _Subclass(torch.nn.Linear):
+    """Stands for DeepSpeed's sharded layers, whose forward does more than a matmul."""
+
+
+def test_pack_linears_replaces_only_plain_linear_layers() -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.GELU(), _Subclass(8, 4))
+    nested = torch.nn.Sequential(torch.nn.Linear(4, 2))
+    model.add_module("nested", nested)
+    assert pack_linears(model) == 2
+    assert isinstance(model[0], PackedLinear)
+    assert type(model[2]) is _Subclass
+    assert isinstance(nested[0], PackedLinear)
+
+
+def test_cpu_backend_packs_one_rank_float32(tiny_checkpoint: Path) -> None:
+    runner = CpuBackend().load(ServeOptions(model=str(tiny_checkpoint), device="cpu"), DistContext(0, 1, 0))
+    layer = runner.model.transformer.h[0]
+    assert isinstance(runner.model.lm_head, PackedLinear)
+    assert isinstance(layer.self_attention.query_key_value, PackedLinear)
+    assert isinstance(layer.mlp.dense_4h_to_h, PackedLinear)
+    assert not any(type(m) is torch.nn.Linear for m in runner.model.modules())
+    # The tied embedding keeps its own weight for the lookup.
+    assert runner.model.transformer.word_embeddings.weight.shape[0] == runner.model.lm_head.out_features
