@@ -112,3 +112,18 @@ def test_dtype_mapping_and_backend_lookup(tiny_checkpoint: Path) -> None:
     with pytest.raises(ValueError):
         get_backend("tpu")
     assert resolve_model_dir(str(tiny_checkpoint)) == tiny_checkpoint
+
+
+def test_load_for_deepspeed_meta_for_sharded_bloom_host_otherwise(tiny_checkpoint: Path) -> None:
+    from bloomz_runtime.backends.loading import load_for_deepspeed
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(tiny_checkpoint)
+    model, checkpoint = load_for_deepspeed(tiny_checkpoint, config, torch.float32, 2)
+    assert checkpoint is not None and next(model.parameters()).is_meta
+    assert json.loads(Path(checkpoint).read_text())["checkpoints"]
+    for host_device in (None, "cpu"):
+        model, checkpoint = load_for_deepspeed(
+            tiny_checkpoint, config, torch.float32, 1, host_device=host_device
+        )
+        assert checkpoint is None and not next(model.parameters()).is_meta

@@ -5,9 +5,6 @@ Written against transformers' and DeepSpeed's documented APIs; imported only whe
 
 from __future__ import annotations
 
-import os
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -16,9 +13,8 @@ from bloomz_runtime.backends.base import ModelRunner, count_parameters, torch_dt
 from bloomz_runtime.backends.bloom import BloomRunner, supports_lean_forward
 from bloomz_runtime.backends.loading import (
     ds_inference_kwargs,
-    loads_on_meta,
+    load_for_deepspeed,
     resolve_model_dir,
-    write_checkpoints_json,
 )
 from bloomz_runtime.dist import DistContext
 from bloomz_runtime.options import ServeOptions
@@ -48,17 +44,7 @@ class CudaBackend:
         else:
             import deepspeed
 
-            checkpoint = None
-            if loads_on_meta(config.model_type, ctx.world_size):
-                # Every rank reads only its shard: the full model never sits in host memory.
-                with deepspeed.OnDevice(dtype=dtype, device="meta"):
-                    model = AutoModelForCausalLM.from_config(config, torch_dtype=dtype)
-                tmp = Path(tempfile.mkdtemp(prefix="bloomz-ds-"))
-                checkpoint = str(write_checkpoints_json(model_dir, tmp / f"checkpoints-{os.getpid()}.json"))
-            else:
-                model = AutoModelForCausalLM.from_pretrained(
-                    model_dir, torch_dtype=dtype, low_cpu_mem_usage=True
-                )
+            model, checkpoint = load_for_deepspeed(model_dir, config, dtype, ctx.world_size)
             parameters = count_parameters(model)
             engine = deepspeed.init_inference(
                 model.eval(), **ds_inference_kwargs(dtype, ctx.world_size, checkpoint=checkpoint)

@@ -13,9 +13,7 @@ habana_frameworks and optimum-habana exist only in Intel's images: everything is
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import MutableMapping
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -25,9 +23,8 @@ from bloomz_runtime.backends.bloom import BloomRunner, supports_lean_forward
 from bloomz_runtime.backends.loading import (
     bloom_injection_policy,
     ds_inference_kwargs,
-    loads_on_meta,
+    load_for_deepspeed,
     resolve_model_dir,
-    write_checkpoints_json,
 )
 from bloomz_runtime.dist import DistContext
 from bloomz_runtime.options import ServeOptions
@@ -124,15 +121,9 @@ class HpuBackend:
         else:
             import deepspeed
 
-            checkpoint = None
-            if loads_on_meta(config.model_type, ctx.world_size):
-                with deepspeed.OnDevice(dtype=dtype, device="meta"):
-                    model = AutoModelForCausalLM.from_config(config, torch_dtype=dtype)
-                tmp = Path(tempfile.mkdtemp(prefix="bloomz-ds-"))
-                checkpoint = str(write_checkpoints_json(model_dir, tmp / f"checkpoints-{os.getpid()}.json"))
-            else:
-                with deepspeed.OnDevice(dtype=dtype, device="cpu"):
-                    model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=dtype)
+            model, checkpoint = load_for_deepspeed(
+                model_dir, config, dtype, ctx.world_size, host_device="cpu"
+            )
             parameters = count_parameters(model)
             policy = bloom_injection_policy() if config.model_type == "bloom" else None
             engine = deepspeed.init_inference(

@@ -8,6 +8,8 @@ device (no memory), and DeepSpeed reads only its shard from the checkpoint files
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -92,3 +94,27 @@ def resolve_model_dir(model: str, cache_dir: str | None = None) -> Path:
             allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "tokenizer*"],
         )
     )
+
+
+def load_for_deepspeed(
+    model_dir: Path, config: Any, dtype: Any, world_size: int, *, host_device: str | None = None
+) -> tuple[Any, str | None]:
+    """The model to hand to deepspeed.init_inference and its checkpoints json (None: weights loaded).
+
+    Large models are built on the meta device so every rank reads only its shard (the full model never
+    sits in host memory), as optimum-habana does; smaller ones load on the host, inside
+    deepspeed.OnDevice(host_device) when given (Habana's fork wants the load scoped to "cpu").
+    """
+    import deepspeed
+    from transformers import AutoModelForCausalLM
+
+    if loads_on_meta(config.model_type, world_size):
+        with deepspeed.OnDevice(dtype=dtype, device="meta"):
+            model = AutoModelForCausalLM.from_config(config, torch_dtype=dtype)
+        tmp = Path(tempfile.mkdtemp(prefix="bloomz-ds-"))
+        return model, str(write_checkpoints_json(model_dir, tmp / f"checkpoints-{os.getpid()}.json"))
+    if host_device is None:
+        model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=dtype, low_cpu_mem_usage=True)
+        return model, None
+    with deepspeed.OnDevice(dtype=dtype, device=host_device):
+        return AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=dtype), None
