@@ -13,6 +13,7 @@ import grpc
 import pytest
 from bloomz_runtime.proto import generate_pb2 as pb
 from bloomz_runtime.proto import generate_pb2_grpc as pb_grpc
+from bloomz_runtime.tiny import _WORDS as tiny_words
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 from helpers import RuntimeProcess, run_runtime
 from runtime_reference import PROMPTS, Reference
@@ -79,21 +80,8 @@ def test_stream_yields_the_same_tokens_and_text(stub: pb_grpc.TextGenerationStub
 def test_sixteen_concurrent_requests_each_get_their_solo_output(
     stub: pb_grpc.TextGenerationStub, hf_greedy: Reference
 ) -> None:
-    words = [
-        "the",
-        "model",
-        "server",
-        "token",
-        "cache",
-        "batch",
-        "prompt",
-        "request",
-        "latency",
-        "memory",
-        "card",
-        "node",
-        "pod",
-    ]
+    # Words the tiny checkpoint's tokenizer was trained on (tiny.py), so prompts tokenize compactly.
+    words = tiny_words[:13]
     jobs = []
     for i in range(16):
         prompt = " ".join(words[: 1 + i % len(words)]) + f" {i}"
