@@ -22,6 +22,8 @@ class Step:
     decode: tuple[int, ...] = ()
     # (row id, prompt token ids) of rows joining the batch.
     admit: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    # Whether any row needs every logit (it samples or penalizes repetition); else greedy ids do.
+    logits: bool = True
 
 
 @dataclass(frozen=True)

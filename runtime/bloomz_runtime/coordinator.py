@@ -10,14 +10,13 @@ import logging
 import threading
 import time
 
-import torch
-
+from bloomz_runtime.backends.base import StepScores
 from bloomz_runtime.commands import ControlChannel, Heartbeat, Shutdown, Step
 from bloomz_runtime.engine import BatchEngine
 from bloomz_runtime.errors import Cancelled, DeadlineExceeded
 from bloomz_runtime.metrics import RuntimeMetrics
 from bloomz_runtime.requests import GenerationRequest
-from bloomz_runtime.sampling import choose_tokens
+from bloomz_runtime.sampling import choose_tokens, needs_logits
 from bloomz_runtime.scheduler import RequestQueue, free_slots
 
 log = logging.getLogger(__name__)
@@ -92,9 +91,9 @@ class Coordinator:
                 continue
             self.channel.send(step)
             last_sent = time.monotonic()
-            logits = self.engine.apply(step)
-            assert logits is not None
-            self._advance(logits, admitted)
+            scores = self.engine.apply(step)
+            assert scores is not None
+            self._advance(scores, admitted)
 
     def _plan(self) -> tuple[Step, list[GenerationRequest]]:
         """Drop rows that ended (or whose caller left), feed the rest, admit newcomers."""
@@ -123,15 +122,16 @@ class Coordinator:
             drop=tuple(self._drop),
             decode=tuple(req.generated[-1] for req in keep),
             admit=tuple((req.id, req.prompt_ids) for req in admitted),
+            logits=needs_logits([req.sampler for req in keep + admitted]),
         )
         self._drop = []
         self.metrics.queue_depth.set(len(self.queue))
         self.metrics.running.set(len(keep) + len(admitted))
         return step, admitted
 
-    def _advance(self, logits: torch.Tensor, admitted: list[GenerationRequest]) -> None:
+    def _advance(self, scores: StepScores, admitted: list[GenerationRequest]) -> None:
         rows = self.active + admitted
-        tokens = choose_tokens(logits, [r.sampler for r in rows])
+        tokens = choose_tokens(scores, [r.sampler for r in rows])
         now = time.monotonic()
         self.metrics.batch_size.observe(len(rows))
         self.metrics.tokens_generated.inc(len(rows))

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from bloomz_runtime.backends.base import ModelRunner
+from bloomz_runtime.backends.base import ModelRunner, StepScores
 from bloomz_runtime.commands import Step
 from bloomz_runtime.kvcache import concat_rows, left_pad_prompts, ones_column, select_rows
 
@@ -26,16 +26,16 @@ class BatchEngine:
         # Without a KV cache every step re-reads the whole sequence, so keep the token ids.
         self.ids = torch.zeros((0, 0), dtype=torch.long)
 
-    def apply(self, step: Step) -> torch.Tensor | None:
-        """Run one step; returns last-position logits [rows, vocab] in row order (None if no rows)."""
+    def apply(self, step: Step) -> StepScores | None:
+        """Run one step; returns the last position's scores in row order (None if no rows)."""
         if step.drop:
             self._drop(step.drop)
-        parts: list[torch.Tensor] = []
+        parts: list[StepScores] = []
         if step.decode:
-            parts.append(self._decode(step.decode))
+            parts.append(self._decode(step.decode, step.logits))
         if step.admit:
-            parts.append(self._prefill(step.admit))
-        return torch.cat(parts) if parts else None
+            parts.append(self._prefill(step.admit, step.logits))
+        return StepScores.cat(parts) if parts else None
 
     def _drop(self, drop: tuple[str, ...]) -> None:
         gone = set(drop)
@@ -51,23 +51,23 @@ class BatchEngine:
             index = torch.tensor(keep, dtype=torch.long)
             self.ids, self.mask = self.ids[index], self.mask[index]
 
-    def _decode(self, tokens: tuple[int, ...]) -> torch.Tensor:
+    def _decode(self, tokens: tuple[int, ...], logits: bool) -> StepScores:
         if len(tokens) != len(self.rows):
             raise RuntimeError(f"decode got {len(tokens)} tokens for {len(self.rows)} rows")
         new = torch.tensor(tokens, dtype=torch.long).unsqueeze(1)
         self.mask = ones_column(self.mask)
         if self.kv_cache:
-            logits, self.cache = self.runner.forward(new, self.mask, self.cache, use_cache=True)
+            scores, self.cache = self.runner.forward(new, self.mask, self.cache, logits=logits)
         else:
             self.ids = torch.cat([self.ids, new], dim=1)
-            logits, _ = self.runner.forward(self.ids, self.mask, None, use_cache=False)
-        return logits
+            scores, _ = self.runner.forward(self.ids, self.mask, None, use_cache=False, logits=logits)
+        return scores
 
-    def _prefill(self, admit: tuple[tuple[str, tuple[int, ...]], ...]) -> torch.Tensor:
+    def _prefill(self, admit: tuple[tuple[str, tuple[int, ...]], ...], logits: bool) -> StepScores:
         prompts = [list(ids) for _, ids in admit]
         length = self.runner.prompt_length(max(len(p) for p in prompts))
         ids, mask = left_pad_prompts(prompts, self.runner.pad_id, length)
-        logits, cache = self.runner.forward(ids, mask, None, use_cache=self.kv_cache)
+        scores, cache = self.runner.forward(ids, mask, None, use_cache=self.kv_cache, logits=logits)
         if not self.rows:
             self.cache, self.mask = cache, mask
             if not self.kv_cache:
@@ -79,7 +79,7 @@ class BatchEngine:
         else:
             self.ids, self.mask = _concat_ids(self.ids, self.mask, ids, mask, self.runner.pad_id)
         self.rows.extend(row for row, _ in admit)
-        return logits
+        return scores
 
 
 def _concat_ids(

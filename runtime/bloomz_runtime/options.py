@@ -30,6 +30,7 @@ class ServeOptions:
     batch_wait_ms: int = 5
     kv_cache: bool = True
     hpu_graphs: bool = True
+    screened_greedy: bool = True
     warmup: bool = True
     served_model_name: str | None = None
     grace_period_s: float = 30.0
@@ -80,6 +81,12 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--batch-wait-ms", type=int, default=5, help="how long an idle engine gathers a batch")
     p.add_argument("--kv-cache", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--hpu-graphs", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument(
+        "--screened-greedy",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="cpu, 1 rank, float32: exact greedy ids from an int8-screened lm_head (see docs/runtime.md)",
+    )
     p.add_argument("--no-warmup", dest="warmup", action="store_false", help="skip the warm-up generation")
     p.add_argument("--served-model-name", default=None, help="model name reported by Info (default: --model)")
     p.add_argument(
@@ -110,6 +117,7 @@ def to_argv(opts: ServeOptions) -> list[str]:
         "--batch-wait-ms", str(opts.batch_wait_ms),
         "--kv-cache" if opts.kv_cache else "--no-kv-cache",
         "--hpu-graphs" if opts.hpu_graphs else "--no-hpu-graphs",
+        "--screened-greedy" if opts.screened_greedy else "--no-screened-greedy",
         "--grace-period-s", str(opts.grace_period_s),
     ]  # fmt: skip
     if opts.dtype:

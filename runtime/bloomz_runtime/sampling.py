@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
+from bloomz_runtime.backends.base import StepScores
 from bloomz_runtime.validation import SamplingParams
 
 
@@ -69,20 +70,27 @@ def filter_top_p(scores: torch.Tensor, top_p: float) -> torch.Tensor:
     return scores.masked_fill(remove.scatter(0, order, remove), float("-inf"))
 
 
-def choose_tokens(logits: torch.Tensor, samplers: Sequence[RowSampler]) -> list[int | BaseException]:
-    """Next token per row; plain-greedy rows share one argmax over the batch.
+def needs_logits(samplers: Sequence[RowSampler]) -> bool:
+    """Whether a step must compute every logit (else the greedy ids are all it needs)."""
+    return not all(s.params.is_plain_greedy for s in samplers)
+
+
+def choose_tokens(scores: StepScores, samplers: Sequence[RowSampler]) -> list[int | BaseException]:
+    """Next token per row; plain-greedy rows take the step's batched argmax.
 
     A row whose sampling fails (e.g. logits that are all -inf after filtering) gets the exception
     instead of a token: that request fails, the batch and the other ranks carry on.
     """
-    greedy = torch.argmax(logits, dim=-1).tolist()
+    greedy = scores.greedy.tolist()
     tokens: list[int | BaseException] = []
     for i, sampler in enumerate(samplers):
         if sampler.params.is_plain_greedy:
             tokens.append(int(greedy[i]))
             continue
+        if scores.logits is None:
+            raise RuntimeError("a sampling row got a step without logits")
         try:
-            tokens.append(sampler.choose(logits[i]))
+            tokens.append(sampler.choose(scores.logits[i]))
         except (RuntimeError, ValueError) as exc:
             tokens.append(exc)
     return tokens

@@ -259,6 +259,8 @@ class TextGenerationService(pb_grpc.TextGenerationServicer):
             kv_cache=o.kv_cache,
             hpu_graphs=o.hpu_graphs and o.device == "hpu",
             backend=runner.backend,
+            greedy_head=runner.greedy_head_name,
+            decode_weight_bytes=runner.decode_weight_bytes,
         )
 
     @_unary("Benchmark")

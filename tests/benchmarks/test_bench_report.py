@@ -181,3 +181,16 @@ def test_machine_description_from_proc_files() -> None:
     meminfo = "MemTotal:       24641536 kB\nMemFree: 1 kB\n"
     assert machine.describe_machine(cpuinfo, meminfo, 2) == "Example CPU @ 2.0GHz x 2 cores, 23.5 GiB"
     assert "cores" in machine.machine()["description"]
+
+
+def test_a_screened_lm_head_is_measured_against_the_bytes_it_reads() -> None:
+    assert report.own_roofline_lines(SHAPE) == []  # no info: the checkpoint's roofline only
+    screened = copy.deepcopy(SHAPE)
+    screened["ours"]["1"]["info"] = {"greedy_head": "int8-screened", "decode_weight_bytes": 1_680_000_000}
+    (line,) = report.own_roofline_lines(screened)
+    # 90 ms x 1.68 / 2.24 = 67.5 ms for the bytes read; 120 ms measured is 56 % of that.
+    assert "1.680 GB" in line and "67.50 ms/token" in line and "56%" in line and "int8-screened" in line
+    assert line in report.shape_report("560m", screened)
+    full = copy.deepcopy(SHAPE)
+    full["ours"]["1"]["info"] = {"greedy_head": "full", "decode_weight_bytes": 2_240_000_000}
+    assert report.own_roofline_lines(full) == []

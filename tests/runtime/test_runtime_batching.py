@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import pytest
 import torch
+from bloomz_runtime.backends.base import StepScores
 from bloomz_runtime.kvcache import concat_rows, left_pad_prompts, ones_column, select_rows, trim_left
 from bloomz_runtime.sampling import (
     RowSampler,
@@ -12,6 +14,7 @@ from bloomz_runtime.sampling import (
     choose_tokens,
     filter_top_k,
     filter_top_p,
+    needs_logits,
 )
 from bloomz_runtime.scheduler import free_slots, should_gather, split_admissible
 from bloomz_runtime.validation import SamplingParams
@@ -109,7 +112,15 @@ def test_top_k_and_top_p_filters() -> None:
 def test_choose_tokens_greedy_and_seeded_sampling() -> None:
     logits = torch.tensor([[0.0, 5.0, 1.0], [4.0, 0.0, 0.0]])
     greedy = RowSampler(SamplingParams(), [0])
-    assert choose_tokens(logits, [greedy, greedy]) == [1, 0]
+    assert choose_tokens(StepScores.from_logits(logits), [greedy, greedy]) == [1, 0]
+    # Greedy-only steps may come without logits (screened lm_head); sampling rows never do.
+    assert not needs_logits([greedy, greedy])
+    assert choose_tokens(StepScores(greedy=torch.tensor([2, 1])), [greedy, greedy]) == [2, 1]
+    sampler = RowSampler(SamplingParams(do_sample=True, seed=3), [0])
+    assert needs_logits([greedy, sampler])
+    assert needs_logits([RowSampler(SamplingParams(repetition_penalty=1.2), [0])])
+    with pytest.raises(RuntimeError, match="without logits"):
+        choose_tokens(StepScores(greedy=torch.tensor([2, 1])), [greedy, sampler])
     params = SamplingParams(do_sample=True, temperature=1.0, seed=7)
     flat = torch.zeros(1000)
     a = [RowSampler(params, [0]).choose(flat) for _ in range(3)]

@@ -43,7 +43,9 @@ def reference(runner: ModelRunner) -> list[list[int]]:
     return out
 
 
-def run_staggered(runner: ModelRunner, kv_cache: bool, lengths: list[int]) -> dict[str, list[int]]:
+def run_staggered(
+    runner: ModelRunner, kv_cache: bool, lengths: list[int], logits: bool = True
+) -> dict[str, list[int]]:
     """Admit one prompt per step, each leaving after its own number of tokens."""
     engine = BatchEngine(runner, kv_cache=kv_cache)
     out: dict[str, list[int]] = {}
@@ -56,12 +58,12 @@ def run_staggered(runner: ModelRunner, kv_cache: bool, lengths: list[int]) -> di
             out[str(i)] = []
             admit = ((str(i), tuple(runner.tokenizer(PROMPTS[i]).input_ids)),)
         live = [r for r in engine.rows if r not in drop]
-        step = Step(drop=drop, decode=tuple(out[r][-1] for r in live), admit=admit)
-        logits = engine.apply(step)
-        if logits is None:
+        step = Step(drop=drop, decode=tuple(out[r][-1] for r in live), admit=admit, logits=logits)
+        scores = engine.apply(step)
+        if scores is None:
             break
         assert engine.rows == live + [r for r, _ in admit]
-        for row, token in zip(engine.rows, logits.argmax(-1).tolist(), strict=True):
+        for row, token in zip(engine.rows, scores.greedy.tolist(), strict=True):
             out[row].append(token)
         drop = tuple(r for r in engine.rows if len(out[r]) >= lengths[int(r)])
         if drop and set(drop) == set(engine.rows) and not pending:
@@ -70,7 +72,7 @@ def run_staggered(runner: ModelRunner, kv_cache: bool, lengths: list[int]) -> di
     return out
 
 
-@pytest.mark.parametrize("mode", ["kv-cache", "static-shapes", "no-kv-cache"])
+@pytest.mark.parametrize("mode", ["kv-cache", "screened-greedy", "static-shapes", "no-kv-cache"])
 def test_rows_joining_and_leaving_match_solo_generate(
     runner: ModelRunner, reference: list[list[int]], mode: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -79,21 +81,30 @@ def test_rows_joining_and_leaving_match_solo_generate(
         monkeypatch.setattr(runner, "static_shapes", True, raising=False)
         monkeypatch.setattr(runner, "cache_chunk", 8, raising=False)
     lengths = [NEW_TOKENS, 3, NEW_TOKENS, 7, NEW_TOKENS]
-    out = run_staggered(runner, mode != "no-kv-cache", lengths)
+    out = run_staggered(runner, mode != "no-kv-cache", lengths, logits=mode != "screened-greedy")
     for i in range(len(PROMPTS)):
         assert out[str(i)] == reference[i][: lengths[i]], PROMPTS[i]
 
 
-def test_prefill_of_several_prompts_at_once(runner: ModelRunner, reference: list[list[int]]) -> None:
+def test_the_tiny_cpu_runner_screens_greedy_steps(runner: ModelRunner) -> None:
+    """So the greedy tests here run the int8-screened lm_head, not only the float32 one."""
+    assert getattr(runner, "greedy_head", None) is not None
+
+
+@pytest.mark.parametrize("logits", [True, False], ids=["float32-head", "screened-greedy"])
+def test_prefill_of_several_prompts_at_once(
+    runner: ModelRunner, reference: list[list[int]], logits: bool
+) -> None:
     engine = BatchEngine(runner)
     admit = tuple((str(i), tuple(runner.tokenizer(p).input_ids)) for i, p in enumerate(PROMPTS))
-    logits = engine.apply(Step(admit=admit))
-    assert logits is not None
-    out = [[t] for t in logits.argmax(-1).tolist()]
+    scores = engine.apply(Step(admit=admit, logits=logits))
+    assert scores is not None
+    assert (scores.logits is None) == (not logits)
+    out = [[t] for t in scores.greedy.tolist()]
     for _ in range(NEW_TOKENS - 1):
-        logits = engine.apply(Step(decode=tuple(o[-1] for o in out)))
-        assert logits is not None
-        for o, t in zip(out, logits.argmax(-1).tolist(), strict=True):
+        scores = engine.apply(Step(decode=tuple(o[-1] for o in out), logits=logits))
+        assert scores is not None
+        for o, t in zip(out, scores.greedy.tolist(), strict=True):
             o.append(t)
     assert out == reference
 
@@ -161,10 +172,10 @@ def test_long_generation_matches_across_cache_growth(runner: ModelRunner) -> Non
         **ids, max_new_tokens=150, min_new_tokens=150, do_sample=False, eos_token_id=None
     )
     engine = BatchEngine(runner)
-    logits = engine.apply(Step(admit=(("a", tuple(ids.input_ids[0].tolist())),)))
+    scores = engine.apply(Step(admit=(("a", tuple(ids.input_ids[0].tolist())),), logits=False))
     out: list[int] = []
     while len(out) < 150:
-        assert logits is not None
-        out.append(int(logits.argmax(-1)))
-        logits = engine.apply(Step(decode=(out[-1],)))
+        assert scores is not None
+        out.append(int(scores.greedy))
+        scores = engine.apply(Step(decode=(out[-1],), logits=False))
     assert out == ref[0, ids.input_ids.shape[1] :].tolist()

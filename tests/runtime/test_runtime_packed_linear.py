@@ -47,12 +47,24 @@ def test_pack_linears_replaces_only_plain_linear_layers() -> None:
     assert isinstance(nested[0], PackedLinear)
 
 
-def test_cpu_backend_packs_one_rank_float32(tiny_checkpoint: Path) -> None:
-    runner = CpuBackend().load(ServeOptions(model=str(tiny_checkpoint), device="cpu"), DistContext(0, 1, 0))
+@pytest.mark.parametrize("screened", [True, False], ids=["screened-greedy", "float32-head"])
+def test_cpu_backend_packs_one_rank_float32(tiny_checkpoint: Path, screened: bool) -> None:
+    opts = ServeOptions(model=str(tiny_checkpoint), device="cpu", screened_greedy=screened)
+    runner = CpuBackend().load(opts, DistContext(0, 1, 0))
     layer = runner.model.transformer.h[0]
-    assert isinstance(runner.model.lm_head, PackedLinear)
     assert isinstance(layer.self_attention.query_key_value, PackedLinear)
     assert isinstance(layer.mlp.dense_4h_to_h, PackedLinear)
-    assert not any(type(m) is torch.nn.Linear for m in runner.model.modules())
-    # The tied embedding keeps its own weight for the lookup.
-    assert runner.model.transformer.word_embeddings.weight.shape[0] == runner.model.lm_head.out_features
+    head = runner.model.lm_head
+    if screened:
+        # Greedy steps read the int8 screen; sampling steps the tied float32 matrix as it is.
+        assert getattr(runner, "greedy_head", None) is not None
+        assert type(head) is torch.nn.Linear
+        tied = head.weight is runner.model.transformer.word_embeddings.weight
+        assert tied == bool(runner.model.config.tie_word_embeddings)
+        assert [m for m in runner.model.modules() if type(m) is torch.nn.Linear] == [head]
+    else:
+        assert getattr(runner, "greedy_head", None) is None
+        assert isinstance(head, PackedLinear)
+        assert not any(type(m) is torch.nn.Linear for m in runner.model.modules())
+        # The tied embedding keeps its own weight for the lookup.
+        assert runner.model.transformer.word_embeddings.weight.shape[0] == head.out_features

@@ -4,6 +4,7 @@ reflection, metrics, Info and Benchmark. One server for the whole module."""
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -206,6 +207,13 @@ def test_info_describes_the_deployment(stub: pb_grpc.TextGenerationStub, tiny_ch
     assert info.limits.max_input_tokens == MAX_INPUT and info.limits.max_new_tokens == MAX_NEW
     assert info.parameters > 1_000_000 and info.kv_cache
     assert {"torch", "bloomz_runtime", "grpcio"} <= set(info.versions)
+    # Greedy steps read the int8 screen (1 byte + a float32 scale per row) instead of the float32
+    # lm_head, and one row of the (untied) input embedding: the bytes the roofline counts say so.
+    config = json.loads((tiny_checkpoint / "config.json").read_text())
+    vocab, hidden = config["vocab_size"], config["hidden_size"]
+    assert info.greedy_head == "int8-screened" and not config["tie_word_embeddings"]
+    matrix = vocab * hidden
+    assert info.decode_weight_bytes == (info.parameters - 2 * matrix) * 4 + matrix + vocab * 4
 
 
 def test_benchmark_follows_the_seed_method(stub: pb_grpc.TextGenerationStub) -> None:

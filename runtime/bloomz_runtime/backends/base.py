@@ -18,6 +18,33 @@ def torch_dtype(name: str) -> torch.dtype:
     return DTYPES[name]
 
 
+@dataclass(frozen=True)
+class StepScores:
+    """What one forward pass gives the token choice, per row of the batch.
+
+    ``greedy`` (always): the argmax of the row's float32 logits. ``logits`` [B, vocab] float32:
+    only when the step asked for them (a row samples or penalizes repetition); greedy-only steps
+    may skip the full projection (see ``greedy_head``).
+    """
+
+    greedy: torch.Tensor
+    logits: torch.Tensor | None = None
+
+    @staticmethod
+    def from_logits(logits: torch.Tensor) -> StepScores:
+        return StepScores(greedy=torch.argmax(logits, dim=-1), logits=logits)
+
+    @staticmethod
+    def cat(parts: list[StepScores]) -> StepScores:
+        if len(parts) == 1:
+            return parts[0]
+        logits = [p.logits for p in parts]
+        return StepScores(
+            greedy=torch.cat([p.greedy for p in parts]),
+            logits=None if any(t is None for t in logits) else torch.cat(logits),  # type: ignore[arg-type]
+        )
+
+
 @dataclass
 class ModelRunner:
     """A loaded (possibly sharded) causal LM and what the engine needs to drive it.
@@ -49,9 +76,15 @@ class ModelRunner:
         return longest
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache: Any | None, use_cache: bool = True
-    ) -> tuple[torch.Tensor, Any | None]:
-        """Last-position logits [B, vocab] in float32 (on CPU) and the grown cache.
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        cache: Any | None,
+        use_cache: bool = True,
+        logits: bool = True,
+    ) -> tuple[StepScores, Any | None]:
+        """Last-position scores (greedy ids; float32 logits on CPU unless ``logits`` is False and
+        the runner has a cheaper way to the argmax) and the grown cache.
 
         ``cache`` is the object the previous call returned (None to start); the engine edits its
         tensors through ``cache_tensors`` / ``set_cache_tensors`` and passes it back. It is kept
@@ -71,9 +104,9 @@ class ModelRunner:
                 return_dict=True,
             )
             hidden = out.last_hidden_state[:, -1:, :]
-            logits = self.model.lm_head(hidden)[:, -1, :].float()
+            projected = self.model.lm_head(hidden)[:, -1, :].float()
             self.after_forward()
-        return logits.cpu(), (cache if use_cache else None)
+        return StepScores.from_logits(projected.cpu()), (cache if use_cache else None)
 
     @staticmethod
     def cache_tensors(cache: Any) -> KV:
@@ -87,6 +120,29 @@ class ModelRunner:
 
     def after_forward(self) -> None:
         """Hook for lazy-mode devices (HPU: mark_step)."""
+
+    @property
+    def greedy_head_name(self) -> str:
+        """How greedy steps get their token (InfoResponse.greedy_head)."""
+        return "full"
+
+    @property
+    def decode_weight_bytes(self) -> int:
+        """Weight bytes a greedy decode step reads (the roofline's numerator): every parameter once,
+        except an input embedding that is not the lm_head's matrix (a lookup reads one row)."""
+        element = torch.empty((), dtype=self.dtype).element_size()
+        read = self.parameters * element
+        inputs, outputs = _embedding_weight(self.model, "input"), _embedding_weight(self.model, "output")
+        if inputs is not None and outputs is not None and inputs is not outputs:
+            read -= inputs.numel() * element
+        return read
+
+
+def _embedding_weight(model: Any, which: str) -> torch.Tensor | None:
+    getter = getattr(model, f"get_{which}_embeddings", None)
+    module = getter() if callable(getter) else None
+    weight = getattr(module, "weight", None)
+    return weight if isinstance(weight, torch.Tensor) else None
 
 
 class Backend(Protocol):

@@ -15,7 +15,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from bloomz_runtime.backends.base import ModelRunner
+from bloomz_runtime.backends.base import ModelRunner, StepScores
+from bloomz_runtime.backends.greedy_head import ScreenedGreedyHead
 from bloomz_runtime.kvcache import KV
 
 
@@ -180,10 +181,17 @@ class BloomRunner(ModelRunner):
 
     static_shapes: bool = False
     cache_chunk: int = GrowingCache.CHUNK
+    # Exact greedy ids without the full float32 projection (CPU, one rank); None: always project.
+    greedy_head: ScreenedGreedyHead | None = None
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache: Any | None, use_cache: bool = True
-    ) -> tuple[torch.Tensor, Any | None]:
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        cache: Any | None,
+        use_cache: bool = True,
+        logits: bool = True,
+    ) -> tuple[StepScores, Any | None]:
         with torch.inference_mode():
             mask = attention_mask.to(self.device)
             past = cache if use_cache else None
@@ -193,12 +201,29 @@ class BloomRunner(ModelRunner):
                 past.reserve(input_ids.shape[1])
                 mask = F.pad(mask, (0, past.capacity - mask.shape[1]))
             last, new_past = bloom_forward(self.model, input_ids.to(self.device), mask, past, static)
-            # [B, 1, hidden]: DeepSpeed's tensor-parallel lm_head slices the last dim of a 3D input.
-            logits = self.model.lm_head(last.unsqueeze(1))[:, -1, :].float()
+            if not logits and self.greedy_head is not None:
+                scores = StepScores(greedy=self.greedy_head.argmax(last))
+            else:
+                # [B, 1, hidden]: DeepSpeed's tensor-parallel lm_head slices the last dim of a 3D input.
+                projected = self.model.lm_head(last.unsqueeze(1))[:, -1, :].float()
+                scores = StepScores.from_logits(projected.cpu())
             self.after_forward()
         if not use_cache:
-            return logits.cpu(), None
-        return logits.cpu(), (past if past is not None else GrowingCache(new_past, self.cache_chunk))
+            return scores, None
+        return scores, (past if past is not None else GrowingCache(new_past, self.cache_chunk))
+
+    @property
+    def greedy_head_name(self) -> str:
+        return "int8-screened" if self.greedy_head is not None else "full"
+
+    @property
+    def decode_weight_bytes(self) -> int:
+        full = super().decode_weight_bytes
+        if self.greedy_head is None:
+            return full
+        # The screen is read instead of the lm_head matrix (the rescored rows are a few KiB).
+        matrix = self.greedy_head.weight
+        return full - matrix.numel() * matrix.element_size() + self.greedy_head.bytes
 
     @staticmethod
     def cache_tensors(cache: Any) -> KV:

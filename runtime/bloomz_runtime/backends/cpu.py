@@ -8,6 +8,7 @@ import torch
 
 from bloomz_runtime.backends.base import ModelRunner, count_parameters, torch_dtype
 from bloomz_runtime.backends.bloom import BloomRunner, supports_lean_forward
+from bloomz_runtime.backends.greedy_head import ScreenedGreedyHead, can_screen
 from bloomz_runtime.dist import DistContext
 from bloomz_runtime.multinode import avoid_shared_memory_all_reduce_across_nodes
 from bloomz_runtime.options import ServeOptions
@@ -49,13 +50,14 @@ class PackedLinear(torch.nn.Module):
         return torch.ops.mkldnn._linear_pointwise(x, self.packed_weight, self.bias, "none", [], "")
 
 
-def pack_linears(model: torch.nn.Module) -> int:
-    """Replace every plain ``nn.Linear`` (not subclasses such as DeepSpeed's sharded ones) in place."""
+def pack_linears(model: torch.nn.Module, skip: tuple[torch.nn.Module, ...] = ()) -> int:
+    """Replace every plain ``nn.Linear`` (not subclasses such as DeepSpeed's sharded ones, not
+    ``skip``) in place."""
     targets = [
         (parent, name, child)
         for parent in model.modules()
         for name, child in parent.named_children()
-        if type(child) is torch.nn.Linear
+        if type(child) is torch.nn.Linear and not any(child is s for s in skip)
     ]
     for parent, name, child in targets:
         setattr(parent, name, PackedLinear(child))
@@ -92,12 +94,17 @@ class CpuBackend:
             versions["deepspeed"] = str(deepspeed.__version__)
             # Ranks on several nodes (a multi-node group): not DeepSpeed's single-machine all-reduce.
             avoid_shared_memory_all_reduce_across_nodes()
-        elif can_pack_linears(dtype):
-            # A tied lm_head gets its own packed copy (the embedding lookup keeps the original):
+        greedy_head = None
+        if ctx.world_size == 1 and opts.screened_greedy and can_screen_lm_head(model, dtype):
+            # Greedy steps read an int8 copy of the lm_head (exact argmax, greedy_head.py); the
+            # float32 one stays as it is for sampling steps, so it is not packed again.
+            greedy_head = ScreenedGreedyHead(model.lm_head.weight.detach())
+        if ctx.world_size == 1 and can_pack_linears(dtype):
+            # A packed tied lm_head is its own copy (the embedding lookup keeps the original):
             # one vocabulary-sized matrix more memory for 0.65x the lm_head time at batch 16.
-            pack_linears(model)
+            pack_linears(model, skip=(model.lm_head,) if greedy_head is not None else ())
         runner_class = BloomRunner if supports_lean_forward(model) else ModelRunner
-        return runner_class(
+        runner = runner_class(
             model=model,
             tokenizer=tokenizer,
             device=torch.device("cpu"),
@@ -106,3 +113,17 @@ class CpuBackend:
             parameters=parameters,
             versions=versions,
         )
+        if isinstance(runner, BloomRunner):
+            runner.greedy_head = greedy_head
+        return runner
+
+
+def can_screen_lm_head(model: torch.nn.Module, dtype: torch.dtype) -> bool:
+    head = getattr(model, "lm_head", None)
+    return (
+        dtype == torch.float32
+        and supports_lean_forward(model)
+        and type(head) is torch.nn.Linear
+        and head.bias is None
+        and can_screen()
+    )

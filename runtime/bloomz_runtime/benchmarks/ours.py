@@ -175,5 +175,11 @@ def measure(
             "server": server.as_dict(),
             "client": end_to_end.as_dict(),
             "concurrency": concurrency,
-            "info": {"dtype": info.dtype, "backend": info.backend, "kv_cache": info.kv_cache},
+            "info": {
+                "dtype": info.dtype,
+                "backend": info.backend,
+                "kv_cache": info.kv_cache,
+                "greedy_head": info.greedy_head,
+                "decode_weight_bytes": info.decode_weight_bytes,
+            },
         }

@@ -215,6 +215,27 @@ def one_line(message: str) -> str:
     return lines[-1] if lines else ""
 
 
+def own_roofline_lines(shape: Mapping[str, Any]) -> list[str]:
+    """Where our runtime reads fewer weight bytes per greedy token than the checkpoint holds (the
+    int8-screened lm_head), its time against the roofline of the bytes it does read."""
+    weight_bytes, roofline_ms = shape.get("weight_bytes"), shape.get("roofline_ms_per_token")
+    lines = []
+    for ranks, run in _ours(shape):
+        info = run.get("info", {})
+        read = info.get("decode_weight_bytes")
+        if not (read and weight_bytes and roofline_ms) or read == weight_bytes:
+            continue
+        own_ms = roofline_ms * read / weight_bytes
+        lines.append(
+            f"{_ranks_label(ranks)}: greedy steps read {read / 1e9:.3f} GB of weights per token "
+            f"(lm_head: {info.get('greedy_head')}, exact float32 argmax), "
+            f"a roofline of {own_ms:.2f} ms/token; "
+            f"measured {run['server']['per_token_ms']:.2f} ms/token = "
+            f"{roofline_fraction(own_ms, run['server']['per_token_ms']):.0%} of it."
+        )
+    return lines
+
+
 def shape_report(name: str, shape: Mapping[str, Any]) -> str:
     weights_gb = shape.get("weight_bytes", 0) / 1e9
     roofline_ms = shape.get("roofline_ms_per_token")
@@ -241,6 +262,9 @@ def shape_report(name: str, shape: Mapping[str, Any]) -> str:
             lines += ["", f"{_ranks_label(ranks)} failed: {one_line(run['error'])}"]
     for what, error in shape.get("errors", {}).items():
         lines += ["", f"{what} failed: {one_line(error)}"]
+    own = own_roofline_lines(shape)
+    if own:
+        lines += ["", *own]
     agreement = greedy_agreement(shape)
     if agreement:
         same = ", ".join(

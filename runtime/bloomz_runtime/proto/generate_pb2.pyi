@@ -117,7 +117,7 @@ class Limits(_message.Message):
     def __init__(self, max_input_tokens: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., max_batch_size: _Optional[int] = ..., max_queue_size: _Optional[int] = ..., batch_wait_ms: _Optional[int] = ...) -> None: ...
 
 class InfoResponse(_message.Message):
-    __slots__ = ("model", "device", "world_size", "dtype", "limits", "versions", "model_type", "parameters", "kv_cache", "hpu_graphs", "backend")
+    __slots__ = ("model", "device", "world_size", "dtype", "limits", "versions", "model_type", "parameters", "kv_cache", "hpu_graphs", "backend", "greedy_head", "decode_weight_bytes")
     class VersionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -136,6 +136,8 @@ class InfoResponse(_message.Message):
     KV_CACHE_FIELD_NUMBER: _ClassVar[int]
     HPU_GRAPHS_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
+    GREEDY_HEAD_FIELD_NUMBER: _ClassVar[int]
+    DECODE_WEIGHT_BYTES_FIELD_NUMBER: _ClassVar[int]
     model: str
     device: str
     world_size: int
@@ -147,7 +149,9 @@ class InfoResponse(_message.Message):
     kv_cache: bool
     hpu_graphs: bool
     backend: str
-    def __init__(self, model: _Optional[str] = ..., device: _Optional[str] = ..., world_size: _Optional[int] = ..., dtype: _Optional[str] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., versions: _Optional[_Mapping[str, str]] = ..., model_type: _Optional[str] = ..., parameters: _Optional[int] = ..., kv_cache: _Optional[bool] = ..., hpu_graphs: _Optional[bool] = ..., backend: _Optional[str] = ...) -> None: ...
+    greedy_head: str
+    decode_weight_bytes: int
+    def __init__(self, model: _Optional[str] = ..., device: _Optional[str] = ..., world_size: _Optional[int] = ..., dtype: _Optional[str] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., versions: _Optional[_Mapping[str, str]] = ..., model_type: _Optional[str] = ..., parameters: _Optional[int] = ..., kv_cache: _Optional[bool] = ..., hpu_graphs: _Optional[bool] = ..., backend: _Optional[str] = ..., greedy_head: _Optional[str] = ..., decode_weight_bytes: _Optional[int] = ...) -> None: ...
 
 class BenchmarkRequest(_message.Message):
     __slots__ = ("prompt", "max_new_tokens", "warmup", "iterations")

@@ -1,0 +1,127 @@
+"""The int8-screened lm_head: its error bound holds and its argmax is the float32 argmax, including
+near-ties the screen cannot separate, exact ties, flat logits (fallback) and all-zero rows."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from bloomz_runtime.backends.greedy_head import (
+    MAX_RESCORE_SHARE,
+    RESIDUAL_SHIFT,
+    ScreenedGreedyHead,
+    can_screen,
+    power_of_two_scale,
+    quantize_activations,
+    quantize_weight,
+    screening_bound,
+)
+
+
+def test_the_pinned_torch_has_the_onednn_int8_ops() -> None:
+    assert can_screen()
+
+
+def exact_argmax(hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    return torch.argmax(F.linear(hidden, weight), dim=1)
+
+
+def random_weight(vocab: int = 6000, hidden: int = 256, std: float = 0.02, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(vocab, hidden, generator=g) * std
+
+
+def test_power_of_two_scale_covers_the_largest_value_in_127_steps() -> None:
+    for largest in (1e-6, 0.3, 1.0, 3.9, 127.0, 5000.0):
+        scale = power_of_two_scale(largest)
+        assert largest / scale <= 127 < 2 * largest / scale
+        assert scale == 2.0 ** round(torch.log2(torch.tensor(scale)).item())
+    assert power_of_two_scale(0.0) == 1.0
+
+
+def test_activation_levels_and_their_error_norms() -> None:
+    hidden = torch.randn(3, 64) * torch.tensor([1.0, 10.0, 0.01])[:, None]
+    one = quantize_activations(hidden, residual_level=False)
+    two = quantize_activations(hidden, residual_level=True)
+    assert one.residual is None and two.residual is not None
+    assert one.coarse.dtype == torch.uint8 and two.residual.dtype == torch.uint8
+    represented = two.scale * ((two.coarse.double() - 128) + (two.residual.double() - 128) / RESIDUAL_SHIFT)
+    errors = torch.linalg.vector_norm(hidden.double() - represented, dim=1)
+    assert torch.allclose(errors, two.error_norms)
+    # The residual level makes the representation about 2**7 finer.
+    assert float(two.error_norms.max()) * 32 < float(one.error_norms.max())
+
+
+def test_weight_quantization_norms() -> None:
+    weight = random_weight(vocab=3000, hidden=64)
+    weight[5] = 0  # an all-zero row must not divide by zero
+    int8, scales, norms = quantize_weight(weight)
+    dequantized = int8.double() * scales.double()[:, None]
+    assert torch.equal(int8[5], torch.zeros(64, dtype=torch.int8))
+    assert float(torch.linalg.vector_norm(dequantized - weight.double(), dim=1).max()) <= norms.error * 1.001
+    assert float(torch.linalg.vector_norm(dequantized, dim=1).max()) <= norms.quantized * 1.001
+    assert float(torch.linalg.vector_norm(weight.double(), dim=1).max()) <= norms.original * 1.001
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3, 16])
+@pytest.mark.parametrize("outliers", [False, True], ids=["plain", "outlier-dims"])
+def test_the_bound_holds_and_the_argmax_is_exact(rows: int, outliers: bool) -> None:
+    weight = random_weight()
+    head = ScreenedGreedyHead(weight)
+    g = torch.Generator().manual_seed(rows)
+    for _ in range(10):
+        hidden = torch.randn(rows, weight.shape[1], generator=g)
+        if outliers:  # LLM hidden states carry a few large dimensions
+            hidden[:, :3] *= 40
+        screened, levels = head.screen(hidden)
+        exact = hidden.double() @ weight.double().t()
+        bound = screening_bound(
+            torch.linalg.vector_norm(hidden.double(), dim=1),
+            levels.error_norms,
+            screened.abs().amax(dim=1),
+            head.norms,
+            head.hidden_size,
+        )
+        assert bool(((screened.double() - exact).abs() <= bound[:, None]).all())
+        assert torch.equal(head.argmax(hidden), exact_argmax(hidden, weight))
+        assert 1 <= head.last_rescored < weight.shape[0] * MAX_RESCORE_SHARE
+    assert head.fallbacks == 0
+
+
+def test_near_ties_the_screen_cannot_separate_are_rescored_in_float32() -> None:
+    weight = random_weight(std=0.001)
+    hidden = torch.randn(4, weight.shape[1])
+    # Token 100 wins by a margin far below the int8 resolution; 7 and 3000 are one ulp-level behind.
+    direction = hidden.sum(dim=0) / hidden.sum(dim=0).norm()
+    weight[100] = direction
+    weight[7] = direction * (1 - 1e-5)
+    weight[3000] = direction * (1 - 2e-5)
+    head = ScreenedGreedyHead(weight)
+    chosen = head.argmax(hidden)
+    assert torch.equal(chosen, exact_argmax(hidden, weight))
+    assert head.last_rescored >= 3
+
+
+def test_exact_ties_resolve_to_the_lowest_id_like_torch_argmax() -> None:
+    weight = random_weight(std=0.001)
+    hidden = torch.randn(2, weight.shape[1])
+    direction = hidden.sum(dim=0)
+    for token in (4000, 50, 2222):
+        weight[token] = direction
+    head = ScreenedGreedyHead(weight)
+    assert head.argmax(hidden).tolist() == exact_argmax(hidden, weight).tolist() == [50, 50]
+
+
+def test_flat_logits_fall_back_to_the_float32_head() -> None:
+    """Every token within the bound of the best: rescoring would read too much, so the step uses
+    the full float32 projection (still the exact argmax)."""
+    weight = torch.full((6000, 256), 0.01) + random_weight(std=1e-7)
+    head = ScreenedGreedyHead(weight)
+    hidden = torch.randn(2, 256)
+    assert torch.equal(head.argmax(hidden), exact_argmax(hidden, weight))
+    assert head.fallbacks == 1 and head.last_rescored > 6000 * MAX_RESCORE_SHARE
+
+
+def test_only_float32_matrices_are_screened() -> None:
+    with pytest.raises(ValueError, match="float32"):
+        ScreenedGreedyHead(random_weight().to(torch.bfloat16))
