@@ -247,6 +247,8 @@ def build_pod_spec(spec: InferenceSpec, settings: Settings) -> dict[str, Any]:
     }
     if device.host_ipc:
         pod_spec["hostIPC"] = True
+    if settings.image_pull_secrets:
+        pod_spec["imagePullSecrets"] = [{"name": name} for name in settings.image_pull_secrets]
     node_selector = {**device.node_selector, **spec.node_selector}
     if node_selector:
         pod_spec["nodeSelector"] = node_selector

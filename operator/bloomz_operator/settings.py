@@ -67,6 +67,8 @@ class Settings:
     log_level: str = "INFO"
     liveness_port: int = 8080
     image_pull_policy: str = "IfNotPresent"
+    # Secrets (in the resource's namespace) the kubelet uses to pull the runtime images.
+    image_pull_secrets: tuple[str, ...] = ()
     reconcile_interval_seconds: float = 15.0
     benchmark: BenchmarkSettings = field(default_factory=BenchmarkSettings)
     devices: Mapping[str, DeviceSettings] = field(default_factory=lambda: dict(DEFAULT_DEVICES))
@@ -108,6 +110,7 @@ _TOP_KEYS = {
     "logLevel",
     "livenessPort",
     "imagePullPolicy",
+    "imagePullSecrets",
     "reconcileIntervalSeconds",
     "benchmark",
     "devices",
@@ -198,6 +201,12 @@ def parse_settings(data: Mapping[str, Any] | None) -> Settings:
                 f"imagePullPolicy: must be one of {', '.join(IMAGE_PULL_POLICIES)}, got {policy!r}"
             )
         changes["image_pull_policy"] = policy
+    if "imagePullSecrets" in data:
+        items = _expect(data["imagePullSecrets"], list, "imagePullSecrets")
+        names = tuple(_expect(n, str, f"imagePullSecrets[{i}]") for i, n in enumerate(items))
+        if any(not n for n in names):
+            raise SettingsError("imagePullSecrets: names must not be empty")
+        changes["image_pull_secrets"] = tuple(dict.fromkeys(names))
     if "reconcileIntervalSeconds" in data:
         changes["reconcile_interval_seconds"] = _positive(
             data["reconcileIntervalSeconds"], "reconcileIntervalSeconds"

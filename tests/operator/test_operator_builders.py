@@ -147,6 +147,7 @@ def test_spec_pass_through_and_settings_merge() -> None:
     settings = parse_settings(
         {
             "imagePullPolicy": "Always",
+            "imagePullSecrets": ["registry-local", "mirror"],
             "devices": {
                 "hpu": {
                     "image": "registry.local/gaudi:1",
@@ -173,6 +174,8 @@ def test_spec_pass_through_and_settings_merge() -> None:
     pod = build_pod_spec(spec, settings)
     c = pod["containers"][0]
     assert c["image"] == "registry.local/gaudi:1" and c["imagePullPolicy"] == "Always"
+    assert pod["imagePullSecrets"] == [{"name": "registry-local"}, {"name": "mirror"}]
+    assert "imagePullSecrets" not in build_pod_spec(spec, Settings())
     assert pod["nodeSelector"] == {"habana.ai/device.type": "gaudi2", "zone": "a"}
     assert pod["tolerations"] == [{"key": "habana.ai/gaudi", "operator": "Exists"}]
     assert c["resources"]["limits"] == {"habana.ai/gaudi": "2", "memory": "200Gi", "hugepages-2Mi": "95000Mi"}

@@ -30,6 +30,7 @@ namespaces: [ml, serving]
 logLevel: debug
 livenessPort: 9000
 imagePullPolicy: Always
+imagePullSecrets: [regcred, mirror, regcred]
 benchmark: {enabled: false, timeoutSeconds: 60}
 devices:
   hpu: {image: my/gaudi:1, hugepages2Mi: null, nodeSelector: {habana.ai/device.type: gaudi2}}
@@ -39,6 +40,7 @@ devices:
     s = load_settings(str(path))
     assert s.namespaces == ("ml", "serving") and s.log_level == "DEBUG" and s.liveness_port == 9000
     assert s.image_pull_policy == "Always"
+    assert s.image_pull_secrets == ("regcred", "mirror")  # duplicates dropped, order kept
     assert not s.benchmark.enabled and s.benchmark.timeout_seconds == 60
     assert s.device("hpu").image == "my/gaudi:1" and s.device("hpu").hugepages_2mi is None
     assert s.device("hpu").memory == "409Gi"  # untouched keys keep their defaults
@@ -59,6 +61,9 @@ devices:
         ({"livenessPort": 70000}, "not a TCP port"),
         ({"logLevel": "LOUD"}, "logLevel: must be one of"),
         ({"imagePullPolicy": "Sometimes"}, "imagePullPolicy"),
+        ({"imagePullSecrets": "regcred"}, "imagePullSecrets: expected list"),
+        ({"imagePullSecrets": [{"name": "regcred"}]}, "imagePullSecrets[0]: expected str"),
+        ({"imagePullSecrets": [""]}, "imagePullSecrets: names must not be empty"),
         ({"benchmark": {"enabled": "yes"}}, "benchmark.enabled: expected bool"),
         ({"benchmark": {"timeoutSeconds": 0}}, "benchmark.timeoutSeconds: must be > 0"),
         ({"benchmark": {"timeoutSeconds": True}}, "expected a number"),

@@ -89,6 +89,7 @@ def test_default_settings_file_loads_and_keeps_operator_defaults(render: Render,
     assert settings.liveness_port == 8080
     assert settings.benchmark.enabled is True
     assert settings.benchmark.timeout_seconds == 900
+    assert settings.image_pull_secrets == ()
     hpu = settings.device("hpu")
     assert hpu.resource_name == "habana.ai/gaudi"
     assert (hpu.memory, hpu.hugepages_2mi, hpu.host_ipc) == ("409Gi", "95000Mi", True)
@@ -103,6 +104,7 @@ def test_namespaced_settings_file_carries_the_values(render: Render, tmp_path: P
     assert settings.log_level == "DEBUG"
     assert settings.liveness_port == 8081
     assert settings.image_pull_policy == "Always"
+    assert settings.image_pull_secrets == ("runtime-registry",)
     assert settings.benchmark.timeout_seconds == 1200
     hpu = settings.device("hpu")
     assert hpu.image == "registry.example.com/ml/runtime-gaudi:0.1.0-synapse1.24.0"

@@ -77,6 +77,7 @@ left out (the operator's built-in default applies); an empty memory / hugepages2
   "logLevel" $config.logLevel
   "livenessPort" $config.livenessPort
   "imagePullPolicy" $config.imagePullPolicy
+  "imagePullSecrets" $config.imagePullSecrets
   "benchmark" $config.benchmark
   "devices" $devices }}
 {{- toYaml $settings }}
