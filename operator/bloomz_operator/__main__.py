@@ -11,6 +11,7 @@ from dataclasses import replace
 
 import kopf
 
+from . import logfilters
 from .handlers import register_handlers
 from .settings import LOG_LEVELS, Settings, SettingsError, load_settings
 
@@ -72,6 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Kopf installs its own log handler; one more (basicConfig) would print every line twice.
     kopf.configure(verbose=settings.log_level == "DEBUG")
     logging.getLogger().setLevel(getattr(logging, settings.log_level))
+    logfilters.install(settings.log_level)
     registry = kopf.OperatorRegistry()
     register_handlers(registry, settings)
     kopf.run(
