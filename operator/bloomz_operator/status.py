@@ -81,8 +81,23 @@ def diagnose(pod: Mapping[str, Any]) -> Diagnosis:
         )
     if phase == "Running":
         return Diagnosis(name, True, False, False, "Loading", f"{name}: loading the model and warming up")
+    waiting = next(
+        (
+            w
+            for w in (((st.get("state") or {}).get("waiting") or {}) for st in statuses)
+            if w.get("reason") or w.get("message")
+        ),
+        {},
+    )
+    # The kubelet's own words while it prepares the container (e.g. pulling a large image).
+    detail = f": {str(waiting['message']).strip()[:300]}" if waiting.get("message") else ""
     return Diagnosis(
-        name, True, False, False, "ContainerCreating", f"{name}: starting the container ({phase})"
+        name,
+        True,
+        False,
+        False,
+        waiting.get("reason") or "ContainerCreating",
+        f"{name}: starting the container ({phase}){detail}",
     )
 
 

@@ -136,6 +136,19 @@ def test_crash_loop_reports_the_last_exit_code() -> None:
     assert conditions(status)["Ready"]["reason"] == "CrashLoopBackOff"
 
 
+def test_a_container_being_created_carries_the_kubelets_words() -> None:
+    message = 'pulling image "vault.habana.ai/gaudi-docker/1.24.0/ubuntu24.04/habanalabs/pytorch-installer"'
+    creating = container(state={"waiting": {"reason": "ContainerCreating", "message": message}})
+    status = status_of(pod({"phase": "Pending", "containerStatuses": [creating]}))
+    assert status["phase"] != "Failed"
+    loaded = conditions(status)["ModelLoaded"]
+    assert (loaded["status"], loaded["reason"]) == ("False", "ContainerCreating")
+    assert message in loaded["message"]
+    plain = diagnose(pod({"phase": "Pending", "containerStatuses": [container()]}))
+    assert (plain.reason, plain.failed) == ("ContainerCreating", False)
+    assert plain.message.endswith("starting the container (Pending)")
+
+
 def test_running_not_ready_is_loading() -> None:
     status = status_of(running(ready=False, started=False))
     assert status["phase"] == "Loading"
