@@ -63,3 +63,19 @@ def test_bandwidth_measurement_returns_a_plausible_rate() -> None:
     # A small array: this checks the arithmetic (bytes / second), not the machine's speed.
     rate = roofline.measure_read_bandwidth(size_bytes=8 << 20, repeats=2)
     assert 1e8 < rate < 1e13
+
+
+def test_rooflines_follow_the_final_bandwidth_figure() -> None:
+    from bloomz_runtime.benchmarks.runner import refresh_rooflines
+
+    results = {
+        "bandwidth_bytes_per_s": 20e9,
+        "shapes": {
+            # 250 ms: from a first bandwidth measurement that other processes slowed down.
+            "560m": {"weight_bytes": 2_000_000_000, "roofline_ms_per_token": 250.0},
+            "tiny": {"weight_bytes": 14_000_000, "roofline_note": "fits in the cache"},
+        },
+    }
+    refresh_rooflines(results)
+    assert results["shapes"]["560m"]["roofline_ms_per_token"] == pytest.approx(100.0)
+    assert "roofline_ms_per_token" not in results["shapes"]["tiny"]
