@@ -87,4 +87,13 @@ test-operator: setup
 ## test-multinode: the group builders, planner and status, the launcher's multi-node parts, a 2-"node" CPU group
 test-multinode: setup
 	$(PY) -m pytest -q tests/operator/test_operator_multinode.py tests/runtime/test_multinode.py \
-		tests/runtime/test_multinode_e2e.py
+		tests/runtime/test_multinode_e2e.py tests/sandbox/test_sandbox_multinode_scheduling.py \
+		tests/sandbox/test_sandbox_volume_sources.py tests/sandbox/test_sandbox_cluster_dns.py \
+		tests/sandbox/test_podrunner_multinode.py tests/e2e/test_sandbox_multinode.py
+
+# --- a multi-node group in the sandbox: 2 simulated nodes, real sshd/ssh, pod DNS via nss_wrapper (docs/sandbox.md) ---
+.PHONY: demo-multinode
+## demo-multinode: the sandbox with 2 nodes and examples/bloomz-cpu-2nodes.yaml (a leader + a worker pod), once
+demo-multinode: setup
+	$(PY) -m bloomz_operator.sandbox --nodes 2 --example examples/bloomz-cpu-2nodes.yaml --once \
+		--workdir .cache/sandbox-multinode

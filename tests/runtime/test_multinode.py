@@ -123,6 +123,7 @@ def test_group_mpirun_command_adds_hostfile_ssh_and_scale_out_env() -> None:
     assert cmd[:5] == ["mpirun", "-np", "16", "--hostfile", "/tmp/l/hostfile"]
     assert cmd[cmd.index("plm_rsh_args") + 1] == "-i k -p 2222"
     assert cmd[cmd.index("plm_rsh_no_tree_spawn") + 1] == "1"
+    assert cmd[cmd.index("orte_keep_fqdn_hostnames") + 1] == "1"  # <pod>.<headless service>, not <pod>
     assert "--allow-run-as-root" in cmd and cmd[cmd.index("--bind-to") + 1] == "core"
     forwarded = [cmd[i + 1] for i, a in enumerate(cmd) if a == "-x"]
     assert forwarded == [
@@ -264,7 +265,7 @@ def test_prepare_leader_writes_the_hostfile_and_waits_for_reachable_workers(
     env = {"MASTER_ADDR": "127.0.0.1", "PATH": "/usr/bin"}
     cmd = prepare_leader(multi, 2, env, single_node_command(opts, env), tmp_path, pod_environ={})
     assert env["MASTER_ADDR"] == "leader.b-hosts"  # ranks on other nodes reach rank 0 there
-    assert (tmp_path / "hostfile").read_text() == "leader.b-hosts slots=1\n127.0.0.1 slots=1\n"
+    assert (tmp_path / "hostfile").read_text() == "localhost slots=1\n127.0.0.1 slots=1\n"
     public = (ssh_dir / "id_ed25519.pub").read_text().split()
     assert (tmp_path / "known_hosts").read_text() == f"* {public[0]} {public[1]}\n"
     assert cmd[cmd.index("--hostfile") + 1] == str(tmp_path / "hostfile")
@@ -300,3 +301,25 @@ def test_ranks_span_nodes_from_open_mpis_per_node_count() -> None:
     assert not ranks_span_nodes({"WORLD_SIZE": "1"})
     # One machine: DeepSpeed's shared-memory all-reduce stays (nothing to change, deepspeed not touched).
     assert avoid_shared_memory_all_reduce_across_nodes({"WORLD_SIZE": "2", "LOCAL_SIZE": "2"}) is False
+
+
+def test_worker_sessions_keep_preloaded_libraries_and_nss_wrapper_settings() -> None:
+    env = {
+        "LD_PRELOAD": "/usr/lib/x86_64-linux-gnu/libtcmalloc.so.4",
+        "NSS_WRAPPER_HOSTS": "/var/run/hosts",
+        "NSS_WRAPPER_PASSWD": "/tmp/passwd",
+        "HOME": "/root",
+    }
+    assert worker_session_env(env) == {
+        "LD_PRELOAD": "/usr/lib/x86_64-linux-gnu/libtcmalloc.so.4",
+        "NSS_WRAPPER_HOSTS": "/var/run/hosts",
+        "NSS_WRAPPER_PASSWD": "/tmp/passwd",
+    }
+
+
+def test_sshd_listens_on_the_bind_host_only_when_one_is_given() -> None:
+    cmd = sshd_command("/k", 2222, {"PATH": "/usr/bin"}, listen_address="127.0.0.7")
+    options = [cmd[i + 1] for i, a in enumerate(cmd) if a == "-o"]
+    assert "ListenAddress=127.0.0.7" in options
+    assert options[-1].startswith("SetEnv ")  # the session env stays last
+    assert not any(o.startswith("ListenAddress") for o in sshd_command("/k", 2222, {}))

@@ -1,12 +1,13 @@
 """The sandbox main job: the whole system on this machine, no cluster, no Gaudi, no Hub.
 
     python -m bloomz_operator.sandbox [--once] [--example examples/bloomz-cpu.yaml]
-        [--gaudi-cards 8] [--workdir .cache/sandbox] [--timeout 900]
+        [--gaudi-cards 8] [--nodes 1] [--workdir .cache/sandbox] [--timeout 900]
 
 Builds the tiny BLOOM checkpoint where the example's hostPath volume lives on the simulated node,
 starts the API emulator, the real operator and the local pod runner, `kubectl apply`s the example,
 shows progress until the resource is Ready with a measured latency, prints `kubectl get bloomz` and
-`kubectl get pods`, sends one generate request to the pod, then waits for Ctrl-C (or, with --once,
+`kubectl get pods`, sends one generate request to a pod behind the resource's Service (a multi-node
+group's leader), then waits for Ctrl-C (or, with --once,
 deletes everything, checks that no process is left and exits 0).
 """
 
@@ -69,6 +70,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--example", type=Path, default=None, help="default: examples/bloomz-cpu.yaml")
     parser.add_argument("--gaudi-cards", type=int, default=8, help="habana.ai/gaudi on the simulated node")
     parser.add_argument(
+        "--nodes", type=int, default=1, help="simulated nodes (a multi-node group needs one per pod)"
+    )
+    parser.add_argument(
         "--node-capacity",
         action="append",
         default=[],
@@ -79,7 +83,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workdir", type=Path, default=Path(".cache/sandbox"))
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for Ready + latency")
     parser.add_argument("--prompt", default=DEFAULT_PROMPT, help="the generate request sent at the end")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.nodes < 1:
+        parser.error("--nodes must be at least 1")
+    return args
 
 
 def load_resources(path: Path) -> list[dict[str, Any]]:
@@ -133,6 +140,10 @@ def runs_locally(resource: dict[str, Any]) -> bool:
 
 
 def ready_pod_ip(sandbox: Sandbox, name: str) -> str:
+    """A ready pod behind the resource's Service (the leader of a multi-node group), else any ready pod."""
+    behind_service = sandbox.service_endpoints(name)
+    if behind_service:
+        return behind_service[0]
     for pod in sandbox.list_pods(instance=name):
         status = pod.get("status") or {}
         if status.get("podIP") and all(c.get("ready") for c in status.get("containerStatuses") or [{}]):
@@ -246,7 +257,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     names = [r["metadata"]["name"] for r in resources]
     options = SandboxOptions(
-        workdir=args.workdir, gaudi_cards=args.gaudi_cards, capacity_overrides=dict(args.node_capacity)
+        workdir=args.workdir,
+        gaudi_cards=args.gaudi_cards,
+        nodes=args.nodes,
+        capacity_overrides=dict(args.node_capacity),
     )
     sandbox = Sandbox(options)
 

@@ -1,20 +1,30 @@
 """The sandbox's local pod runner: a development tool that plays node + scheduler, NOT a kubelet.
 
-It registers one simulated Node (capacity configurable: 8 `habana.ai/gaudi` by default), watches
-Pods in every namespace through the `kubernetes` client and, on each change (and every
+It registers one simulated Node, or several (`node_count`: sandbox-node, sandbox-node-2, ...; each
+with the configured capacity, 8 `habana.ai/gaudi` by default, all sharing one node root directory),
+watches Pods in every namespace through the `kubernetes` client and, on each change (and every
 `resync_seconds` anyway, level-based: it never trusts server-side filtering):
 
-- schedules: a pod fits when its requests fit the node minus the pods already bound; otherwise it
-  stays Pending with PodScheduled=False, reason Unschedulable and kube-scheduler's message
-  ("0/1 nodes are available: 1 Insufficient habana.ai/gaudi."). A bound pod gets spec.nodeName.
+- schedules: a pod goes to the first node where its requests fit the node minus the pods already
+  bound there and its required pod anti-affinity holds; otherwise it stays Pending with
+  PodScheduled=False, reason Unschedulable and kube-scheduler's message ("0/1 nodes are available:
+  1 Insufficient habana.ai/gaudi."). A bound pod gets spec.nodeName.
 - runs only pods that ask for no accelerator (this machine has no Gaudi or GPU): a scheduled
   hpu/cuda pod stays Pending, its container waiting with reason ContainerCreating and the
   message "sandbox: habana.ai/gaudi devices are simulated, only CPU pods run locally".
 - runs each container of a CPU pod as a local process group (see process_spec.py for command,
   env and path translation) on the pod's own loopback address (127.0.0.X, env BLOOMZ_BIND_HOST),
-  stdout/stderr to <log dir>/<namespace>/<pod>/<container>.log;
+  stdout/stderr to <log dir>/<namespace>/<pod>/<container>.log; secret and configMap volumes are
+  written into the pod's volume directory first (volume_sources.py; a missing object keeps the
+  container waiting in ContainerCreating with the kubelet's message, retried);
+- stands in for cluster DNS: pods with spec.hostname + spec.subdomain resolve as
+  `<hostname>.<subdomain>[.<ns>[.svc[.cluster.local]]]` for every local process (cluster_dns.py,
+  nss_wrapper with one hosts file kept up to date);
 - reflects the processes through pods/status: phase, podIP, hostIP, startTime, conditions,
   containerStatuses (ready from the readiness probe: the runtime's grpc.health.v1 service);
+- kills, with a pod's container, what it started outside its process tree (found by the pod's DNS
+  identity in their environment: a worker's SSH sessions daemonize Open MPI's orted), as a
+  container's cgroup would;
 - restarts exited containers per restartPolicy (Always / OnFailure) after a short doubling
   back-off (CrashLoopBackOff meanwhile);
 - stops a deleted pod's processes (SIGTERM to the main process, grace period, SIGKILL to all it
@@ -34,7 +44,6 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -42,15 +51,16 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from kubernetes.watch.watch import iter_resp_lines
 
-from bloomz_operator.sandbox import pod_status, probes, scheduling
+from bloomz_operator.sandbox import cluster_dns, pod_status, probes, scheduling, volume_sources
 from bloomz_operator.sandbox.addresses import LoopbackAddresses
 from bloomz_operator.sandbox.process_spec import (
     UnsupportedContainer,
     build_process_spec,
     host_path_failure,
     host_path_requirements,
+    volume_directories,
 )
-from bloomz_operator.sandbox.processes import LocalProcess
+from bloomz_operator.sandbox.processes import LocalProcess, kill_all, processes_with_env
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +87,7 @@ class RunnerConfig:
     node_root: Path  # the simulated node's filesystem: hostPath /x is <node_root>/x
     log_dir: Path
     node_name: str = DEFAULT_NODE_NAME
+    node_count: int = 1  # simulated nodes: node_name, node_name-2, ... (same capacity and labels)
     capacity: dict[str, str] = field(default_factory=default_capacity)
     node_labels: dict[str, str] = field(default_factory=dict)
     interpreter: str = sys.executable  # the stand-in for the image's python3
@@ -86,6 +97,11 @@ class RunnerConfig:
     max_grace_seconds: float = 30.0
     resync_seconds: float = 1.0
     probe_timeout_seconds: float = 1.0
+    hosts_file: Path | None = None  # the pod DNS names (nss_wrapper); default <log_dir>/cluster-hosts
+    nss_wrapper: str | None = field(default_factory=cluster_dns.find_nss_wrapper)
+
+    def node_names(self) -> list[str]:
+        return [self.node_name] + [f"{self.node_name}-{i}" for i in range(2, self.node_count + 1)]
 
 
 @dataclass
@@ -109,6 +125,7 @@ class PodRecord:
     uid: str
     pod: dict[str, Any]
     scheduled: bool = False
+    node_name: str = ""
     unschedulable_message: str = ""
     waiting_message: str = ""  # why its containers will not start (simulated device, unsupported spec)
     pod_ip: str = ""
@@ -147,12 +164,17 @@ class PodRunner:
         self.core: Any = client.CoreV1Api(api_client)
         self.addresses = LoopbackAddresses()
         self.allocatable = scheduling.parse_amounts(config.capacity)
-        self.node_labels = {
-            "kubernetes.io/hostname": config.node_name,
-            "kubernetes.io/os": "linux",
-            "kubernetes.io/arch": "amd64",
-            **config.node_labels,
+        self.nodes = {
+            name: {
+                "kubernetes.io/hostname": name,
+                "kubernetes.io/os": "linux",
+                "kubernetes.io/arch": "amd64",
+                **config.node_labels,
+            }
+            for name in config.node_names()
         }
+        self.node_labels = self.nodes[config.node_name]  # the first node's (the single-node default)
+        self.hosts_file = config.hosts_file or config.log_dir / "cluster-hosts"
         self._records: dict[tuple[str, str, str], PodRecord] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -163,7 +185,9 @@ class PodRunner:
     # -- lifecycle ---------------------------------------------------------------------------------
 
     def start(self) -> PodRunner:
-        self.register_node()
+        for name in self.nodes:
+            self.register_node(name)
+        cluster_dns.write_atomically(self.hosts_file, cluster_dns.hosts_text([]))
         for target, name in ((self._watch_loop, "pod-watch"), (self._reconcile_loop, "pod-runner")):
             thread = threading.Thread(target=target, name=f"sandbox-{name}", daemon=True)
             thread.start()
@@ -222,28 +246,23 @@ class PodRunner:
 
     # -- the node ----------------------------------------------------------------------------------
 
-    def register_node(self) -> None:
-        node = {
-            "apiVersion": "v1",
-            "kind": "Node",
-            "metadata": {"name": self.config.node_name, "labels": self.node_labels},
-            "spec": {},
-        }
+    def register_node(self, name: str | None = None) -> None:
+        name = name or self.config.node_name
+        labels = self.nodes[name]
+        node = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": labels}, "spec": {}}
         try:
             self.core.create_node(node, _preload_content=False)
         except ApiException as error:
             if error.status != 409:
                 raise
-            self.core.patch_node(
-                self.config.node_name, {"metadata": {"labels": self.node_labels}}, _content_type=MERGE_PATCH
-            )
+            self.core.patch_node(name, {"metadata": {"labels": labels}}, _content_type=MERGE_PATCH)
         now = pod_status.rfc3339(time.time())
         status = {
             "capacity": self.config.capacity,
             "allocatable": self.config.capacity,
             "addresses": [
                 {"type": "InternalIP", "address": HOST_IP},
-                {"type": "Hostname", "address": self.config.node_name},
+                {"type": "Hostname", "address": name},
             ],
             "conditions": [
                 {
@@ -258,7 +277,7 @@ class PodRunner:
             "nodeInfo": {"kubeletVersion": "sandbox", "operatingSystem": "linux", "architecture": "amd64"},
         }
         self.core.patch_node_status(
-            self.config.node_name, {"status": status}, _content_type=MERGE_PATCH, _preload_content=False
+            name, {"status": status}, _content_type=MERGE_PATCH, _preload_content=False
         )
 
     # -- loops -------------------------------------------------------------------------------------
@@ -311,7 +330,7 @@ class PodRunner:
                         self._forget(key, record)
         for key, pod in pods.items():
             node_name = (pod.get("spec") or {}).get("nodeName")
-            if node_name and node_name != self.config.node_name:
+            if node_name and node_name not in self.nodes:
                 continue
             with self._lock:
                 known = self._records.get(key)
@@ -326,6 +345,16 @@ class PodRunner:
                 self._reconcile_pod(record)
             except Exception:
                 log.exception("sandbox pod runner: pod %s", record.label)
+        self._update_dns()
+
+    def _update_dns(self) -> None:
+        """Rewrite the pod DNS hosts file if a pod address came or went."""
+        with self._lock:
+            records = [r for r in self._records.values() if r.pod_ip and not r.stopped]
+        found = [cluster_dns.pod_address(r.pod, r.pod_ip) for r in records]
+        text = cluster_dns.hosts_text([a for a in found if a is not None])
+        if cluster_dns.write_atomically(self.hosts_file, text):
+            log.info("sandbox: pod DNS records now %s", text.count("\n"))
 
     def _reconcile_pod(self, record: PodRecord) -> None:
         metadata = record.pod.get("metadata") or {}
@@ -342,35 +371,44 @@ class PodRunner:
             self._step_container(record, container, now)
         self._report(record)
 
-    def _used_by_bound_pods(self, exclude: PodRecord) -> tuple[dict[str, Decimal], int]:
+    def _node_states(self, exclude: PodRecord) -> list[scheduling.NodeState]:
+        """Every node with the pods bound to it that still hold their room."""
         with self._lock:
             bound = [
-                r.pod
+                r
                 for r in self._records.values()
                 if r is not exclude and r.scheduled and not r.stopped and not self._finished(r)
             ]
-        return scheduling.sum_requests(bound), len(bound)
+        return [
+            scheduling.NodeState(
+                name=name,
+                labels=labels,
+                allocatable=self.allocatable,
+                pods=[r.pod for r in bound if r.node_name == name],
+            )
+            for name, labels in self.nodes.items()
+        ]
 
     @staticmethod
     def _finished(record: PodRecord) -> bool:
         return bool(record.containers) and all(c.final is not None for c in record.containers.values())
 
     def _schedule(self, record: PodRecord) -> bool:
-        used, count = self._used_by_bound_pods(exclude=record)
-        reasons = scheduling.unschedulable_reasons(
-            record.pod, self.allocatable, used, self.node_labels, count
-        )
-        if reasons:
-            message = scheduling.scheduler_message(reasons)
+        try:
+            node_name, message = scheduling.choose_node(record.pod, self._node_states(exclude=record))
+        except ValueError as error:  # a selector the sandbox does not understand
+            node_name, message = None, f"sandbox: {error}"
+        if node_name is None:
             if message != record.unschedulable_message:
                 self._event(record, "FailedScheduling", message, "Warning")
             record.unschedulable_message = message
             return False
         record.scheduled = True
+        record.node_name = node_name
         record.unschedulable_message = ""
         record.start_time = time.time()
         self._bind(record)
-        self._event(record, "Scheduled", f"Successfully assigned {record.label} to {self.config.node_name}")
+        self._event(record, "Scheduled", f"Successfully assigned {record.label} to {node_name}")
         spec = record.pod.get("spec") or {}
         record.containers = {c["name"]: ContainerRecord(spec=c) for c in spec.get("containers") or []}
         accelerators = scheduling.requested_accelerators(record.pod)
@@ -383,9 +421,12 @@ class PodRunner:
                 record.pod_ip = self.addresses.allocate(container_ports(record.pod))
             except RuntimeError as error:  # shown on the pod instead of a process without an address
                 record.waiting_message = f"sandbox: {error}"
-        log.info(
-            "sandbox: %s scheduled on %s (pod IP %s)", record.label, self.config.node_name, record.pod_ip
-        )
+            needs_dns = cluster_dns.pod_address(record.pod, record.pod_ip) is not None
+            if needs_dns and self.config.nss_wrapper is None and not record.waiting_message:
+                record.waiting_message = cluster_dns.MISSING_NSS_WRAPPER
+                self._event(record, "FailedMount", cluster_dns.MISSING_NSS_WRAPPER, "Warning")
+        log.info("sandbox: %s scheduled on %s (pod IP %s)", record.label, node_name, record.pod_ip)
+        self._update_dns()
         return True
 
     def _bind(self, record: PodRecord) -> None:
@@ -393,7 +434,7 @@ class PodRunner:
             self.core.patch_namespaced_pod(
                 record.name,
                 record.namespace,
-                {"spec": {"nodeName": self.config.node_name}},
+                {"spec": {"nodeName": record.node_name}},
                 _content_type=MERGE_PATCH,
                 _preload_content=False,
             )
@@ -417,7 +458,7 @@ class PodRunner:
             "reason": reason,
             "message": message,
             "type": kind,
-            "source": {"component": "sandbox-podrunner", "host": self.config.node_name},
+            "source": {"component": "sandbox-podrunner", "host": record.node_name or self.config.node_name},
             "firstTimestamp": now,
             "lastTimestamp": now,
             "count": 1,
@@ -460,8 +501,10 @@ class PodRunner:
         return ""
 
     def _start_container(self, record: PodRecord, container: ContainerRecord, now: float) -> None:
-        mount_failure = self._missing_host_path(record)
+        mount_failure = self._missing_host_path(record) or self._project_volumes(record)
         if mount_failure:  # retried every loop: it starts once the path exists, like a kubelet
+            if mount_failure != container.error:
+                self._event(record, "FailedMount", mount_failure, "Warning")
             container.error, container.error_reason = mount_failure, pod_status.WAITING_CREATING
             return
         try:
@@ -470,7 +513,7 @@ class PodRunner:
                 container.spec,
                 pod_ip=record.pod_ip,
                 host_ip=HOST_IP,
-                node_name=self.config.node_name,
+                node_name=record.node_name,
                 node_root=self.config.node_root,
                 pod_dir=self.config.log_dir / record.namespace / record.name,
                 interpreter=self.config.interpreter,
@@ -479,6 +522,13 @@ class PodRunner:
         except UnsupportedContainer as error:
             container.error, container.error_reason = str(error), pod_status.WAITING_CREATE_ERROR
             return
+        # Pod DNS names resolve in every process of a pod with a DNS identity (hostname + subdomain), and
+        # only there: nss_wrapper answers an IPv6 + V4MAPPED lookup of a numeric IPv4 address with an
+        # error, which torch's TCPStore client retries until it times out (MASTER_ADDR=127.0.0.1).
+        if self.config.nss_wrapper is not None and cluster_dns.pod_address(record.pod, record.pod_ip):
+            hostname = cluster_dns.pod_hostname(record.pod)
+            dns_env = cluster_dns.process_env(self.config.nss_wrapper, self.hosts_file, spec.env, hostname)
+            spec.env.update(dns_env)
         process = LocalProcess(spec, self.log_path(record.namespace, record.name, container.spec["name"]))
         try:
             process.start()
@@ -492,6 +542,37 @@ class PodRunner:
         container.ready = False
         log.info("sandbox: started %s/%s (pid %s)", record.label, container.spec["name"], process.pid)
         self._event(record, "Started", f"Started container {container.spec['name']} (pid {process.pid})")
+
+    def _project_volumes(self, record: PodRecord) -> str:
+        """Write the pod's secret and configMap volumes from the API; the mount error if one cannot be."""
+        sources = volume_sources.volume_sources(record.pod)
+        if not sources:
+            return ""
+        directories = volume_directories(
+            record.pod, self.config.node_root, self.config.log_dir / record.namespace / record.name
+        )
+        for source in sources:
+            read = (
+                self.core.read_namespaced_secret
+                if source.kind == "secret"
+                else self.core.read_namespaced_config_map
+            )
+            try:
+                response = read(source.object_name, record.namespace, _preload_content=False)
+            except ApiException as error:
+                if error.status != 404:
+                    return volume_sources.mount_failure(source, f"cannot read it: {error.reason}")
+                if source.optional:
+                    volume_sources.write_files(directories[source.volume], [])
+                    continue
+                return volume_sources.missing_object_message(source)
+            data = volume_sources.object_data(source.kind, json.loads(response.data))
+            try:
+                files = volume_sources.projected_files(source, data)
+            except volume_sources.MountFailure as error:
+                return str(error)
+            volume_sources.write_files(directories[source.volume], files)
+        return ""
 
     def _backoff(self, container: ContainerRecord) -> float:
         return pod_status.backoff_seconds(
@@ -509,6 +590,7 @@ class PodRunner:
         now: float,
     ) -> None:
         process.kill_leftovers()  # ranks orphaned by the launcher die with it, like a container's cgroup
+        self._kill_escaped(record)
         exit_code, signal_number = pod_status.termination_exit_code(returncode)
         termination = pod_status.Termination(exit_code, process.started_at, now, signal_number)
         container.process = None
@@ -653,6 +735,7 @@ class PodRunner:
                 stopper.start()
             for stopper in stoppers:
                 stopper.join()
+            self._kill_escaped(record)
             if record.pod_ip:
                 self.addresses.release(record.pod_ip)
             record.stopped = True
@@ -660,6 +743,20 @@ class PodRunner:
 
         record.stopping = threading.Thread(target=stop_all, name=f"sandbox-stop-{record.name}", daemon=True)
         record.stopping.start()
+
+    def _kill_escaped(self, record: PodRecord) -> None:
+        """Kill what the pod's processes started outside their process tree (an SSH session's daemonized
+        orted and its ranks on a worker): every process with this pod's DNS identity in its environment."""
+        if self.config.nss_wrapper is None or cluster_dns.pod_address(record.pod, record.pod_ip) is None:
+            return
+        identity = {
+            "NSS_WRAPPER_HOSTS": str(self.hosts_file),
+            "NSS_WRAPPER_HOSTNAME": cluster_dns.pod_hostname(record.pod),
+        }
+        escaped = processes_with_env(identity)
+        if escaped:
+            log.info("sandbox: %s: killing %s process(es) it left behind", record.label, len(escaped))
+            kill_all(escaped)
 
     def _finalize_deletion(self, record: PodRecord) -> None:
         """Like a kubelet: once the processes are gone, remove the pod object for good."""

@@ -15,6 +15,31 @@ import psutil
 from bloomz_operator.sandbox.process_spec import ProcessSpec
 
 
+def processes_with_env(wanted: dict[str, str]) -> list[psutil.Process]:
+    """Live processes whose environment holds every `wanted` pair: how the runner finds what a pod's
+    process started outside its process tree (a daemonized orted, the ranks it started), which a
+    container's cgroup would still hold."""
+    found = []
+    for process in psutil.process_iter():
+        try:
+            environ = process.environ()
+            if (
+                all(environ.get(k) == v for k, v in wanted.items())
+                and process.status() != psutil.STATUS_ZOMBIE
+            ):
+                found.append(process)
+        except psutil.Error:
+            continue
+    return found
+
+
+def kill_all(processes: list[psutil.Process]) -> None:
+    for process in processes:
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+    psutil.wait_procs(processes, timeout=5)
+
+
 class LocalProcess:
     def __init__(self, spec: ProcessSpec, log_path: Path) -> None:
         self.spec = spec

@@ -3,7 +3,8 @@
 Used by the main job (`python -m bloomz_operator.sandbox`) and by the end-to-end test, so both
 run exactly the same thing. Layout under the work directory:
     kubeconfig, operator-settings.yaml
-    node/                  the simulated node's filesystem (hostPath /x is node/x)
+    node/                  the simulated node's filesystem (hostPath /x is node/x; shared by all nodes)
+    cluster-hosts          pod DNS names (headless Services) for nss_wrapper, kept by the pod runner
     logs/operator.log      the operator's output
     logs/podrunner.log     the pod runner's decisions (scheduling, starts, exits, stops)
     logs/<ns>/<pod>/<container>.log   each pod container's output
@@ -28,6 +29,7 @@ from typing import Any
 import yaml
 from kubernetes import client
 
+from bloomz_operator.sandbox import cluster_dns
 from bloomz_operator.sandbox.podrunner import PodRunner, RunnerConfig, default_capacity
 
 CRD_GROUP = "inference.bloomz.dev"
@@ -66,6 +68,7 @@ class SandboxOptions:
     workdir: Path
     namespace: str = "default"
     gaudi_cards: int = 8
+    nodes: int = 1  # simulated nodes, each with the same capacity (multi-node groups need 2 or more)
     capacity_overrides: dict[str, str] = field(default_factory=dict)  # e.g. {"cpu": "8"}
     crd_paths: Sequence[Path] = ()
     operator_log_level: str = "INFO"
@@ -84,6 +87,7 @@ class Sandbox:
         self.log_dir = self.workdir / "logs"
         self.kubeconfig = self.workdir / "kubeconfig"
         self.settings_path = self.workdir / "operator-settings.yaml"
+        self.hosts_file = self.workdir / "cluster-hosts"
         self.operator_log = self.log_dir / "operator.log"
         self.apiserver: Any = None
         self.runner: PodRunner | None = None
@@ -108,6 +112,8 @@ class Sandbox:
         config = RunnerConfig(
             node_root=self.node_root,
             log_dir=self.log_dir,
+            node_count=self.options.nodes,
+            hosts_file=self.hosts_file,
             capacity={
                 **default_capacity(self.options.gaudi_cards),
                 **self.options.capacity_overrides,
@@ -117,10 +123,23 @@ class Sandbox:
             max_grace_seconds=self.options.max_grace_seconds,
         )
         self.runner = PodRunner(self.api_client, config).start()
-        on_step(
-            f"pod runner up: node {config.node_name} with {self.options.gaudi_cards} habana.ai/gaudi "
-            f"(simulated), CPU pods run as local processes, node root {self.node_root}"
-        )
+        if self.options.nodes == 1:
+            on_step(
+                f"pod runner up: node {config.node_name} with {self.options.gaudi_cards} habana.ai/gaudi "
+                f"(simulated), CPU pods run as local processes, node root {self.node_root}"
+            )
+        else:
+            on_step(
+                f"pod runner up: nodes {', '.join(config.node_names())} with {self.options.gaudi_cards} "
+                f"habana.ai/gaudi each (simulated), CPU pods run as local processes, one shared node root "
+                f"{self.node_root}"
+            )
+        if config.nss_wrapper is None:
+            on_step(
+                f"pod DNS names will not resolve: {cluster_dns.MISSING_NSS_WRAPPER.removeprefix('sandbox: ')}"
+            )
+        else:
+            on_step(f"pod DNS names (headless Services) via nss_wrapper, hosts file {self.hosts_file}")
         self._start_operator()
         on_step(
             f"operator started (pid {self.operator.pid if self.operator else '?'}), log {self.operator_log}"
@@ -247,6 +266,33 @@ class Sandbox:
                 == instance
             ]
         return pods
+
+    def service_endpoints(self, service: str) -> list[str]:
+        """The sandbox's stand-in for a Service's routing: the IPs of the ready pods its selector picks."""
+        api: Any = client.CoreV1Api(self.api_client)
+        try:
+            response = api.read_namespaced_service(service, self.options.namespace, _preload_content=False)
+        except client.ApiException as error:
+            if error.status == 404:
+                return []
+            raise
+        selector = (json.loads(response.data).get("spec") or {}).get("selector") or {}
+        if not selector:
+            return []
+        addresses = []
+        for pod in self.list_pods():
+            labels = (pod.get("metadata") or {}).get("labels") or {}
+            status = pod.get("status") or {}
+            statuses = status.get("containerStatuses") or []
+            if (
+                all(labels.get(k) == v for k, v in selector.items())
+                and status.get("podIP")
+                and statuses
+                and all(c.get("ready") for c in statuses)
+                and not (pod.get("metadata") or {}).get("deletionTimestamp")
+            ):
+                addresses.append(str(status["podIP"]))
+        return sorted(addresses)
 
     def wait_for(
         self,
