@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -10,14 +11,42 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def wait_for(what: str, predicate: Callable[[], Any], timeout: float, interval: float = 0.2) -> Any:
+    """Poll ``predicate`` until it returns something truthy (returned); after ``timeout`` seconds an
+    AssertionError names ``what``. For waits on servers and controllers, never for speed."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
+def read_pod(core: Any, namespace: str, name: str) -> dict[str, Any] | None:
+    """The pod as the API server returns it (plain JSON, not the client's models); None once it is gone."""
+    from kubernetes import client
+
+    try:
+        response = core.read_namespaced_pod(name, namespace, _preload_content=False)
+    except client.ApiException as error:
+        if error.status == 404:
+            return None
+        raise
+    body: dict[str, Any] = json.loads(response.data)
+    return body
 
 
 def free_port() -> int:

@@ -134,6 +134,8 @@ class Coordinator:
         tokens = choose_tokens(scores, [r.sampler for r in rows])
         now = time.monotonic()
         self.metrics.batch_size.observe(len(rows))
+        if scores.rescored is not None:
+            self.metrics.greedy_rescored.observe(scores.rescored)
         self.metrics.tokens_generated.inc(len(rows))
         for req, token in zip(rows, tokens, strict=True):
             if isinstance(token, BaseException):

@@ -116,6 +116,37 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+SHM_DIR = Path("/dev/shm")
+
+
+def deepspeed_shm_prefix(uid: int, master_addr: str, master_port: str) -> str:
+    """How DeepSpeed's CPU shared-memory all-reduce (ops/csrc/cpu/comm/shm.cpp) names a job's segments:
+    one per rank, "<prefix><rank>"."""
+    return f"deepspeed_allreduce_buffer_{uid}_{master_addr}_{master_port}_"
+
+
+def remove_deepspeed_shm(
+    env: Mapping[str, str], shm_dir: Path = SHM_DIR, uid: int | None = None
+) -> list[Path]:
+    """Unlink the job's all-reduce segments once its ranks are gone.
+
+    DeepSpeed never unlinks them (69 MB per rank); in a pod, /dev/shm is memory that outlives a
+    container restart, so every crashed or restarted job would keep its share until the pod goes.
+    Only this job's names (its MASTER_ADDR and MASTER_PORT): other jobs may share the directory.
+    """
+    if "MASTER_ADDR" not in env or "MASTER_PORT" not in env:
+        return []
+    prefix = deepspeed_shm_prefix(os.getuid() if uid is None else uid, env["MASTER_ADDR"], env["MASTER_PORT"])
+    removed = []
+    with contextlib.suppress(OSError):
+        for path in shm_dir.iterdir():
+            if path.name.startswith(prefix) and path.name[len(prefix) :].isdigit():
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                    removed.append(path)
+    return removed
+
+
 def exit_code(returncode: int) -> int:
     """A child killed by signal N exits like a shell reports it: 128 + N."""
     return 128 - returncode if returncode < 0 else returncode
@@ -192,7 +223,11 @@ def main(argv: list[str] | None = None) -> int:
         supervisor = _Supervisor(cmd, env, pidfile, opts.grace_period_s)
         signal.signal(signal.SIGTERM, supervisor.on_signal)
         signal.signal(signal.SIGINT, supervisor.on_signal)
-        return exit_code(supervisor.wait())
+        try:
+            return exit_code(supervisor.wait())
+        finally:
+            if opts.world_size > 1:
+                remove_deepspeed_shm(env)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,13 @@ class RuntimeMetrics:
             buckets=_TOKEN_BUCKETS,
             registry=r,
         )
+        self.greedy_rescored = Histogram(
+            "bloomz_greedy_rescored_tokens",
+            "vocabulary entries the int8 lm_head screen left for float32 rescoring, per forward pass "
+            "(above 1/16 of the vocabulary the pass used the whole float32 lm_head)",
+            buckets=(1, 4, 16, 64, 256, 1024, 4096, 16384, 65536),
+            registry=r,
+        )
         self.tokens_generated = Counter("bloomz_generated_tokens", "new tokens produced", registry=r)
         self.prompt_tokens = Counter("bloomz_prompt_tokens", "prompt tokens prefilled", registry=r)
         self.model_info = Info("bloomz_model", "what this runtime serves", registry=r)

@@ -14,8 +14,8 @@ import signal
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ import psutil
 import pytest
 import yaml
 from bloomz_operator.sandbox.addresses import port_listening
+from helpers import wait_for as poll_until
 
 pytestmark = pytest.mark.slow
 
@@ -33,6 +34,9 @@ NAME = "bloomz-tiny"
 MODEL_ON_NODE = Path("node/var/lib/bloomz/models/bloomz-tiny")  # the example's hostPath, under the workdir
 GAUDI_CARDS = 4  # examples/bloomz.yaml asks for 8: it must not fit
 WAIT_S = 420.0  # generous: 2 shared cores, other test suites running at the same time
+
+
+wait_for = partial(poll_until, timeout=WAIT_S, interval=1.0)
 
 
 class MainJob:
@@ -83,7 +87,7 @@ class MainJob:
         return alive
 
     def wait_for_line(self, text: str, timeout: float) -> None:
-        wait_for(f"{text!r} in the main job's output", lambda: self._seen(text), timeout)
+        wait_for(f"{text!r} in the main job's output", lambda: self._seen(text), timeout=timeout)
 
     def _seen(self, text: str) -> bool:
         self.remember_descendants()
@@ -114,17 +118,6 @@ class MainJob:
                 self.process.wait()
         self._reader.join(timeout=10)
         return self.process.returncode
-
-
-def wait_for(what: str, predicate: Callable[[], Any], timeout: float = WAIT_S, interval: float = 1.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
 
 
 def prepare_workdir(workdir: Path, checkpoint: Path) -> None:

@@ -11,8 +11,8 @@ recreates the whole group -> deleting the resource leaves no process and no list
 from __future__ import annotations
 
 import shutil
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from bloomz_operator.sandbox.processes import processes_with_env
 from bloomz_operator.sandbox.stack import Sandbox, SandboxOptions
 from bloomz_runtime.proto import generate_pb2 as pb
 from bloomz_runtime.proto import generate_pb2_grpc as pb_grpc
+from helpers import wait_for as poll_until
 
 pytestmark = pytest.mark.slow
 
@@ -39,15 +40,7 @@ WAIT_S = 420.0  # generous: 2 shared cores, other test suites running at the sam
 PORTS = (50051, 9090, 2222)
 
 
-def wait_for(what: str, predicate: Callable[[], Any], timeout: float = WAIT_S, interval: float = 1.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
+wait_for = partial(poll_until, timeout=WAIT_S, interval=1.0)
 
 
 def conditions(resource: dict[str, Any]) -> dict[str, dict[str, Any]]:

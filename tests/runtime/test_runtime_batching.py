@@ -130,3 +130,15 @@ def test_choose_tokens_greedy_and_seeded_sampling() -> None:
     draws = {s.choose(flat) for _ in range(20)}
     assert len(draws) > 1  # it really samples
     assert RowSampler(SamplingParams(do_sample=True, top_k=1, seed=1), [0]).choose(logits[0]) == 1
+
+
+def test_step_scores_of_decode_and_prefill_parts_join_in_row_order() -> None:
+    decode = StepScores(greedy=torch.tensor([4, 5]), rescored=3)
+    prefill = StepScores(greedy=torch.tensor([6]), rescored=9)
+    joined = StepScores.cat([decode, prefill])
+    assert joined.greedy.tolist() == [4, 5, 6] and joined.logits is None and joined.rescored == 12
+    eye = torch.eye(3)
+    full = StepScores.cat([StepScores.from_logits(eye[:2]), StepScores.from_logits(eye[2:])])
+    assert full.greedy.tolist() == [0, 1, 2] and full.logits is not None and full.rescored is None
+    # One part without logits: the step has none (only greedy-only steps skip them).
+    assert StepScores.cat([decode, StepScores.from_logits(torch.eye(3)[:1])]).logits is None

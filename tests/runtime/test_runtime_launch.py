@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from bloomz_runtime.dist import rank_env
 from bloomz_runtime.launch import (
@@ -129,3 +131,18 @@ def test_default_dtype_per_device(device: str, dtype: str) -> None:
 def test_bad_world_size_is_refused() -> None:
     with pytest.raises(SystemExit):
         parse_options(["--model", "m", "--device", "cpu", "--world-size", "0"], environ={})
+
+
+def test_only_the_jobs_own_deepspeed_shm_segments_are_removed(tmp_path: Path) -> None:
+    from bloomz_runtime.launch import deepspeed_shm_prefix, remove_deepspeed_shm
+
+    ours = deepspeed_shm_prefix(1000, "127.0.0.1", "29500")
+    for name in (f"{ours}0", f"{ours}1", f"{deepspeed_shm_prefix(1000, '127.0.0.1', '29501')}0",
+                 f"{deepspeed_shm_prefix(0, '127.0.0.1', '29500')}0", f"{ours}notes", "other"):  # fmt: skip
+        (tmp_path / name).write_bytes(b"x")
+    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
+    removed = remove_deepspeed_shm(env, shm_dir=tmp_path, uid=1000)
+    assert sorted(p.name for p in removed) == [f"{ours}0", f"{ours}1"]
+    assert len(list(tmp_path.iterdir())) == 4  # another job's, another user's, and unrelated files stay
+    assert remove_deepspeed_shm({}, shm_dir=tmp_path, uid=1000) == []
+    assert remove_deepspeed_shm(env, shm_dir=tmp_path / "missing", uid=1000) == []

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import grpc
 import pytest
+from bloomz_runtime.launch import SHM_DIR, deepspeed_shm_prefix
 from bloomz_runtime.proto import generate_pb2 as pb
 from bloomz_runtime.proto import generate_pb2_grpc as pb_grpc
-from helpers import start_runtime, stop_runtime, wait_for_serving
+from helpers import free_port, start_runtime, stop_runtime, wait_for_serving
 from runtime_reference import PROMPTS, Reference
 
 pytestmark = pytest.mark.slow
@@ -55,10 +56,18 @@ def greedy(prompt: str, n: int) -> pb.GenerateRequest:
     )
 
 
+def job_shm_segments(master_port: int) -> list[Path]:
+    """DeepSpeed's shared-memory all-reduce segments of the job on this MASTER_PORT."""
+    prefix = deepspeed_shm_prefix(os.getuid(), "127.0.0.1", str(master_port))
+    return sorted(SHM_DIR.glob(f"{prefix}*"))
+
+
 def test_two_ranks_match_transformers_and_die_together(tiny_checkpoint: Path, hf_greedy: Reference) -> None:
-    rt = start_runtime(tiny_checkpoint, world_size=2)
+    master_port = free_port()
+    rt = start_runtime(tiny_checkpoint, world_size=2, env={"MASTER_PORT": str(master_port)})
     try:
         wait_for_serving(rt.target, 300, rt.process)
+        assert len(job_shm_segments(master_port)) == 2  # one per rank, while the job runs
         with grpc.insecure_channel(rt.target) as channel:
             stub = pb_grpc.TextGenerationStub(channel)
             for prompt in PROMPTS:
@@ -83,6 +92,8 @@ def test_two_ranks_match_transformers_and_die_together(tiny_checkpoint: Path, hf
         code = rt.process.wait(timeout=120)
         assert code != 0
         assert time.monotonic() - started < 120
+        # The launcher unlinks the crashed job's segments (DeepSpeed never does: 69 MB each).
+        assert job_shm_segments(master_port) == []
         time.sleep(0.5)
         for pid in ranks:
             assert (

@@ -249,5 +249,8 @@ def test_metrics_endpoint_exposes_the_series(
         "bloomz_generated_tokens_total",
         "bloomz_prompt_tokens_total",
         "bloomz_model_info{",
+        "bloomz_greedy_rescored_tokens_bucket",
     ):
         assert series in body, series
+    # Greedy requests went through the int8 screen.
+    assert metric(runtime, "bloomz_greedy_rescored_tokens_count") > 0

@@ -10,8 +10,8 @@ import json
 import os
 import signal
 import textwrap
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +20,20 @@ import pytest
 from bloomz_operator.sandbox.addresses import port_listening
 from bloomz_operator.sandbox.apiserver import SandboxAPIServer
 from bloomz_operator.sandbox.podrunner import PodRunner, RunnerConfig, default_capacity
+from helpers import read_pod
+from helpers import wait_for as poll_until
 from kubernetes import client
 
 NAMESPACE = "default"
 WAIT_S = 60.0
+
+
+wait_for = partial(poll_until, timeout=WAIT_S)
+
+
+def get_pod(core: Any, name: str) -> dict[str, Any] | None:
+    return read_pod(core, NAMESPACE, name)
+
 
 # A pod's program: write what it sees to the hostPath volume, then serve grpc.health.v1 on its pod IP.
 HEALTH_SERVER = textwrap.dedent(
@@ -100,26 +110,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[client.C
         finally:
             runner.stop()
             api_client.close()
-
-
-def get_pod(core: client.CoreV1Api, name: str) -> dict[str, Any] | None:
-    try:
-        response = core.read_namespaced_pod(name, NAMESPACE, _preload_content=False)
-    except client.ApiException as error:
-        if error.status == 404:
-            return None
-        raise
-    return json.loads(response.data)
-
-
-def wait_for(what: str, predicate: Callable[[], Any], timeout: float = WAIT_S) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def events_for(core: client.CoreV1Api, name: str) -> dict[str, str]:

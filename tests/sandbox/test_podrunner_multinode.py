@@ -9,8 +9,8 @@ from __future__ import annotations
 import base64
 import json
 import textwrap
-import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +18,21 @@ import pytest
 from bloomz_operator.sandbox.apiserver import SandboxAPIServer
 from bloomz_operator.sandbox.podrunner import PodRunner, RunnerConfig
 from bloomz_operator.sandbox.processes import processes_with_env
+from helpers import read_pod
+from helpers import wait_for as poll_until
 from kubernetes import client
 
 NAMESPACE = "default"
 WAIT_S = 60.0
 GROUP = {"group": "g0"}
+
+
+wait_for = partial(poll_until, timeout=WAIT_S)
+
+
+def get_pod(core: Any, name: str) -> dict[str, Any] | None:
+    return read_pod(core, NAMESPACE, name)
+
 
 # Report what the pod sees (its Secret volume, its peer's DNS name), start a detached grandchild that
 # escapes the pod's process tree (as orted --daemonize does), then stay up.
@@ -96,27 +106,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, Pod
         finally:
             runner.stop()
             api_client.close()
-
-
-def get_pod(core: Any, name: str) -> dict[str, Any] | None:
-    try:
-        response = core.read_namespaced_pod(name, NAMESPACE, _preload_content=False)
-    except client.ApiException as error:
-        if error.status == 404:
-            return None
-        raise
-    body: dict[str, Any] = json.loads(response.data)
-    return body
-
-
-def wait_for(what: str, predicate: Callable[[], Any], timeout: float = WAIT_S) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def waiting(core: Any, name: str) -> dict[str, Any] | None:

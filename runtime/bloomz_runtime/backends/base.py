@@ -29,6 +29,8 @@ class StepScores:
 
     greedy: torch.Tensor
     logits: torch.Tensor | None = None
+    # Tokens the int8 screen left for float32 rescoring (None: no screen ran), for the metrics.
+    rescored: int | None = None
 
     @staticmethod
     def from_logits(logits: torch.Tensor) -> StepScores:
@@ -39,9 +41,11 @@ class StepScores:
         if len(parts) == 1:
             return parts[0]
         logits = [p.logits for p in parts]
+        rescored = [p.rescored for p in parts if p.rescored is not None]
         return StepScores(
             greedy=torch.cat([p.greedy for p in parts]),
             logits=None if any(t is None for t in logits) else torch.cat(logits),  # type: ignore[arg-type]
+            rescored=sum(rescored) if rescored else None,
         )
 
 

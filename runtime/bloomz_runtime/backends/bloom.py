@@ -202,7 +202,8 @@ class BloomRunner(ModelRunner):
                 mask = F.pad(mask, (0, past.capacity - mask.shape[1]))
             last, new_past = bloom_forward(self.model, input_ids.to(self.device), mask, past, static)
             if not logits and self.greedy_head is not None:
-                scores = StepScores(greedy=self.greedy_head.argmax(last))
+                tokens = self.greedy_head.argmax(last)
+                scores = StepScores(greedy=tokens, rescored=self.greedy_head.last_rescored)
             else:
                 # [B, 1, hidden]: DeepSpeed's tensor-parallel lm_head slices the last dim of a 3D input.
                 projected = self.model.lm_head(last.unsqueeze(1))[:, -1, :].float()
