@@ -116,3 +116,23 @@ def test_time_stream_takes_the_first_message_as_the_first_token() -> None:
     assert timing == bench.StreamTiming(
         seconds=1.0, first_token_s=0.25, prompt_tokens=7, generated_tokens=4, token_ids=(10, 11, 12, 13)
     )
+
+
+def test_one_iteration_server_rows_merge_by_their_medians() -> None:
+    info = generate_pb2.InfoResponse(model="m", world_size=1)
+
+    def reply(latency: float, first_ms: float, per_ms: float) -> bench.BenchRow:
+        response = generate_pb2.BenchmarkResponse(
+            latency_seconds=latency, first_token_ms=first_ms, per_token_ms=per_ms, prompt_tokens=7,
+            iterations=1, max_new_tokens=100, latencies_seconds=[latency],
+        )  # fmt: skip
+        return bench.row_from_server(info, response)
+
+    row = bench.merge_server_rows(
+        [reply(8.5, 120.0, 84.0), reply(30.0, 900.0, 290.0), reply(8.7, 122.0, 86.0)]
+    )
+    assert (row.mode, row.iterations, row.latencies_s) == ("server", 3, [8.5, 30.0, 8.7])
+    assert (row.latency_s, row.first_token_ms, row.per_token_ms) == (8.7, 122.0, 86.0)
+    assert row.tokens_per_second == pytest.approx(100 / 8.7)
+    with pytest.raises(ValueError):
+        bench.merge_server_rows([])

@@ -4,6 +4,7 @@ lockstep under concurrent load, and a killed rank takes the whole job down."""
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import os
 import signal
 import time
@@ -82,6 +83,11 @@ def test_two_ranks_match_transformers_and_die_together(tiny_checkpoint: Path, hf
             assert [t for m in streamed for t in m.token_ids] == hf_greedy(PROMPTS[0], 8)
             info = stub.Info(pb.InfoRequest(), timeout=30)
             assert info.world_size == 2 and info.backend == "cpu-autotp"
+            # The sharded lm_head is read whole (no screen); the untied input embedding one row at a time.
+            config = json.loads((tiny_checkpoint / "config.json").read_text())
+            assert info.greedy_head == "full" and not config["tie_word_embeddings"]
+            embedding_bytes = config["vocab_size"] * config["hidden_size"] * 4
+            assert info.decode_weight_bytes == info.parameters * 4 - embedding_bytes
             bench = stub.Benchmark(pb.BenchmarkRequest(max_new_tokens=8, warmup=0, iterations=1), timeout=120)
             assert bench.world_size == 2 and bench.latency_seconds > 0
 

@@ -136,8 +136,10 @@ class ModelRunner:
         except an input embedding that is not the lm_head's matrix (a lookup reads one row)."""
         element = torch.empty((), dtype=self.dtype).element_size()
         read = self.parameters * element
-        inputs, outputs = _embedding_weight(self.model, "input"), _embedding_weight(self.model, "output")
-        if inputs is not None and outputs is not None and inputs is not outputs:
+        # The config says whether they are tied (DeepSpeed's sharded lm_head holds a new tensor either way).
+        tied = bool(getattr(getattr(self.model, "config", None), "tie_word_embeddings", True))
+        inputs = _embedding_weight(self.model, "input")
+        if not tied and inputs is not None:
             read -= inputs.numel() * element
         return read
 

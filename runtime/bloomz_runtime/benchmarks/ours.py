@@ -163,8 +163,7 @@ def measure(
     with launched_runtime(model_dir, world_size, log, extra) as runtime:
         with TextGenerationClient(runtime.target, timeout=1800.0) as client:
             info = client.info()
-            server = bench.run_server_bench(client, info, prompt, max_new_tokens, warmup, runs)
-            end_to_end = bench.run_client_bench(client, info, prompt, max_new_tokens, warmup, runs)
+            server, end_to_end = bench.run_paired_bench(client, info, prompt, max_new_tokens, warmup, runs)
         concurrent_clients(runtime.target, concurrent_prompts[:2], input_tokens, 2)  # warm-up
         concurrency = concurrent_clients(
             runtime.target, concurrent_prompts, input_tokens, concurrent_new_tokens

@@ -96,6 +96,50 @@ def summarize_client_runs(model: str, cards: int, runs: Sequence[StreamTiming]) 
     )
 
 
+def merge_server_rows(rows: Sequence[BenchRow]) -> BenchRow:
+    """Several one-iteration Benchmark replies as one row: medians, every latency kept."""
+    if not rows:
+        raise ValueError("at least one server row is needed")
+    latency = statistics.median(row.latency_s for row in rows)
+    first = rows[0]
+    return BenchRow(
+        mode="server",
+        model=first.model,
+        cards=first.cards,
+        latency_s=latency,
+        tokens_per_second=first.new_tokens / latency if latency > 0 else 0.0,
+        first_token_ms=statistics.median(row.first_token_ms for row in rows),
+        per_token_ms=statistics.median(row.per_token_ms for row in rows),
+        prompt_tokens=first.prompt_tokens,
+        new_tokens=first.new_tokens,
+        iterations=sum(row.iterations for row in rows),
+        latencies_s=[latency_s for row in rows for latency_s in row.latencies_s],
+    )
+
+
+def run_paired_bench(
+    client: TextGenerationClient,
+    info: generate_pb2.InfoResponse,
+    prompt: str,
+    max_new_tokens: int,
+    warmup: int,
+    iterations: int,
+) -> tuple[BenchRow, BenchRow]:
+    """(server row, client row) from alternating runs: one Benchmark iteration, then one streamed
+    generation, and so on. On a shared machine the speed drifts over minutes; alternating keeps that
+    drift out of the end-to-end / server ratio, which two back-to-back series would absorb."""
+    request = greedy_request(prompt, max_new_tokens, ignore_eos=True, request_id="bench-client")
+    for _ in range(warmup):
+        time_stream(client, request)
+    server_rows: list[BenchRow] = []
+    client_runs: list[StreamTiming] = []
+    for _ in range(max(iterations, 1)):
+        response = client.benchmark(benchmark_request(prompt, max_new_tokens, 0, 1))
+        server_rows.append(row_from_server(info, response))
+        client_runs.append(time_stream(client, request))
+    return merge_server_rows(server_rows), summarize_client_runs(info.model, info.world_size, client_runs)
+
+
 def client_to_server_ratio(rows: Sequence[BenchRow]) -> float | None:
     """End-to-end latency over the server's own figure (1.0 = gRPC adds nothing)."""
     by_mode = {row.mode: row for row in rows}
