@@ -194,3 +194,16 @@ def test_a_screened_lm_head_is_measured_against_the_bytes_it_reads() -> None:
     full = copy.deepcopy(SHAPE)
     full["ours"]["1"]["info"] = {"greedy_head": "full", "decode_weight_bytes": 2_240_000_000}
     assert report.own_roofline_lines(full) == []
+
+
+def test_the_median_concurrency_run_is_kept_with_every_value() -> None:
+    from bloomz_runtime.benchmarks.ours import median_run
+
+    runs = [{"tokens_per_second": 70.0, "seconds": 11.4}, {"tokens_per_second": 90.0, "seconds": 8.9},
+            {"tokens_per_second": 20.0, "seconds": 40.0}]  # fmt: skip
+    assert median_run(runs, "tokens_per_second") == {
+        "tokens_per_second": 70.0,
+        "seconds": 11.4,
+        "all_tokens_per_second": [70.0, 90.0, 20.0],
+    }
+    assert median_run(runs[:2], "tokens_per_second")["tokens_per_second"] == 70.0  # the lower middle

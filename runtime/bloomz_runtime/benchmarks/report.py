@@ -292,7 +292,8 @@ def full_report(results: Mapping[str, Any]) -> str:
         f"Measured read bandwidth {bandwidth:.1f} GB/s. Batch 1: prompt {settings.get('prompt')!r}, "
         f"greedy, {settings.get('max_new_tokens')} new tokens, median of {settings.get('runs')} runs after "
         f"{settings.get('warmup')} warm-up. Concurrency: {settings.get('concurrent_clients')} prompts of "
-        f"{settings.get('input_tokens')} tokens, {settings.get('concurrent_new_tokens')} new tokens each "
+        f"{settings.get('input_tokens')} tokens, {settings.get('concurrent_new_tokens')} new tokens each, "
+        f"median of {settings.get('concurrency_runs', 1)} batched run(s) per system "
         f"(ours launched with --max-batch-size {settings.get('concurrent_clients')}). "
         f"Load average before / after: {load.get('before', '?')} / {load.get('after', '?')}. "
         f"Versions: {', '.join(f'{k} {v}' for k, v in sorted(results.get('versions', {}).items()))}.",

@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--clients", type=int, default=16, help="concurrent clients / prompts")
     parser.add_argument("--input-tokens", type=int, default=16, help="tokens per concurrent prompt")
     parser.add_argument("--concurrent-new-tokens", type=int, default=50)
+    parser.add_argument(
+        "--concurrency-runs", type=int, default=3, help="batched concurrency runs per system (median)"
+    )
     parser.add_argument("--ranks", default="1,2", help="world sizes of our runtime, comma separated")
     parser.add_argument("--skip-vllm", action="store_true", help="no vLLM-CPU column")
     parser.add_argument("--vllm-python", type=Path, default=REPO_ROOT / ".cache/vllm-venv/bin/python")
@@ -93,6 +96,7 @@ def build_spec(model_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
         "concurrent_prompt_ids": [tokenizer(text)["input_ids"][: args.input_tokens] for text in texts],
         "input_tokens": args.input_tokens,
         "concurrent_new_tokens": args.concurrent_new_tokens,
+        "concurrency_runs": args.concurrency_runs,
     }
 
 
@@ -240,6 +244,7 @@ def bench_shape(shape: str, args: argparse.Namespace, results: dict[str, Any], s
                 concurrent_prompts=spec["concurrent_texts"],
                 input_tokens=args.input_tokens,
                 concurrent_new_tokens=args.concurrent_new_tokens,
+                concurrency_runs=args.concurrency_runs,
             )
         except Exception as error:  # one failed configuration must not lose the others' numbers
             shape_result["ours"][str(ranks)] = {"error": f"{type(error).__name__}: {error}"}
@@ -265,6 +270,7 @@ def main(argv: list[str] | None = None) -> int:
             "concurrent_clients": args.clients,
             "input_tokens": args.input_tokens,
             "concurrent_new_tokens": args.concurrent_new_tokens,
+            "concurrency_runs": args.concurrency_runs,
         },
         "shapes": {},
     }
