@@ -10,6 +10,7 @@ import datetime
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 BACKENDS = {"hpu": "hccl", "cuda": "nccl", "cpu": "gloo"}
@@ -83,3 +84,28 @@ def init_distributed(device: str, expected_world_size: int) -> DistContext:
     # Python objects travel over gloo whatever the device's collective backend is.
     control = dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=CONTROL_TIMEOUT_S))
     return DistContext(rank=rank, world_size=world_size, local_rank=local_rank, control_group=control)
+
+
+SHM_DIR = Path("/dev/shm")
+
+
+def deepspeed_shm_prefix(uid: int, master_addr: str, master_port: str) -> str:
+    """How DeepSpeed's CPU shared-memory all-reduce (ops/csrc/cpu/comm/shm.cpp) names a job's segments:
+    one per rank, "<prefix><rank>", 69 MB each, never unlinked by DeepSpeed."""
+    return f"deepspeed_allreduce_buffer_{uid}_{master_addr}_{master_port}_"
+
+
+def unlink_own_shm_segment(environ: Mapping[str, str] = os.environ, shm_dir: Path = SHM_DIR) -> bool:
+    """Remove this rank's segment name once every rank has opened every segment (after a barrier that
+    follows DeepSpeed's set-up): the mappings stay valid, and nothing is left in /dev/shm whatever
+    way the job ends, a SIGKILL included. Returns whether there was a segment to unlink."""
+    if "MASTER_ADDR" not in environ or "MASTER_PORT" not in environ:
+        return False
+    prefix = deepspeed_shm_prefix(os.getuid(), environ["MASTER_ADDR"], environ["MASTER_PORT"])
+    try:
+        (shm_dir / f"{prefix}{environ.get('RANK', '0')}").unlink()
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return False
+    return True

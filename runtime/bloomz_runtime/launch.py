@@ -20,6 +20,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from bloomz_runtime.dist import SHM_DIR, deepspeed_shm_prefix
 from bloomz_runtime.multinode import ROLE_LEADER, ROLE_WORKER, prepare_leader, run_worker, split_args
 from bloomz_runtime.options import BIND_HOST_ENV, ServeOptions, parse_options, to_argv
 
@@ -116,19 +117,11 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-SHM_DIR = Path("/dev/shm")
-
-
-def deepspeed_shm_prefix(uid: int, master_addr: str, master_port: str) -> str:
-    """How DeepSpeed's CPU shared-memory all-reduce (ops/csrc/cpu/comm/shm.cpp) names a job's segments:
-    one per rank, "<prefix><rank>"."""
-    return f"deepspeed_allreduce_buffer_{uid}_{master_addr}_{master_port}_"
-
-
 def remove_deepspeed_shm(
     env: Mapping[str, str], shm_dir: Path = SHM_DIR, uid: int | None = None
 ) -> list[Path]:
-    """Unlink the job's all-reduce segments once its ranks are gone.
+    """Unlink whatever is left of the job's all-reduce segments once its ranks are gone (the ranks
+    unlink their own names after set-up; this covers ranks that died before that).
 
     DeepSpeed never unlinks them (69 MB per rank); in a pod, /dev/shm is memory that outlives a
     container restart, so every crashed or restarted job would keep its share until the pod goes.

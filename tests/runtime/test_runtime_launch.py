@@ -134,7 +134,8 @@ def test_bad_world_size_is_refused() -> None:
 
 
 def test_only_the_jobs_own_deepspeed_shm_segments_are_removed(tmp_path: Path) -> None:
-    from bloomz_runtime.launch import deepspeed_shm_prefix, remove_deepspeed_shm
+    from bloomz_runtime.dist import deepspeed_shm_prefix
+    from bloomz_runtime.launch import remove_deepspeed_shm
 
     ours = deepspeed_shm_prefix(1000, "127.0.0.1", "29500")
     for name in (f"{ours}0", f"{ours}1", f"{deepspeed_shm_prefix(1000, '127.0.0.1', '29501')}0",
@@ -146,3 +147,18 @@ def test_only_the_jobs_own_deepspeed_shm_segments_are_removed(tmp_path: Path) ->
     assert len(list(tmp_path.iterdir())) == 4  # another job's, another user's, and unrelated files stay
     assert remove_deepspeed_shm({}, shm_dir=tmp_path, uid=1000) == []
     assert remove_deepspeed_shm(env, shm_dir=tmp_path / "missing", uid=1000) == []
+
+
+def test_a_rank_unlinks_only_its_own_segment(tmp_path: Path) -> None:
+    import os
+
+    from bloomz_runtime.dist import deepspeed_shm_prefix, unlink_own_shm_segment
+
+    prefix = deepspeed_shm_prefix(os.getuid(), "127.0.0.1", "29500")
+    for rank in (0, 1):
+        (tmp_path / f"{prefix}{rank}").write_bytes(b"x")
+    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500", "RANK": "1"}
+    assert unlink_own_shm_segment(env, shm_dir=tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == [f"{prefix}0"]
+    assert not unlink_own_shm_segment(env, shm_dir=tmp_path)  # already gone
+    assert not unlink_own_shm_segment({}, shm_dir=tmp_path)

@@ -9,7 +9,7 @@ import torch
 from bloomz_runtime.backends.base import ModelRunner, count_parameters, torch_dtype
 from bloomz_runtime.backends.bloom import BloomRunner, supports_lean_forward
 from bloomz_runtime.backends.greedy_head import ScreenedGreedyHead, can_screen
-from bloomz_runtime.dist import DistContext
+from bloomz_runtime.dist import DistContext, unlink_own_shm_segment
 from bloomz_runtime.multinode import avoid_shared_memory_all_reduce_across_nodes
 from bloomz_runtime.options import ServeOptions
 
@@ -94,6 +94,10 @@ class CpuBackend:
             versions["deepspeed"] = str(deepspeed.__version__)
             # Ranks on several nodes (a multi-node group): not DeepSpeed's single-machine all-reduce.
             avoid_shared_memory_all_reduce_across_nodes()
+            # Every rank has opened every shared-memory segment once all are past set-up: the names
+            # can go now, so a killed job leaves nothing in /dev/shm.
+            torch.distributed.barrier()
+            unlink_own_shm_segment()
         greedy_head = None
         if ctx.world_size == 1 and opts.screened_greedy and can_screen_lm_head(model, dtype):
             # Greedy steps read an int8 copy of the lm_head (exact argmax, greedy_head.py); the
