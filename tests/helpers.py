@@ -49,6 +49,23 @@ def read_pod(core: Any, namespace: str, name: str) -> dict[str, Any] | None:
     return body
 
 
+@contextlib.contextmanager
+def pod_runner_cluster(config: Any, namespace: str) -> Iterator[tuple[Any, Any]]:
+    """The API emulator with the sandbox's pod runner (a RunnerConfig) on it: (CoreV1Api, PodRunner)."""
+    from bloomz_operator.sandbox.apiserver import SandboxAPIServer
+    from bloomz_operator.sandbox.podrunner import PodRunner
+    from kubernetes import client
+
+    with SandboxAPIServer(namespaces=(namespace,)) as api:
+        api_client = api.api_client()
+        runner = PodRunner(api_client, config).start()
+        try:
+            yield client.CoreV1Api(api_client), runner
+        finally:
+            runner.stop()
+            api_client.close()
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:

@@ -11,7 +11,7 @@ recreates the whole group -> deleting the resource leaves no process and no list
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -74,30 +74,6 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path) -> 
     assert group_processes(stack) == []
 
 
-@pytest.fixture(scope="module")
-def greedy_reference(tiny_checkpoint: Path) -> dict[str, list[int]]:
-    """Token ids plain transformers generates greedily on one process (eos not stopping)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(tiny_checkpoint)
-    model = AutoModelForCausalLM.from_pretrained(tiny_checkpoint).eval()
-    reference = {}
-    for prompt in PROMPTS:
-        ids = tokenizer(prompt, return_tensors="pt")
-        with torch.inference_mode():
-            out = model.generate(
-                **ids,
-                max_new_tokens=NEW_TOKENS,
-                min_new_tokens=NEW_TOKENS,
-                do_sample=False,
-                eos_token_id=None,
-                pad_token_id=tokenizer.pad_token_id,
-            )
-        reference[prompt] = out[0, ids.input_ids.shape[1] :].tolist()
-    return reference
-
-
 def ready_with_latency(sandbox: Sandbox) -> dict[str, Any] | None:
     resource = sandbox.get_resource(NAME) or {}
     ready = conditions(resource).get("Ready", {}).get("status") == "True"
@@ -144,7 +120,7 @@ def test_a_two_node_group_is_placed_on_two_nodes_and_ready_with_latency_from_the
 
 
 def test_generate_through_the_service_equals_single_process_transformers_greedy(
-    sandbox: Sandbox, greedy_reference: dict[str, list[int]]
+    sandbox: Sandbox, hf_greedy: Callable[[str, int], list[int]]
 ) -> None:
     (address,) = sandbox.service_endpoints(NAME)
     with grpc.insecure_channel(f"{address}:50051") as channel:
@@ -152,7 +128,7 @@ def test_generate_through_the_service_equals_single_process_transformers_greedy(
         for prompt in PROMPTS:
             parameters = pb.GenerationParameters(max_new_tokens=NEW_TOKENS, ignore_eos=True)
             answer = stub.Generate(pb.GenerateRequest(prompt=prompt, parameters=parameters), timeout=120)
-            assert list(answer.token_ids) == greedy_reference[prompt], prompt
+            assert list(answer.token_ids) == hf_greedy(prompt, NEW_TOKENS), prompt
         assert stub.Info(pb.InfoRequest(), timeout=30).world_size == 2
 
     # One rank per node: rank 1 runs under the worker's identity (started through its SSH session) and

@@ -1,4 +1,4 @@
-"""Prompts and the reference type shared by the runtime tests (the fixture is in conftest.py)."""
+"""Prompts and the reference type of the runtime tests (the `hf_greedy` fixture: tests/conftest.py)."""
 
 from __future__ import annotations
 

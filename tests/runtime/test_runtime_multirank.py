@@ -95,10 +95,8 @@ def test_two_ranks_match_transformers_and_die_together(tiny_checkpoint: Path, hf
         ranks = serve_ranks(rt.process.pid)
         assert len(ranks) == 2, ranks
         os.kill(max(ranks), signal.SIGKILL)  # the rank started last: usually not rank 0
-        started = time.monotonic()
-        code = rt.process.wait(timeout=120)
+        code = rt.process.wait(timeout=120)  # the job ends (TimeoutExpired if it hangs)
         assert code != 0
-        assert time.monotonic() - started < 120
         assert job_shm_segments(master_port) == []
         time.sleep(0.5)
         for pid in ranks:

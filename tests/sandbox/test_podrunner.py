@@ -20,7 +20,7 @@ import pytest
 from bloomz_operator.sandbox.addresses import port_listening
 from bloomz_operator.sandbox.apiserver import SandboxAPIServer
 from bloomz_operator.sandbox.podrunner import PodRunner, RunnerConfig, default_capacity
-from helpers import read_pod
+from helpers import pod_runner_cluster, read_pod
 from helpers import wait_for as poll_until
 from kubernetes import client
 
@@ -102,14 +102,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[client.C
         backoff_max_seconds=1.0,
         resync_seconds=0.5,
     )
-    with SandboxAPIServer(namespaces=(NAMESPACE,)) as api:
-        api_client = api.api_client()
-        runner = PodRunner(api_client, config).start()
-        try:
-            yield client.CoreV1Api(api_client), runner
-        finally:
-            runner.stop()
-            api_client.close()
+    with pod_runner_cluster(config, NAMESPACE) as cluster:
+        yield cluster
 
 
 def events_for(core: client.CoreV1Api, name: str) -> dict[str, str]:

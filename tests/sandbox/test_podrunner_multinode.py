@@ -18,7 +18,7 @@ import pytest
 from bloomz_operator.sandbox.apiserver import SandboxAPIServer
 from bloomz_operator.sandbox.podrunner import PodRunner, RunnerConfig
 from bloomz_operator.sandbox.processes import processes_with_env
-from helpers import read_pod
+from helpers import pod_runner_cluster, read_pod
 from helpers import wait_for as poll_until
 from kubernetes import client
 
@@ -98,14 +98,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, Pod
     config = RunnerConfig(
         node_root=workdir / "node", log_dir=workdir / "logs", node_count=2, resync_seconds=0.5
     )
-    with SandboxAPIServer(namespaces=(NAMESPACE,)) as api:
-        api_client = api.api_client()
-        runner = PodRunner(api_client, config).start()
-        try:
-            yield client.CoreV1Api(api_client), runner
-        finally:
-            runner.stop()
-            api_client.close()
+    with pod_runner_cluster(config, NAMESPACE) as cluster:
+        yield cluster
 
 
 def waiting(core: Any, name: str) -> dict[str, Any] | None:

@@ -29,6 +29,7 @@ from typing import Any
 import yaml
 from kubernetes import client
 
+from bloomz_operator.kubeapi import KubeAPI
 from bloomz_operator.sandbox import cluster_dns
 from bloomz_operator.sandbox.podrunner import PodRunner, RunnerConfig, default_capacity
 
@@ -269,14 +270,8 @@ class Sandbox:
 
     def service_endpoints(self, service: str) -> list[str]:
         """The sandbox's stand-in for a Service's routing: the IPs of the ready pods its selector picks."""
-        api: Any = client.CoreV1Api(self.api_client)
-        try:
-            response = api.read_namespaced_service(service, self.options.namespace, _preload_content=False)
-        except client.ApiException as error:
-            if error.status == 404:
-                return []
-            raise
-        selector = (json.loads(response.data).get("spec") or {}).get("selector") or {}
+        found = KubeAPI(self.api_client).read_service(self.options.namespace, service)
+        selector = ((found or {}).get("spec") or {}).get("selector") or {}
         if not selector:
             return []
         addresses = []

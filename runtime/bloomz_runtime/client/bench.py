@@ -128,14 +128,11 @@ def run_paired_bench(
     """(server row, client row) from alternating runs: one Benchmark iteration, then one streamed
     generation, and so on. On a shared machine the speed drifts over minutes; alternating keeps that
     drift out of the end-to-end / server ratio, which two back-to-back series would absorb."""
-    request = greedy_request(prompt, max_new_tokens, ignore_eos=True, request_id="bench-client")
-    for _ in range(warmup):
-        time_stream(client, request)
+    request = warmed_up_client_request(client, prompt, max_new_tokens, warmup)
     server_rows: list[BenchRow] = []
     client_runs: list[StreamTiming] = []
     for _ in range(max(iterations, 1)):
-        response = client.benchmark(benchmark_request(prompt, max_new_tokens, 0, 1))
-        server_rows.append(row_from_server(info, response))
+        server_rows.append(run_server_bench(client, info, prompt, max_new_tokens, 0, 1))
         client_runs.append(time_stream(client, request))
     return merge_server_rows(server_rows), summarize_client_runs(info.model, info.world_size, client_runs)
 
@@ -170,6 +167,16 @@ def time_stream(
     return StreamTiming(seconds, first_token_s, prompt_tokens, generated_tokens, tuple(token_ids))
 
 
+def warmed_up_client_request(
+    client: TextGenerationClient, prompt: str, max_new_tokens: int, warmup: int
+) -> generate_pb2.GenerateRequest:
+    """The client mode's request (greedy, eos ignored), after ``warmup`` untimed runs of it."""
+    request = greedy_request(prompt, max_new_tokens, ignore_eos=True, request_id="bench-client")
+    for _ in range(warmup):
+        time_stream(client, request)
+    return request
+
+
 def run_server_bench(
     client: TextGenerationClient,
     info: generate_pb2.InfoResponse,
@@ -191,8 +198,6 @@ def run_client_bench(
     iterations: int,
 ) -> BenchRow:
     """Greedy, batch 1, eos ignored so every run makes exactly max_new_tokens (the seed's method)."""
-    request = greedy_request(prompt, max_new_tokens, ignore_eos=True, request_id="bench-client")
-    for _ in range(warmup):
-        time_stream(client, request)
+    request = warmed_up_client_request(client, prompt, max_new_tokens, warmup)
     runs = [time_stream(client, request) for _ in range(max(iterations, 1))]
     return summarize_client_runs(info.model, info.world_size, runs)
