@@ -3,14 +3,22 @@ near-ties the screen cannot separate, exact ties, flat logits (fallback) and all
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
 from bloomz_runtime.backends.greedy_head import (
     MAX_RESCORE_SHARE,
+    ONEDNN_ISA_ENV,
     RESIDUAL_SHIFT,
+    SCREEN_ISA,
     ScreenedGreedyHead,
     can_screen,
+    cap_onednn_isa,
     power_of_two_scale,
     quantize_activations,
     quantize_weight,
@@ -61,6 +69,22 @@ def test_weight_quantization_norms() -> None:
     assert float(torch.linalg.vector_norm(dequantized - weight.double(), dim=1).max()) <= norms.error * 1.001
     assert float(torch.linalg.vector_norm(dequantized, dim=1).max()) <= norms.quantized * 1.001
     assert float(torch.linalg.vector_norm(weight.double(), dim=1).max()) <= norms.original * 1.001
+
+
+@pytest.mark.parametrize("rows", [1, 2, 5])
+def test_the_screen_is_the_int8_product_of_both_levels(rows: int) -> None:
+    """oneDNN's u8 x s8 matmul (zero point 128) gives the integer products exactly, scaled in float32."""
+    weight = random_weight(vocab=2000, hidden=128)
+    head = ScreenedGreedyHead(weight)
+    hidden = torch.randn(rows, 128, generator=torch.Generator().manual_seed(rows))
+    screened, levels = head.screen(hidden)
+    assert levels.residual is not None
+    int8, scales, _ = quantize_weight(weight)
+    levels_sum = (levels.coarse.double() - 128) + (levels.residual.double() - 128) / RESIDUAL_SHIFT
+    expected = (levels_sum @ int8.double().t()) * levels.scale * scales.double()
+    assert screened.shape == (rows, 2000)
+    tolerance = 2.0**-20 * float(expected.abs().max())
+    assert float((screened.double() - expected).abs().max()) <= tolerance
 
 
 @pytest.mark.parametrize("rows", [1, 2, 3, 16])
@@ -125,3 +149,35 @@ def test_flat_logits_fall_back_to_the_float32_head() -> None:
 def test_only_float32_matrices_are_screened() -> None:
     with pytest.raises(ValueError, match="float32"):
         ScreenedGreedyHead(random_weight().to(torch.bfloat16))
+
+
+def test_the_onednn_isa_cap_leaves_an_operators_choice_alone() -> None:
+    environ: dict[str, str] = {}
+    assert cap_onednn_isa(environ) and environ == {ONEDNN_ISA_ENV: SCREEN_ISA}
+    for name in (ONEDNN_ISA_ENV, "DNNL_MAX_CPU_ISA"):
+        chosen = {name: "ALL"}
+        assert not cap_onednn_isa(chosen) and chosen == {name: "ALL"}
+
+
+def test_a_screening_cpu_process_runs_the_int8_head_on_the_vnni_kernel(tiny_checkpoint: Path) -> None:
+    """The cap must reach oneDNN before its first kernel: load the backend in a fresh process and
+    read oneDNN's own log of the kernels it ran."""
+    script = (
+        "import torch\n"
+        "from bloomz_runtime.backends.cpu import CpuBackend\n"
+        "from bloomz_runtime.dist import DistContext\n"
+        "from bloomz_runtime.options import ServeOptions\n"
+        f"opts = ServeOptions(model={str(tiny_checkpoint)!r}, device='cpu')\n"
+        "runner = CpuBackend().load(opts, DistContext(0, 1, 0))\n"
+        "assert runner.greedy_head is not None, 'not screening'\n"
+        "with torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON):\n"
+        "    runner.greedy_head.argmax(torch.randn(1, runner.greedy_head.hidden_size))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in (ONEDNN_ISA_ENV, "DNNL_MAX_CPU_ISA")}
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    int8_runs = [line for line in done.stdout.splitlines() if ",exec," in line and "wei:s8" in line]
+    assert int8_runs, done.stdout[-2000:]
+    assert not [line for line in int8_runs if "amx" in line], int8_runs

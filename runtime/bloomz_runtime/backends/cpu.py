@@ -8,7 +8,12 @@ import torch
 
 from bloomz_runtime.backends.base import ModelRunner, count_parameters, torch_dtype
 from bloomz_runtime.backends.bloom import BloomRunner, supports_lean_forward
-from bloomz_runtime.backends.greedy_head import ScreenedGreedyHead, can_screen
+from bloomz_runtime.backends.greedy_head import (
+    ScreenedGreedyHead,
+    can_screen,
+    cap_onednn_isa,
+    screen_pays_off,
+)
 from bloomz_runtime.dist import DistContext, unlink_own_shm_segment
 from bloomz_runtime.multinode import avoid_shared_memory_all_reduce_across_nodes
 from bloomz_runtime.options import ServeOptions
@@ -74,6 +79,9 @@ class CpuBackend:
         if threads > 0:
             torch.set_num_threads(threads)
         dtype = torch_dtype(opts.torch_dtype_name)
+        screening = ctx.world_size == 1 and opts.screened_greedy and dtype == torch.float32
+        if screening:
+            cap_onednn_isa()  # before the first oneDNN kernel of this process (the packing below)
         tokenizer = AutoTokenizer.from_pretrained(opts.model)
         model = AutoModelForCausalLM.from_pretrained(opts.model, torch_dtype=dtype, low_cpu_mem_usage=True)
         model.eval()
@@ -99,7 +107,7 @@ class CpuBackend:
             torch.distributed.barrier()
             unlink_own_shm_segment()
         greedy_head = None
-        if ctx.world_size == 1 and opts.screened_greedy and can_screen_lm_head(model, dtype):
+        if screening and can_screen_lm_head(model, dtype):
             # Greedy steps read an int8 copy of the lm_head (exact argmax, greedy_head.py); the
             # float32 one stays as it is for sampling steps, so it is not packed again.
             greedy_head = ScreenedGreedyHead(model.lm_head.weight.detach())
@@ -130,4 +138,5 @@ def can_screen_lm_head(model: torch.nn.Module, dtype: torch.dtype) -> bool:
         and type(head) is torch.nn.Linear
         and head.bias is None
         and can_screen()
+        and screen_pays_off()
     )

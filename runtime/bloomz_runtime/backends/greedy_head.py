@@ -20,6 +20,8 @@ greedy rows use this: sampling needs every logit exactly.
 from __future__ import annotations
 
 import math
+import os
+from collections.abc import MutableMapping
 from dataclasses import dataclass
 
 import torch
@@ -45,6 +47,30 @@ def can_screen() -> bool:
         and hasattr(onednn, "qlinear_prepack")
         and hasattr(onednn, "qlinear_pointwise")
     )
+
+
+def screen_pays_off() -> bool:
+    """Without AVX-512 oneDNN's int8 kernels for a few rows are slower than the float32 head."""
+    return torch.backends.cpu.get_cpu_capability() in ("AVX512", "AMX")
+
+
+# oneDNN's AMX int8 kernel for a few rows reads the matrix at about half the speed of its AVX-512
+# VNNI kernel on the machines we measured (4 and 32 rows of a 250880 x 1024 head: 27-31 and 39-43
+# ms against 13-16 and 24-34 ms), so a process that screens caps oneDNN at VNNI. float32 matmuls
+# use the same AVX-512 kernels either way; only int8 and bfloat16 ones would use AMX.
+ONEDNN_ISA_ENV = "ONEDNN_MAX_CPU_ISA"
+SCREEN_ISA = "AVX512_CORE_VNNI"
+
+
+def cap_onednn_isa(environ: MutableMapping[str, str] = os.environ) -> bool:
+    """Cap oneDNN at SCREEN_ISA unless a cap is set already (an operator's choice wins).
+
+    oneDNN reads the cap once, at its first kernel: call this before anything runs a oneDNN op.
+    """
+    if ONEDNN_ISA_ENV in environ or "DNNL_MAX_CPU_ISA" in environ:
+        return False
+    environ[ONEDNN_ISA_ENV] = SCREEN_ISA
+    return True
 
 
 def power_of_two_scale(largest: float, levels: int = 127) -> float:
