@@ -2,6 +2,9 @@
 SHELL := /bin/bash
 PY := .venv/bin/python
 export PATH := $(CURDIR)/.tools/bin:$(CURDIR)/.venv/bin:$(PATH)
+# DeepSpeed JIT-builds its CPU all-reduce against this checkout's venv; a per-checkout build folder keeps
+# two checkouts on one machine (a CI clone and a work tree) from rebuilding it over each other (~35 s).
+export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 
 .PHONY: setup proto lint test demo
 

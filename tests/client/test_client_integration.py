@@ -135,6 +135,22 @@ def test_bench_both_modes(runtime: RuntimeProcess, plain_greedy_ids, tiny_checkp
     assert len(lines) == 4 and "client / server" not in out  # one mode: one row, no ratio
 
 
+def test_paired_bench_runs_the_callback_after_each_pair(runtime: RuntimeProcess, plain_greedy_ids) -> None:
+    """The benchmark measures a baseline between our runs there (benchmarks/peer.py)."""
+    from bloomz_runtime.client.bench import run_paired_bench
+    from bloomz_runtime.client.connection import TextGenerationClient
+
+    order: list[str] = []
+    with TextGenerationClient(runtime.target, timeout=60.0) as client:
+        info = client.info()
+        server, end_to_end = run_paired_bench(
+            client, info, PROMPT, 12, warmup=0, iterations=3, between=lambda: order.append("baseline")
+        )
+    assert order == ["baseline"] * 3
+    assert server.iterations == end_to_end.iterations == 3
+    assert list(end_to_end.token_ids) == plain_greedy_ids
+
+
 def test_server_errors_are_printed_with_their_code_and_exit_1(runtime: RuntimeProcess) -> None:
     # Over the server's --max-new-tokens 64: the server refuses, the client reports it.
     code, out, err = run_cli("--target", runtime.target, "generate", PROMPT, "--max-new-tokens", "65")

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +39,7 @@ class RunningRuntime:
     startup_s: float  # launch -> health SERVING
 
 
-def _log_tail(path: Path, lines: int = 30) -> str:
+def log_tail(path: Path, lines: int = 30) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
@@ -53,7 +53,7 @@ def wait_serving(target: str, process: subprocess.Popen[bytes], timeout_s: float
         while time.monotonic() < deadline:
             if process.poll() is not None:
                 raise RuntimeError(
-                    f"runtime exited with {process.returncode} before serving:\n{_log_tail(log)}"
+                    f"runtime exited with {process.returncode} before serving:\n{log_tail(log)}"
                 )
             try:
                 if client.health() == "SERVING":
@@ -61,7 +61,7 @@ def wait_serving(target: str, process: subprocess.Popen[bytes], timeout_s: float
             except RpcFailure:
                 pass  # not listening yet
             time.sleep(0.05)
-    raise TimeoutError(f"runtime not SERVING after {timeout_s:.0f} s:\n{_log_tail(log)}")
+    raise TimeoutError(f"runtime not SERVING after {timeout_s:.0f} s:\n{log_tail(log)}")
 
 
 def stop(process: subprocess.Popen[bytes], grace_s: float = 60.0) -> None:
@@ -166,21 +166,29 @@ def measure(
     input_tokens: int,
     concurrent_new_tokens: int,
     concurrency_runs: int = 1,
+    between_latency_runs: Callable[[], None] | None = None,
+    between_concurrency_runs: Callable[[], None] | None = None,
 ) -> dict[str, object]:
-    """Start-up, the Benchmark RPC, the client's end-to-end bench and the concurrency run."""
+    """Start-up, the Benchmark RPC, the client's end-to-end bench and the concurrency run.
+
+    The ``between_*`` callables run after each of our latency and concurrency runs: a baseline
+    measured there sees the same machine as ours (peer.py)."""
     extra = ["--max-batch-size", str(max(len(concurrent_prompts), 1))]
     with launched_runtime(model_dir, world_size, log, extra) as runtime:
         with TextGenerationClient(runtime.target, timeout=1800.0) as client:
             info = client.info()
-            server, end_to_end = bench.run_paired_bench(client, info, prompt, max_new_tokens, warmup, runs)
+            server, end_to_end = bench.run_paired_bench(
+                client, info, prompt, max_new_tokens, warmup, runs, between_latency_runs
+            )
         concurrent_clients(runtime.target, concurrent_prompts[:2], input_tokens, 2)  # warm-up
-        concurrency = median_run(
-            [
+        concurrency_results = []
+        for _ in range(max(concurrency_runs, 1)):
+            concurrency_results.append(
                 concurrent_clients(runtime.target, concurrent_prompts, input_tokens, concurrent_new_tokens)
-                for _ in range(max(concurrency_runs, 1))
-            ],
-            "tokens_per_second",
-        )
+            )
+            if between_concurrency_runs is not None:
+                between_concurrency_runs()
+        concurrency = median_run(concurrency_results, "tokens_per_second")
         return {
             "world_size": world_size,
             "startup_s": runtime.startup_s,

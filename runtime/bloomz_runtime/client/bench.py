@@ -124,16 +124,20 @@ def run_paired_bench(
     max_new_tokens: int,
     warmup: int,
     iterations: int,
+    between: Callable[[], None] | None = None,
 ) -> tuple[BenchRow, BenchRow]:
     """(server row, client row) from alternating runs: one Benchmark iteration, then one streamed
     generation, and so on. On a shared machine the speed drifts over minutes; alternating keeps that
-    drift out of the end-to-end / server ratio, which two back-to-back series would absorb."""
+    drift out of the end-to-end / server ratio, which two back-to-back series would absorb.
+    ``between`` runs after each pair (the benchmark measures a baseline there, for the same reason)."""
     request = warmed_up_client_request(client, prompt, max_new_tokens, warmup)
     server_rows: list[BenchRow] = []
     client_runs: list[StreamTiming] = []
     for _ in range(max(iterations, 1)):
         server_rows.append(run_server_bench(client, info, prompt, max_new_tokens, 0, 1))
         client_runs.append(time_stream(client, request))
+        if between is not None:
+            between()
     return merge_server_rows(server_rows), summarize_client_runs(info.model, info.world_size, client_runs)
 
 
