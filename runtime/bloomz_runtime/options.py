@@ -30,7 +30,8 @@ class ServeOptions:
     batch_wait_ms: int = 5
     kv_cache: bool = True
     hpu_graphs: bool = True
-    screened_greedy: bool = True
+    # None: where it pays off (CPUs with AVX-512); True: wherever it can run; False: never.
+    screened_greedy: bool | None = None
     warmup: bool = True
     served_model_name: str | None = None
     grace_period_s: float = 30.0
@@ -84,8 +85,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument(
         "--screened-greedy",
         action=argparse.BooleanOptionalAction,
-        default=True,
-        help="cpu, 1 rank, float32: exact greedy ids from an int8-screened lm_head (see docs/runtime.md)",
+        default=None,
+        help="cpu, 1 rank, float32: exact greedy ids from an int8-screened lm_head (see docs/runtime.md); "
+        "default: on CPUs with AVX-512, where it is faster than the float32 head",
     )
     p.add_argument("--no-warmup", dest="warmup", action="store_false", help="skip the warm-up generation")
     p.add_argument("--served-model-name", default=None, help="model name reported by Info (default: --model)")
@@ -117,11 +119,12 @@ def to_argv(opts: ServeOptions) -> list[str]:
         "--batch-wait-ms", str(opts.batch_wait_ms),
         "--kv-cache" if opts.kv_cache else "--no-kv-cache",
         "--hpu-graphs" if opts.hpu_graphs else "--no-hpu-graphs",
-        "--screened-greedy" if opts.screened_greedy else "--no-screened-greedy",
         "--grace-period-s", str(opts.grace_period_s),
     ]  # fmt: skip
     if opts.dtype:
         argv += ["--dtype", opts.dtype]
+    if opts.screened_greedy is not None:
+        argv.append("--screened-greedy" if opts.screened_greedy else "--no-screened-greedy")
     if not opts.warmup:
         argv.append("--no-warmup")
     if opts.served_model_name:

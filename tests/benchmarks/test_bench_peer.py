@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import statistics
@@ -13,7 +14,7 @@ from typing import Any
 
 import pytest
 from bloomz_runtime.benchmarks import peer as peer_module
-from bloomz_runtime.benchmarks import vllm_peer
+from bloomz_runtime.benchmarks import runner, vllm_peer
 from bloomz_runtime.benchmarks.peer import AlternatingBaseline, PeerProcess
 
 SPEC: dict[str, Any] = {
@@ -135,3 +136,87 @@ def test_the_median_batched_run_is_the_lower_middle_rate_like_ours(
         assert baseline.result("ours 1 rank")["concurrency"]["batched_s"] == 3.0
         baseline.batched = [1.0, 3.0, 2.0]
         assert baseline.result("ours 1 rank")["concurrency"]["batched_s"] == 2.0
+
+
+# What the runner starts as "vLLM's python": the fake engine above behind the peer's real command line.
+FAKE_VLLM_PEER = """
+import argparse, json, os, sys
+from bloomz_runtime.benchmarks import vllm_peer
+
+parser = argparse.ArgumentParser()
+parser.add_argument("script")
+parser.add_argument("--model")
+parser.add_argument("--spec")
+parser.add_argument("--reply-fd", type=int)
+args = parser.parse_args()
+assert os.path.basename(args.script) == "vllm_peer.py" and os.path.isdir(args.model)
+assert os.environ["VLLM_CPU_OMP_THREADS_BIND"] == "0-1"
+
+def generate(prompts, new_tokens):
+    return [[ids[-1] + i + 1 for i in range(new_tokens)] for ids in prompts]
+
+replies = os.fdopen(args.reply_fd, "w")
+replies.write(json.dumps({"startup_s": 2.0, "first_generate_s": 0.5, "vllm": "fake"}) + "\\n")
+replies.flush()
+vllm_peer.serve(generate, json.loads(open(args.spec).read()), sys.stdin, replies)
+"""
+
+
+def vllm_beside(tmp_path: Path, *flags: str) -> tuple[Any, dict[str, Any], contextlib.ExitStack]:
+    script = tmp_path / "fake_vllm_peer.py"
+    script.write_text(FAKE_VLLM_PEER)
+    python = tmp_path / "python"
+    python.write_text(f'#!/bin/sh\nexec {sys.executable} {script} "$@"\n')
+    python.chmod(0o755)
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text('{"model_type": "bloom"}')
+    spec_path = tmp_path / "spec.json"
+    spec_path.write_text(json.dumps(SPEC))
+    argv = ["--vllm-python", str(python), "--runs", "2", "--warmup", "0", "--concurrency-runs", "3", *flags]
+    args = runner.build_parser().parse_args(argv)
+    results: dict[str, Any] = {"machine": {"cores": 2}, "shapes": {"560m": {}}}
+    stack = contextlib.ExitStack()
+    beside = runner.VllmBeside("560m", args, model, SPEC, spec_path, tmp_path, results, stack)
+    return beside, results["shapes"]["560m"], stack
+
+
+def test_vllm_beside_loads_on_demand_alternates_and_finishes_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(peer_module, "SETTLE_S", 0.0)
+    beside, shape, stack = vllm_beside(tmp_path)
+    with stack:
+        assert beside.wanted and beside.baseline is None and shape["vllm"] == {}
+        beside.load()  # what ours.measure's after_start does once our runtime serves
+        for _ in range(3):
+            beside.latency_run()
+            beside.batched_run()
+        beside.finish()
+        beside.finish()  # the runner's second call after the loop: nothing more
+    vllm = shape["vllm"]
+    assert vllm["paired_with"] == "ours 1 rank" and vllm["startup_s"] == 2.0
+    assert len(vllm["latencies_s"]) == 3 and len(vllm["concurrency"]["all_batched_s"]) == 3
+    assert vllm["token_ids"] == [8, 9, 10, 11]
+    assert beside.baseline is not None and beside.baseline.peer.process.returncode == 0
+
+
+def test_vllm_without_a_runtime_to_alternate_with_runs_on_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(peer_module, "SETTLE_S", 0.0)
+    beside, shape, stack = vllm_beside(tmp_path)
+    with stack:
+        beside.finish()  # e.g. --ranks 2, or our 1-rank runtime never served
+    vllm = shape["vllm"]
+    assert vllm["paired_with"] == "" and len(vllm["latencies_s"]) == 2
+    assert len(vllm["concurrency"]["all_batched_s"]) == 3
+
+
+def test_a_skipped_vllm_is_never_started(tmp_path: Path) -> None:
+    beside, shape, stack = vllm_beside(tmp_path, "--skip-vllm")
+    with stack:
+        beside.load()
+        beside.latency_run()
+        beside.finish()
+    assert shape["vllm"] == {"skipped": "--skip-vllm"} and beside.baseline is None

@@ -27,7 +27,9 @@ NEW_TOKENS = 12
 @pytest.fixture(scope="module")
 def runner(tiny_checkpoint: Path) -> ModelRunner:
     torch.set_num_threads(1)
-    return CpuBackend().load(ServeOptions(model=str(tiny_checkpoint), device="cpu"), DistContext(0, 1, 0))
+    # screened_greedy=True: the screen runs here on every CPU, also where "auto" would leave it off.
+    opts = ServeOptions(model=str(tiny_checkpoint), device="cpu", screened_greedy=True)
+    return CpuBackend().load(opts, DistContext(0, 1, 0))
 
 
 @pytest.fixture(scope="module")

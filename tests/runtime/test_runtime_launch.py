@@ -162,3 +162,15 @@ def test_a_rank_unlinks_only_its_own_segment(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == [f"{prefix}0"]
     assert not unlink_own_shm_segment(env, shm_dir=tmp_path)  # already gone
     assert not unlink_own_shm_segment({}, shm_dir=tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"), [((), None), (("--screened-greedy",), True), (("--no-screened-greedy",), False)]
+)
+def test_the_screened_greedy_choice_is_three_way_and_round_trips(
+    flag: tuple[str, ...], value: bool | None
+) -> None:
+    """No flag: the runtime decides by CPU (AVX-512); a flag forces it either way."""
+    parsed = parse_options(["--model", "m", "--device", "cpu", *flag], environ={})
+    assert parsed.screened_greedy is value
+    assert parse_options(to_argv(parsed), environ={}) == parsed

@@ -21,7 +21,9 @@ from runtime_reference import PROMPTS, Reference
 
 MAX_INPUT = 64
 MAX_NEW = 300
+# --screened-greedy: the greedy tests run through the int8 screen on every CPU, AVX-512 or not.
 ARGS = ["--max-input-tokens", str(MAX_INPUT), "--max-new-tokens", str(MAX_NEW), "--max-batch-size", "8"]
+ARGS.append("--screened-greedy")
 
 pytestmark = pytest.mark.slow
 

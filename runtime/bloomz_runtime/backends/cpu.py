@@ -79,7 +79,8 @@ class CpuBackend:
         if threads > 0:
             torch.set_num_threads(threads)
         dtype = torch_dtype(opts.torch_dtype_name)
-        screening = ctx.world_size == 1 and opts.screened_greedy and dtype == torch.float32
+        wanted = screen_pays_off() if opts.screened_greedy is None else opts.screened_greedy
+        screening = ctx.world_size == 1 and wanted and dtype == torch.float32
         if screening:
             cap_onednn_isa()  # before the first oneDNN kernel of this process (the packing below)
         tokenizer = AutoTokenizer.from_pretrained(opts.model)
@@ -138,5 +139,4 @@ def can_screen_lm_head(model: torch.nn.Module, dtype: torch.dtype) -> bool:
         and type(head) is torch.nn.Linear
         and head.bias is None
         and can_screen()
-        and screen_pays_off()
     )

