@@ -198,3 +198,20 @@ def test_a_screening_cpu_process_runs_the_int8_head_on_the_vnni_kernel(
     int8_runs = [line for line in done.stdout.splitlines() if ",exec," in line and "wei:s8" in line]
     assert int8_runs, done.stdout[-2000:]
     assert not [line for line in int8_runs if "amx" in line], int8_runs
+
+
+def test_larger_batches_screen_with_the_coarse_level_alone_unless_it_leaves_too_many() -> None:
+    weight = random_weight()
+    head = ScreenedGreedyHead(weight)
+    g = torch.Generator().manual_seed(7)
+    plain = torch.randn(16, weight.shape[1], generator=g)
+    assert torch.equal(head.argmax(plain), exact_argmax(plain, weight))
+    assert head.single_level  # half the matmul rows, exact all the same
+    outliers = plain.clone()
+    outliers[:, :3] *= 40  # the coarse level's error grows with the largest value: retried with both
+    assert torch.equal(head.argmax(outliers), exact_argmax(outliers, weight))
+    assert not head.single_level and head.last_rescored < weight.shape[0] * MAX_RESCORE_SHARE
+    two_rows = plain[:2]  # both levels fit in the matmul's minimum rows: always both
+    assert torch.equal(head.argmax(two_rows), exact_argmax(two_rows, weight))
+    assert not head.single_level
+    assert head.fallbacks == 0
