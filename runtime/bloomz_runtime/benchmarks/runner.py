@@ -305,33 +305,25 @@ class VllmBeside:
             self.baseline.batched_run()
 
     def finish(self) -> None:
-        """Its results (loading it first if nothing loaded it), then the peer stopped."""
+        """vLLM's one-token runs and its results (loading it first if nothing did; its own runs when
+        none alternated with ours: no 1-rank runtime, or it failed before its first), then the peer
+        stopped, memory and cores back."""
         if self.finished or not self.wanted:
             return
         self.load()
-        if self.baseline:
-            finish_vllm(self.shape_result, self.baseline, self.args, self.stack)
+        baseline = self.baseline
+        if baseline:
+            paired = bool(baseline.latencies or baseline.batched)
+            if not baseline.latencies:
+                for _ in range(max(self.args.runs, 1)):
+                    baseline.latency_run()
+            if not baseline.batched:
+                for _ in range(max(self.args.concurrency_runs, 1)):
+                    baseline.batched_run()
+            baseline.first_token_runs(self.args.runs)
+            self.shape_result["vllm"] = baseline.result(paired_with="ours 1 rank" if paired else "")
+            self.stack.close()
         self.finished = True
-
-
-def finish_vllm(
-    shape_result: dict[str, Any],
-    baseline: AlternatingBaseline,
-    args: argparse.Namespace,
-    stack: contextlib.ExitStack,
-) -> None:
-    """vLLM's one-token runs, its results, and the peer stopped (memory and cores back). Without
-    alternated runs (no 1-rank runtime, or it failed before its first), vLLM's runs on their own."""
-    paired = bool(baseline.latencies or baseline.batched)
-    if not baseline.latencies:
-        for _ in range(max(args.runs, 1)):
-            baseline.latency_run()
-    if not baseline.batched:
-        for _ in range(max(args.concurrency_runs, 1)):
-            baseline.batched_run()
-    baseline.first_token_runs(args.runs)
-    shape_result["vllm"] = baseline.result(paired_with="ours 1 rank" if paired else "")
-    stack.close()
 
 
 def main(argv: list[str] | None = None) -> int:
