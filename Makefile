@@ -11,7 +11,7 @@ export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 setup:
 	@bash scripts/setup-env.sh
 
-## proto: regenerate the gRPC stubs from runtime/bloomz_runtime/proto/*.proto
+## proto: regenerate the gRPC stubs from api/bloomz_api/proto/*.proto
 proto: setup
 	$(PY) scripts/gen_proto.py
 
@@ -59,17 +59,17 @@ bench-vllm:
 SANDBOX_ARGS ?=
 ## sandbox: bring up the sandbox, apply examples/bloomz-cpu.yaml, keep it running until Ctrl-C (SANDBOX_ARGS=...)
 sandbox: setup
-	$(PY) -m bloomz_operator.sandbox $(SANDBOX_ARGS)
+	$(PY) -m bloomz_sandbox $(SANDBOX_ARGS)
 ## demo: set up, then the sandbox once: Ready, latency, kubectl get bloomz, a generate request, clean exit
 demo: setup
-	$(PY) -m bloomz_operator.sandbox --once $(SANDBOX_ARGS)
+	$(PY) -m bloomz_sandbox --once $(SANDBOX_ARGS)
 
-# --- the Kubernetes API emulator alone, for kubectl and client experiments (sandbox/apiserver.py) ---
+# --- the Kubernetes API emulator alone, for kubectl and client experiments (sandbox/bloomz_sandbox/apiserver/) ---
 .PHONY: apiserver
 APISERVER_PORT ?= 0
 ## apiserver: serve only the API emulator with the CRD; writes .cache/apiserver.kubeconfig; Ctrl-C stops it
 apiserver: setup
-	$(PY) -m bloomz_operator.sandbox.apiserver --port $(APISERVER_PORT) \
+	$(PY) -m bloomz_sandbox.apiserver --port $(APISERVER_PORT) \
 		--crd crds/bloomzinferences.inference.bloomz.dev.yaml --kubeconfig .cache/apiserver.kubeconfig
 
 # --- the runtime alone: tiny model, 2 ranks under mpirun on CPU, client bench + dataset (docs/runtime.md) ---
@@ -98,5 +98,5 @@ test-multinode: setup
 .PHONY: demo-multinode
 ## demo-multinode: the sandbox with 2 nodes and examples/bloomz-cpu-2nodes.yaml (a leader + a worker pod), once
 demo-multinode: setup
-	$(PY) -m bloomz_operator.sandbox --nodes 2 --example examples/bloomz-cpu-2nodes.yaml --once \
+	$(PY) -m bloomz_sandbox --nodes 2 --example examples/bloomz-cpu-2nodes.yaml --once \
 		--workdir .cache/sandbox-multinode

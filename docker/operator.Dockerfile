@@ -11,7 +11,7 @@ ENV PIP_NO_CACHE_DIR=1 \
 WORKDIR /src
 RUN python3 -m venv /opt/venv
 COPY constraints-cpu.txt pyproject.toml README.md ./
-COPY runtime/ runtime/
+COPY api/ api/
 COPY operator/ operator/
 # constraints-cpu.txt pins kopf, kubernetes and grpcio to the versions the tests ran with.
 RUN /opt/venv/bin/pip install --constraint constraints-cpu.txt ".[operator]"

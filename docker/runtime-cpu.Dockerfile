@@ -14,7 +14,7 @@ WORKDIR /src
 RUN python3 -m venv /opt/venv
 COPY constraints-cpu.txt pyproject.toml README.md ./
 COPY runtime/ runtime/
-COPY operator/ operator/
+COPY api/ api/
 # torch first from the CPU wheel index (a bare `torch` from PyPI is the multi-GB CUDA build); DeepSpeed's
 # setup.py imports torch, so it builds against the torch just installed; then our package, all pinned to
 # the versions CI tests (constraints-cpu.txt).

@@ -23,7 +23,7 @@ RUN apt-get update \
 COPY docker/base-constraints.sh /usr/local/bin/base-constraints.sh
 COPY pyproject.toml README.md ./
 COPY runtime/ runtime/
-COPY operator/ operator/
+COPY api/ api/
 # Keep NVIDIA's torch, triton and numpy (base-constraints.sh pins them); DeepSpeed's setup.py imports
 # torch, so it is built against that torch without build isolation.
 RUN sh /usr/local/bin/base-constraints.sh /opt/bloomz/base-constraints.txt \

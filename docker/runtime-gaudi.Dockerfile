@@ -33,7 +33,7 @@ RUN apt-get update \
 COPY docker/base-constraints.sh /usr/local/bin/base-constraints.sh
 COPY pyproject.toml README.md ./
 COPY runtime/ runtime/
-COPY operator/ operator/
+COPY api/ api/
 # Never let pip replace what Intel's image brings: torch and habana_frameworks are pinned to the installed
 # versions, DeepSpeed is Habana's fork (from its git tag; PyPI's deepspeed lacks the HPU accelerator), and
 # the gaudi extra adds optimum-habana and the runtime's own dependencies only.

@@ -1,4 +1,4 @@
-"""Regenerate the gRPC stubs of bloomz_runtime/proto (the one command: `make proto`).
+"""Regenerate the gRPC stubs of bloomz_api/proto (the one command: `make proto`).
 
 `python scripts/gen_proto.py` writes next to the .proto; `--out DIR` writes into DIR instead, which
 tests/test_proto_fresh.py uses to check that the committed stubs are not stale.
@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCE_ROOT = ROOT / "runtime"
-PROTOS = sorted((SOURCE_ROOT / "bloomz_runtime" / "proto").glob("*.proto"))
+SOURCE_ROOT = ROOT / "api"
+PROTOS = sorted((SOURCE_ROOT / "bloomz_api" / "proto").glob("*.proto"))
 
 
 def generate(out_root: Path) -> list[Path]:
@@ -20,7 +20,7 @@ def generate(out_root: Path) -> list[Path]:
     from grpc_tools import protoc  # imported here: only needed by developers and tests
 
     out_root.mkdir(parents=True, exist_ok=True)
-    (out_root / "bloomz_runtime" / "proto").mkdir(parents=True, exist_ok=True)
+    (out_root / "bloomz_api" / "proto").mkdir(parents=True, exist_ok=True)
     args = [
         "protoc",
         f"-I{SOURCE_ROOT}",
@@ -31,7 +31,7 @@ def generate(out_root: Path) -> list[Path]:
     ]
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")
-    return sorted((out_root / "bloomz_runtime" / "proto").glob("*_pb2*.py*"))
+    return sorted((out_root / "bloomz_api" / "proto").glob("*_pb2*.py*"))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -52,8 +52,8 @@ def read_pod(core: Any, namespace: str, name: str) -> dict[str, Any] | None:
 @contextlib.contextmanager
 def pod_runner_cluster(config: Any, namespace: str) -> Iterator[tuple[Any, Any]]:
     """The API emulator with the sandbox's pod runner (a RunnerConfig) on it: (CoreV1Api, PodRunner)."""
-    from bloomz_operator.sandbox.apiserver import SandboxAPIServer
-    from bloomz_operator.sandbox.podrunner import PodRunner
+    from bloomz_sandbox.apiserver import SandboxAPIServer
+    from bloomz_sandbox.node.podrunner import PodRunner
     from kubernetes import client
 
     with SandboxAPIServer(namespaces=(namespace,)) as api:

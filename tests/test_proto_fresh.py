@@ -22,7 +22,7 @@ def test_stubs_are_fresh(tmp_path: Path) -> None:
     gen_proto = _load_gen_proto()
     fresh = gen_proto.generate(tmp_path)
     assert fresh, "protoc produced nothing"
-    committed_dir = ROOT / "runtime" / "bloomz_runtime" / "proto"
+    committed_dir = ROOT / "api" / "bloomz_api" / "proto"
     for path in fresh:
         committed = committed_dir / path.name
         assert committed.exists(), f"{committed} is missing: run `make proto`"
@@ -30,7 +30,7 @@ def test_stubs_are_fresh(tmp_path: Path) -> None:
 
 
 def test_fixed_contract_names() -> None:
-    from bloomz_runtime.proto import generate_pb2 as pb
+    from bloomz_api.proto import generate_pb2 as pb
 
     service = pb.DESCRIPTOR.services_by_name["TextGeneration"]
     assert pb.DESCRIPTOR.package == "bloomz.v1"

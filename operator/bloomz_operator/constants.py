@@ -1,6 +1,25 @@
-"""Names shared by the CRD, the builders and the handlers (contract 4 of the design)."""
+"""Names shared by the CRD, the builders and the handlers; ports and the benchmark's method come from the
+gRPC contract's package (bloomz_api.constants), re-exported here for the operator's modules."""
 
 from __future__ import annotations
+
+from bloomz_api.constants import (
+    BENCHMARK_MAX_NEW_TOKENS,
+    BENCHMARK_PROMPT,
+    GRPC_PORT,
+    HTTP_PORT,
+    METRICS_PORT,
+    SERVICE_NAME,
+)
+
+__all__ = [
+    "BENCHMARK_MAX_NEW_TOKENS",
+    "BENCHMARK_PROMPT",
+    "GRPC_PORT",
+    "HTTP_PORT",
+    "METRICS_PORT",
+    "SERVICE_NAME",
+]
 
 GROUP = "inference.bloomz.dev"
 VERSION = "v1alpha1"
@@ -28,15 +47,9 @@ BENCHMARK_ANNOTATION = f"{GROUP}/benchmark"
 BENCHMARK_NOW = "now"
 
 CONTAINER_NAME = "runtime"
-GRPC_PORT = 50051
 GRPC_PORT_NAME = "grpc"
-METRICS_PORT = 9090
 METRICS_PORT_NAME = "metrics"
-HEALTH_SERVICE = "bloomz.v1.TextGeneration"
+HEALTH_SERVICE = SERVICE_NAME
 # Workers of a multi-node group run sshd here (not 22: never the port of a node's own sshd).
 SSH_PORT = 2222
 SSH_PORT_NAME = "ssh"
-
-# What the seed measured: greedy, batch 1, 100 new tokens on this prompt.
-SEED_PROMPT = "DeepSpeed is a machine learning framework"
-SEED_MAX_NEW_TOKENS = 100

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import grpc
-from bloomz_runtime.proto import generate_pb2, generate_pb2_grpc
+from bloomz_api.proto import generate_pb2, generate_pb2_grpc
 
 from .constants import BENCHMARK_ANNOTATION, BENCHMARK_NOW
 from .spec import BenchmarkSpec

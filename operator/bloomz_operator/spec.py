@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .constants import SEED_MAX_NEW_TOKENS, SEED_PROMPT
+from .constants import BENCHMARK_MAX_NEW_TOKENS, BENCHMARK_PROMPT
 
 DEFAULT_MOUNT_PATH = "/models"
 
@@ -29,8 +29,8 @@ class GenerationSpec:
 @dataclass(frozen=True)
 class BenchmarkSpec:
     enabled: bool = True
-    prompt: str = SEED_PROMPT
-    max_new_tokens: int = SEED_MAX_NEW_TOKENS
+    prompt: str = BENCHMARK_PROMPT
+    max_new_tokens: int = BENCHMARK_MAX_NEW_TOKENS
     warmup: int = 2
     iterations: int = 5
     interval_seconds: int = 3600

@@ -1,7 +1,6 @@
 """BLOOMZ inference runtime: mpirun + DeepSpeed-inference ranks behind a gRPC generate service.
 
-Importing this package must stay cheap (no torch): the operator image imports the gRPC stubs
-from bloomz_runtime.proto without the runtime's heavy dependencies.
+The gRPC contract and the client live in ``bloomz_api``; this package holds the serving side.
 """
 
 __version__ = "0.1.0"

@@ -11,6 +11,9 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
+from bloomz_api.constants import BENCHMARK_MAX_NEW_TOKENS, BENCHMARK_PROMPT
+from bloomz_api.proto import generate_pb2 as pb
+from bloomz_api.proto import generate_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
@@ -21,8 +24,6 @@ from bloomz_runtime.coordinator import Coordinator
 from bloomz_runtime.errors import InvalidArgument, Unavailable, grpc_status
 from bloomz_runtime.metrics import RuntimeMetrics
 from bloomz_runtime.options import ServeOptions
-from bloomz_runtime.proto import generate_pb2 as pb
-from bloomz_runtime.proto import generate_pb2_grpc as pb_grpc
 from bloomz_runtime.requests import (
     FINISH_EOS,
     FINISH_LENGTH,
@@ -43,8 +44,6 @@ from bloomz_runtime.validation import (
 )
 
 SERVICE_NAME = "bloomz.v1.TextGeneration"
-SEED_PROMPT = "DeepSpeed is a machine learning framework"
-SEED_NEW_TOKENS = 100
 BENCH_WARMUP = 2
 BENCH_ITERATIONS = 5
 MAX_BENCH_ITERATIONS = 100
@@ -268,8 +267,8 @@ class TextGenerationService(pb_grpc.TextGenerationServicer):
         self, request: pb.BenchmarkRequest, context: grpc.aio.ServicerContext
     ) -> pb.BenchmarkResponse:
         att = self._ready()
-        prompt = request.prompt or SEED_PROMPT
-        new_tokens = request.max_new_tokens or SEED_NEW_TOKENS
+        prompt = request.prompt or BENCHMARK_PROMPT
+        new_tokens = request.max_new_tokens or BENCHMARK_MAX_NEW_TOKENS
         warmup = request.warmup if request.HasField("warmup") else BENCH_WARMUP
         iterations = request.iterations if request.HasField("iterations") else BENCH_ITERATIONS
         if not 1 <= iterations <= MAX_BENCH_ITERATIONS:
@@ -314,7 +313,7 @@ class TextGenerationService(pb_grpc.TextGenerationServicer):
     async def warmup(self) -> None:
         """Exercise prefill, decode, and joining a running batch before reporting SERVING."""
         att = self._ready()
-        ids = list(att.runner.tokenizer(SEED_PROMPT, add_special_tokens=False).input_ids)
+        ids = list(att.runner.tokenizer(BENCHMARK_PROMPT, add_special_tokens=False).input_ids)
         params = ValidatedParams(max_new_tokens=4, sampling=SamplingParams(), ignore_eos=True)
         first, first_events = self.submit(ids, params, urgent=True, label="warmup")
         # Once the first has its first token it is in the batch and the queue is empty again

@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
+from bloomz_api.client.requests import BENCHMARK_PROMPT
 from bloomz_runtime.benchmarks import runner
-from bloomz_runtime.client.requests import SEED_PROMPT
 
 
 def test_every_system_gets_the_same_token_ids(tiny_checkpoint: Path) -> None:
@@ -16,7 +16,9 @@ def test_every_system_gets_the_same_token_ids(tiny_checkpoint: Path) -> None:
     args = runner.build_parser().parse_args(["--clients", "4", "--input-tokens", "16"])
     spec = runner.build_spec(tiny_checkpoint, args)
     tokenizer = AutoTokenizer.from_pretrained(tiny_checkpoint)
-    assert spec["prompt"] == SEED_PROMPT and spec["prompt_ids"] == tokenizer(SEED_PROMPT)["input_ids"]
+    assert (
+        spec["prompt"] == BENCHMARK_PROMPT and spec["prompt_ids"] == tokenizer(BENCHMARK_PROMPT)["input_ids"]
+    )
     assert (spec["max_new_tokens"], spec["warmup"], spec["runs"], spec["concurrent_new_tokens"]) == (
         100,
         2,

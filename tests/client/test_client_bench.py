@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from bloomz_runtime.client import bench
-from bloomz_runtime.client.formatting import BENCH_HEADERS, bench_report, format_table
-from bloomz_runtime.proto import generate_pb2
+from bloomz_api.client import bench
+from bloomz_api.client.formatting import BENCH_HEADERS, bench_report, format_table
+from bloomz_api.proto import generate_pb2
 
 
 def _timing(seconds: float, first: float, generated: int = 100) -> bench.StreamTiming:

@@ -5,14 +5,14 @@ from __future__ import annotations
 import io
 
 import pytest
-from bloomz_runtime.client import cli
-from bloomz_runtime.client.requests import (
-    SEED_PROMPT,
+from bloomz_api.client import cli
+from bloomz_api.client.requests import (
+    BENCHMARK_PROMPT,
     benchmark_request,
     generation_parameters,
     greedy_request,
 )
-from bloomz_runtime.proto import generate_pb2
+from bloomz_api.proto import generate_pb2
 from helpers import free_port
 
 
@@ -40,7 +40,7 @@ def test_target_defaults_to_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
 
 def test_bench_defaults_are_the_seeds_method() -> None:
     args = cli.build_parser().parse_args(["bench"])
-    assert args.prompt == SEED_PROMPT == "DeepSpeed is a machine learning framework"
+    assert args.prompt == BENCHMARK_PROMPT == "DeepSpeed is a machine learning framework"
     assert (args.max_new_tokens, args.warmup, args.iterations, args.mode) == (100, 2, 5, "both")
 
 

@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-from bloomz_runtime.client import dataset
-from bloomz_runtime.client.formatting import SEPARATOR, batch_block, throughput_summary
+from bloomz_api.client import dataset
+from bloomz_api.client.formatting import SEPARATOR, batch_block, throughput_summary
 
 
 @pytest.mark.parametrize(

@@ -11,9 +11,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from bloomz_runtime.client import cli
-from bloomz_runtime.client.dataset import SAMPLE_DATASET
-from bloomz_runtime.client.formatting import BENCH_HEADERS
+from bloomz_api.client import cli
+from bloomz_api.client.dataset import SAMPLE_DATASET
+from bloomz_api.client.formatting import BENCH_HEADERS
 from helpers import RuntimeProcess, run_runtime
 
 pytestmark = pytest.mark.slow
@@ -137,8 +137,8 @@ def test_bench_both_modes(runtime: RuntimeProcess, plain_greedy_ids, tiny_checkp
 
 def test_paired_bench_runs_the_callback_after_each_pair(runtime: RuntimeProcess, plain_greedy_ids) -> None:
     """The benchmark measures a baseline between our runs there (benchmarks/peer.py)."""
-    from bloomz_runtime.client.bench import run_paired_bench
-    from bloomz_runtime.client.connection import TextGenerationClient
+    from bloomz_api.client.bench import run_paired_bench
+    from bloomz_api.client.connection import TextGenerationClient
 
     order: list[str] = []
     with TextGenerationClient(runtime.target, timeout=60.0) as client:

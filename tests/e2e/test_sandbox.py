@@ -22,7 +22,7 @@ from typing import Any
 import psutil
 import pytest
 import yaml
-from bloomz_operator.sandbox.addresses import port_listening
+from bloomz_sandbox.node.addresses import port_listening
 from helpers import wait_for as poll_until
 
 pytestmark = pytest.mark.slow
@@ -40,14 +40,14 @@ wait_for = partial(poll_until, timeout=WAIT_S, interval=1.0)
 
 
 class MainJob:
-    """`python -m bloomz_operator.sandbox` as a subprocess, its output collected line by line."""
+    """`python -m bloomz_sandbox` as a subprocess, its output collected line by line."""
 
     def __init__(self, args: list[str], workdir: Path) -> None:
         self.workdir = workdir
         env = {**os.environ, "PATH": f"{REPO / '.tools' / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"}
         env.pop("KUBECONFIG", None)
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "bloomz_operator.sandbox", "--workdir", str(workdir), *args],
+            [sys.executable, "-m", "bloomz_sandbox", "--workdir", str(workdir), *args],
             cwd=REPO,
             env=env,
             stdin=subprocess.DEVNULL,

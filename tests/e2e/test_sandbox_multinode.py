@@ -20,11 +20,11 @@ import grpc
 import psutil
 import pytest
 import yaml
-from bloomz_operator.sandbox.addresses import port_listening
-from bloomz_operator.sandbox.processes import processes_with_env
-from bloomz_operator.sandbox.stack import Sandbox, SandboxOptions
-from bloomz_runtime.proto import generate_pb2 as pb
-from bloomz_runtime.proto import generate_pb2_grpc as pb_grpc
+from bloomz_api.proto import generate_pb2 as pb
+from bloomz_api.proto import generate_pb2_grpc as pb_grpc
+from bloomz_sandbox.node.addresses import port_listening
+from bloomz_sandbox.node.processes import processes_with_env
+from bloomz_sandbox.stack import Sandbox, SandboxOptions
 from helpers import wait_for as poll_until
 
 pytestmark = pytest.mark.slow

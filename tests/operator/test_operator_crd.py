@@ -183,8 +183,8 @@ def test_minimal_spec_gets_the_seeds_defaults(schema: dict[str, Any]) -> None:
     spec = obj["spec"]
     assert (spec["device"], spec["cards"], spec["replicas"]) == ("hpu", 1, 1)
     assert spec["generation"]["kvCache"] is True and spec["generation"]["hpuGraphs"] is True
-    assert spec["benchmark"]["prompt"] == constants.SEED_PROMPT
-    assert spec["benchmark"]["maxNewTokens"] == constants.SEED_MAX_NEW_TOKENS
+    assert spec["benchmark"]["prompt"] == constants.BENCHMARK_PROMPT
+    assert spec["benchmark"]["maxNewTokens"] == constants.BENCHMARK_MAX_NEW_TOKENS
 
 
 def test_operator_defaults_equal_the_crd_defaults(schema: dict[str, Any]) -> None:

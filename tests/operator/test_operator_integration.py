@@ -27,8 +27,8 @@ from bloomz_operator import rbac
 from bloomz_operator.constants import GROUP, PLURAL, VERSION
 from bloomz_operator.handlers import FINALIZER, register_handlers
 from bloomz_operator.kubeapi import USER_AGENT
-from bloomz_operator.sandbox.apiserver import SandboxAPIServer
 from bloomz_operator.settings import BenchmarkSettings, Settings
+from bloomz_sandbox.apiserver import SandboxAPIServer
 from helpers import free_port, run_runtime
 from kopf.testing import KopfRunner
 

@@ -155,26 +155,86 @@ def copy_build_context(destination: Path) -> Path:
     return destination
 
 
-def test_build_context_builds_the_package_and_resolves_the_image_extras(tmp_path: Path) -> None:
-    """What the Dockerfiles' `pip install` steps do, offline: build our wheel from the build context only,
-    then resolve the extras the operator and CPU images install under constraints-cpu.txt."""
+def copied_sources(image: str) -> list[str]:
+    """The build-context paths an image's Dockerfile COPYs (not from other stages)."""
+    sources = []
+    for stage in dockerfile(image).stages:
+        for line in stage.all("COPY"):
+            if not line.startswith("--from="):
+                sources += [source.rstrip("/") for source in line.split()[:-1]]
+    return sources
+
+
+# What each image's wheel must hold and must not: the operator image carries no runtime (no torch code,
+# benchmarks or checkpoint builder) and no image carries the sandbox, a development tool.
+IMAGE_PACKAGES = {
+    "operator": ({"bloomz_operator", "bloomz_api"}, {"bloomz_runtime", "bloomz_sandbox"}),
+    "runtime-cpu": ({"bloomz_runtime", "bloomz_api"}, {"bloomz_sandbox", "bloomz_operator"}),
+    "runtime-cuda": ({"bloomz_runtime", "bloomz_api"}, {"bloomz_sandbox", "bloomz_operator"}),
+    "runtime-gaudi": ({"bloomz_runtime", "bloomz_api"}, {"bloomz_sandbox", "bloomz_operator"}),
+}
+
+
+@pytest.mark.parametrize("image", ALL_IMAGES)
+def test_each_image_installs_only_the_packages_it_needs(image: str, tmp_path: Path) -> None:
+    """What an image's `pip install .[extra]` step builds, offline: our wheel from the sources that image
+    COPYs out of the build context, and nothing else."""
     context = copy_build_context(tmp_path / "context")
-    pip = [sys.executable, "-m", "pip"]
-    offline = ["--no-index", "--no-build-isolation"]
+    image_src = tmp_path / "image"
+    image_src.mkdir()
+    for source in copied_sources(image):
+        if source in ("docker", "docker/base-constraints.sh"):
+            continue
+        target = image_src / source
+        target.parent.mkdir(parents=True, exist_ok=True)
+        copy = shutil.copytree if (context / source).is_dir() else shutil.copy2
+        copy(context / source, target)
     subprocess.run(
-        [*pip, "wheel", "--quiet", "--no-deps", *offline, "--wheel-dir", str(tmp_path / "dist"), "."],
-        cwd=context,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--no-index",
+            "--no-build-isolation",
+            "--wheel-dir",
+            str(tmp_path / "dist"),
+            ".",
+        ],
+        cwd=image_src,
         check=True,
         capture_output=True,
     )
     (wheel,) = (tmp_path / "dist").glob("bloomz_operator-*.whl")
     with zipfile.ZipFile(wheel) as archive:
-        names = set(archive.namelist())
-    assert {"bloomz_operator/__main__.py", "bloomz_runtime/launch.py", "bloomz_runtime/tiny.py"} <= names
-    assert "bloomz_runtime/proto/generate_pb2.py" in names
+        packages = {name.split("/")[0] for name in archive.namelist() if "dist-info" not in name}
+    wanted, unwanted = IMAGE_PACKAGES[image]
+    assert wanted <= packages and not (unwanted & packages), packages
+    if image == "operator":
+        assert "bloomz_api/proto/generate_pb2.py" in archive.namelist()
+
+
+def test_build_context_resolves_the_image_extras(tmp_path: Path) -> None:
+    """The extras the operator and CPU images install resolve offline under constraints-cpu.txt, and the
+    build context never carries the sandbox."""
+    context = copy_build_context(tmp_path / "context")
+    assert not (context / "sandbox").exists() and (context / "api").is_dir()
     for extra in ("operator", "cpu"):
         result = subprocess.run(
-            [*pip, "install", "--dry-run", *offline, "--constraint", "constraints-cpu.txt", f".[{extra}]"],
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "--dry-run",
+                "--no-index",
+                "--no-build-isolation",
+                "--constraint",
+                "constraints-cpu.txt",
+                f".[{extra}]",
+            ],
             cwd=context,
             capture_output=True,
             text=True,

@@ -17,7 +17,7 @@ from typing import Any
 import kubernetes
 import pytest
 from bloomz_operator.constants import GROUP, PLURAL, VERSION
-from bloomz_operator.sandbox.apiserver import SandboxAPIServer
+from bloomz_sandbox.apiserver import SandboxAPIServer
 from conftest import CHART, REPO, documents, helm_template, single
 from dockerfiles import parse
 from helpers import free_port

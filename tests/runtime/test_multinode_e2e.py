@@ -17,8 +17,8 @@ from pathlib import Path
 
 import grpc
 import pytest
-from bloomz_runtime.proto import generate_pb2 as pb
-from bloomz_runtime.proto import generate_pb2_grpc as pb_grpc
+from bloomz_api.proto import generate_pb2 as pb
+from bloomz_api.proto import generate_pb2_grpc as pb_grpc
 from helpers import start_runtime, stop_runtime, wait_for_serving
 from runtime_reference import PROMPTS, Reference
 

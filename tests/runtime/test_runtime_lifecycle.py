@@ -10,8 +10,8 @@ from pathlib import Path
 
 import grpc
 import pytest
-from bloomz_runtime.proto import generate_pb2 as pb
-from bloomz_runtime.proto import generate_pb2_grpc as pb_grpc
+from bloomz_api.proto import generate_pb2 as pb
+from bloomz_api.proto import generate_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2
 from helpers import health_status, start_runtime, stop_runtime
 

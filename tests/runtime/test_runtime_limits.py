@@ -8,8 +8,8 @@ from pathlib import Path
 
 import grpc
 import pytest
-from bloomz_runtime.proto import generate_pb2 as pb
-from bloomz_runtime.proto import generate_pb2_grpc as pb_grpc
+from bloomz_api.proto import generate_pb2 as pb
+from bloomz_api.proto import generate_pb2_grpc as pb_grpc
 from helpers import run_runtime
 
 pytestmark = pytest.mark.slow

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import grpc
 import pytest
+from bloomz_api.proto import generate_pb2 as pb
+from bloomz_api.proto import generate_pb2_grpc as pb_grpc
 from bloomz_runtime.dist import SHM_DIR, deepspeed_shm_prefix
-from bloomz_runtime.proto import generate_pb2 as pb
-from bloomz_runtime.proto import generate_pb2_grpc as pb_grpc
 from helpers import free_port, start_runtime, stop_runtime, wait_for_serving
 from runtime_reference import PROMPTS, Reference
 

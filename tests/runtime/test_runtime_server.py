@@ -12,8 +12,8 @@ from pathlib import Path
 
 import grpc
 import pytest
-from bloomz_runtime.proto import generate_pb2 as pb
-from bloomz_runtime.proto import generate_pb2_grpc as pb_grpc
+from bloomz_api.proto import generate_pb2 as pb
+from bloomz_api.proto import generate_pb2_grpc as pb_grpc
 from bloomz_runtime.tiny import _WORDS as tiny_words
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 from helpers import RuntimeProcess, run_runtime

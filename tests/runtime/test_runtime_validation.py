@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import grpc
 import pytest
+from bloomz_api.proto import generate_pb2 as pb
 from bloomz_runtime.errors import Cancelled, InvalidArgument, QueueFull, Unavailable, grpc_status
-from bloomz_runtime.proto import generate_pb2 as pb
 from bloomz_runtime.validation import Limits, validate_parameters, validate_prompt, validate_prompt_tokens
 
 LIMITS = Limits(max_input_tokens=32, max_new_tokens=100)

@@ -20,7 +20,7 @@ from typing import Any
 import kubernetes.client as k8s
 import pytest
 import yaml
-from bloomz_operator.sandbox.apiserver import SandboxAPIServer
+from bloomz_sandbox.apiserver import SandboxAPIServer
 from kubernetes.client.exceptions import ApiException
 
 REPO = Path(__file__).resolve().parents[2]
@@ -960,7 +960,7 @@ def test_command_line_serves_until_sigterm(tmp_path: Path) -> None:
     crd_file = tmp_path / "crd.yaml"
     crd_file.write_text(yaml.safe_dump(GADGET_CRD))
     kubeconfig = tmp_path / "kubeconfig"
-    command = [sys.executable, "-m", "bloomz_operator.sandbox.apiserver", "--crd", str(crd_file)]
+    command = [sys.executable, "-m", "bloomz_sandbox.apiserver", "--crd", str(crd_file)]
     command += ["--namespace", "team-a", "--kubeconfig", str(kubeconfig)]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:

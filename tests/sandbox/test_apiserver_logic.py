@@ -7,19 +7,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from bloomz_operator.sandbox._apiserver_defaults import prepare_for_create
-from bloomz_operator.sandbox._apiserver_errors import ApiError
-from bloomz_operator.sandbox._apiserver_http import version_priority
-from bloomz_operator.sandbox._apiserver_openapi import group_version_document, index_document
-from bloomz_operator.sandbox._apiserver_patches import json_patch, merge_patch, strategic_merge_patch
-from bloomz_operator.sandbox._apiserver_protobuf import decode_object
-from bloomz_operator.sandbox._apiserver_resources import CRD_RESOURCE, ResourceType
-from bloomz_operator.sandbox._apiserver_selectors import field_matcher, label_matcher, split_requirements
-from bloomz_operator.sandbox._apiserver_store import ObjectStore, WatchEvent
-from bloomz_operator.sandbox._apiserver_streams import translate
-from bloomz_operator.sandbox._apiserver_tables import age, human_duration, json_path, table, wants_table
-from bloomz_operator.sandbox._apiserver_validation import metadata_problems, name_problem
-from bloomz_operator.sandbox.apiserver import load_crds
+from bloomz_sandbox.apiserver import load_crds
+from bloomz_sandbox.apiserver.defaults import prepare_for_create
+from bloomz_sandbox.apiserver.errors import ApiError
+from bloomz_sandbox.apiserver.openapi import group_version_document, index_document
+from bloomz_sandbox.apiserver.patches import json_patch, merge_patch, strategic_merge_patch
+from bloomz_sandbox.apiserver.protobuf import decode_object
+from bloomz_sandbox.apiserver.resources import CRD_RESOURCE, ResourceType
+from bloomz_sandbox.apiserver.routes import version_priority
+from bloomz_sandbox.apiserver.selectors import field_matcher, label_matcher, split_requirements
+from bloomz_sandbox.apiserver.store import ObjectStore, WatchEvent
+from bloomz_sandbox.apiserver.streams import translate
+from bloomz_sandbox.apiserver.tables import age, human_duration, json_path, table, wants_table
+from bloomz_sandbox.apiserver.validation import metadata_problems, name_problem
 
 REPO = Path(__file__).resolve().parents[2]
 NOW = datetime.datetime(2026, 1, 1, 12, 0, 0, tzinfo=datetime.timezone.utc)

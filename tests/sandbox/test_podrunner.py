@@ -17,9 +17,9 @@ from typing import Any
 
 import psutil
 import pytest
-from bloomz_operator.sandbox.addresses import port_listening
-from bloomz_operator.sandbox.apiserver import SandboxAPIServer
-from bloomz_operator.sandbox.podrunner import PodRunner, RunnerConfig, default_capacity
+from bloomz_sandbox.apiserver import SandboxAPIServer
+from bloomz_sandbox.node.addresses import port_listening
+from bloomz_sandbox.node.podrunner import PodRunner, RunnerConfig, default_capacity
 from helpers import pod_runner_cluster, read_pod
 from helpers import wait_for as poll_until
 from kubernetes import client

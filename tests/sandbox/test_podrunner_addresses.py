@@ -2,7 +2,7 @@
 
 import socket
 
-from bloomz_operator.sandbox.addresses import LoopbackAddresses, port_listening, ports_free
+from bloomz_sandbox.node.addresses import LoopbackAddresses, port_listening, ports_free
 
 
 def test_addresses_are_distinct_and_reserved_across_allocators(tmp_path):

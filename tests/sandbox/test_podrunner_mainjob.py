@@ -3,7 +3,7 @@
 from pathlib import Path
 
 import pytest
-from bloomz_operator.sandbox.__main__ import load_resources, local_model_dir, parse_args
+from bloomz_sandbox.__main__ import load_resources, local_model_dir, parse_args
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from bloomz_operator.sandbox.apiserver import SandboxAPIServer
-from bloomz_operator.sandbox.podrunner import PodRunner, RunnerConfig
-from bloomz_operator.sandbox.processes import processes_with_env
+from bloomz_sandbox.apiserver import SandboxAPIServer
+from bloomz_sandbox.node.podrunner import PodRunner, RunnerConfig
+from bloomz_sandbox.node.processes import processes_with_env
 from helpers import pod_runner_cluster, read_pod
 from helpers import wait_for as poll_until
 from kubernetes import client

@@ -4,7 +4,7 @@ from concurrent import futures
 
 import grpc
 import pytest
-from bloomz_operator.sandbox.probes import ReadinessProbe, check, readiness_probe
+from bloomz_sandbox.node.probes import ReadinessProbe, check, readiness_probe
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 

@@ -3,7 +3,7 @@
 from pathlib import Path
 
 import pytest
-from bloomz_operator.sandbox.process_spec import (
+from bloomz_sandbox.node.process_spec import (
     Mount,
     UnsupportedContainer,
     build_process_spec,

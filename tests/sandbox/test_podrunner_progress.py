@@ -1,6 +1,6 @@
 """The sandbox main job's progress lines."""
 
-from bloomz_operator.sandbox.progress import changes, pod_line, ready_with_latency, resource_line
+from bloomz_sandbox.progress import changes, pod_line, ready_with_latency, resource_line
 
 
 def resource(conditions, latency=None, generation=1, observed=1):

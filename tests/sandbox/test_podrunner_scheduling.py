@@ -2,7 +2,7 @@
 
 from decimal import Decimal
 
-from bloomz_operator.sandbox.scheduling import (
+from bloomz_sandbox.node.scheduling import (
     parse_amounts,
     pod_requests,
     qos_class,

@@ -1,6 +1,6 @@
 """Pod status computed from the sandbox's view of a pod's processes."""
 
-from bloomz_operator.sandbox.pod_status import (
+from bloomz_sandbox.node.pod_status import (
     WAITING_BACKOFF,
     ContainerView,
     PodView,

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bloomz_operator.sandbox.cluster_dns import (
+from bloomz_sandbox.node.cluster_dns import (
     PodAddress,
     dns_names,
     find_nss_wrapper,

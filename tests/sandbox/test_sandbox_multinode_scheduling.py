@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from bloomz_operator.sandbox.scheduling import (
+from bloomz_sandbox.node.scheduling import (
     NodeState,
     anti_affinity_reasons,
     choose_node,

@@ -6,7 +6,7 @@ import base64
 from pathlib import Path
 
 import pytest
-from bloomz_operator.sandbox.volume_sources import (
+from bloomz_sandbox.node.volume_sources import (
     MountFailure,
     ProjectedFile,
     VolumeSource,

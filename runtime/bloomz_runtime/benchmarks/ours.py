@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bloomz_runtime.client import bench
-from bloomz_runtime.client.connection import RpcFailure, TextGenerationClient
-from bloomz_runtime.client.requests import greedy_request
+from bloomz_api.client import bench
+from bloomz_api.client.connection import RpcFailure, TextGenerationClient
+from bloomz_api.client.requests import greedy_request
 
 
 def free_port() -> int:

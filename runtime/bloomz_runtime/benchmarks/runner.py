@@ -23,6 +23,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from bloomz_api.client.dataset import SAMPLE_DATASET
+from bloomz_api.client.requests import BENCHMARK_PROMPT
+
 from bloomz_runtime.benchmarks import machine, ours, report
 from bloomz_runtime.benchmarks.peer import AlternatingBaseline, PeerProcess
 from bloomz_runtime.benchmarks.roofline import (
@@ -33,8 +36,6 @@ from bloomz_runtime.benchmarks.roofline import (
     roofline_ms_per_token,
     weight_bytes,
 )
-from bloomz_runtime.client.dataset import SAMPLE_DATASET
-from bloomz_runtime.client.requests import SEED_PROMPT
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_ROOT = PACKAGE_DIR.parents[2]  # runtime/bloomz_runtime/benchmarks -> the repository
@@ -47,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--runs", type=int, default=5, help="timed runs per latency measurement (median)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed runs before each latency measurement")
     parser.add_argument("--max-new-tokens", type=int, default=100)
-    parser.add_argument("--prompt", default=SEED_PROMPT)
+    parser.add_argument("--prompt", default=BENCHMARK_PROMPT)
     parser.add_argument("--clients", type=int, default=16, help="concurrent clients / prompts")
     parser.add_argument("--input-tokens", type=int, default=16, help="tokens per concurrent prompt")
     parser.add_argument("--concurrent-new-tokens", type=int, default=50)
