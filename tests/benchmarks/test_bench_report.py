@@ -6,7 +6,7 @@ import copy
 from typing import Any
 
 import pytest
-from bloomz_runtime.benchmarks import machine, report
+from bloomz_runtime.benchmarks import machine, record, report
 
 
 def _bench(latency: float, first_ms: float, per_ms: float, ids: list[int] | None = None) -> dict[str, Any]:
@@ -161,12 +161,23 @@ def test_a_cache_resident_model_gets_no_roofline_column() -> None:
     assert "roofline fraction" not in text
 
 
-def test_benchmarks_md_keeps_previous_rows() -> None:
-    first = report.append_section(None, "## run 1\nrow")
-    assert first.startswith("# Benchmarks") and first.endswith("## run 1\nrow\n")
-    second = report.append_section(first, "## run 2\nrow\n")
-    assert second.startswith(first.rstrip("\n")) and second.endswith("## run 2\nrow\n")
-    assert second.count("# Benchmarks\n") == 1
+def test_a_new_run_opens_benchmarks_md_and_moves_the_previous_one_to_the_history() -> None:
+    check = report.TargetCheck("batch-1 latency / vLLM-CPU", 0.85, "<= 0.95", True)
+    missed = report.TargetCheck("16 clients tokens/s / vLLM-CPU", 0.97, ">= 1.00", False)
+    first, history = record.record(None, None, "## 2026-11-28 10:00 UTC - A\nrun 1\n", {"560m": [check]})
+    assert first.startswith("# Benchmarks") and first.index("## Summary") < first.index("## 2026-11-28 10:00")
+    assert "| 560m | batch-1 latency / vLLM-CPU | 0.85 | <= 0.95 | met |" in first
+    assert "Newest run: 2026-11-28 10:00 UTC - A; command `make bench`." in first
+    assert record.runs(history) == []
+    run_2 = "## 2026-11-29 11:00 UTC - B\nrun 2\n"
+    second, history = record.record(first, history, run_2, {"560m": [missed]})
+    assert "run 1" not in second and "run 2" in second and "| 0.97 | >= 1.00 | MISSED |" in second
+    assert second.count("## Summary") == 1
+    assert record.runs(history) == ["## 2026-11-28 10:00 UTC - A\nrun 1\n"]
+    third, history = record.record(second, history, "## 2026-11-30 12:00 UTC - C\nrun 3\n", {})
+    assert "no target was measured" in third
+    # Newest first in the history, and no run is lost or repeated.
+    assert [run.splitlines()[0][3:13] for run in record.runs(history)] == ["2026-11-29", "2026-11-28"]
 
 
 def test_cache_sizes_from_sysfs() -> None:
@@ -210,10 +221,10 @@ def test_the_median_concurrency_run_is_kept_with_every_value() -> None:
 
 
 def test_targets_are_checked_for_the_560m_shape_only() -> None:
-    assert "Targets (issue 6, 1 rank):" in report.shape_report("560m", SHAPE)
+    assert "Targets (1 rank):" in report.shape_report("560m", SHAPE)
     tiny = report.shape_report("tiny", SHAPE)
-    assert "Targets (issue 6" not in tiny and "MISSED" not in tiny
-    assert "Issue 6 sets its targets for the 560m shape, not for this one." in tiny
+    assert "Targets (1 rank)" not in tiny and "MISSED" not in tiny
+    assert "The targets are set for the 560m shape, not for this one." in tiny
 
 
 def test_an_alternated_baseline_says_so() -> None:

@@ -42,11 +42,11 @@ def test_an_untied_input_embedding_is_read_one_row_per_token() -> None:
 
 
 def test_roofline_of_the_issue_example() -> None:
-    # 2.24 GB of float32 weights at 25 GB/s: about 90 ms per token (issue 6).
+    # 2.24 GB of float32 weights at 25 GB/s: about 90 ms per token.
     weights = roofline.weight_bytes(560_000_000, "float32")
     assert weights == 2_240_000_000
     assert roofline.roofline_ms_per_token(weights, 25e9) == pytest.approx(89.6)
-    # The seed's numbers: BLOOMZ-7B1 bf16 14.1 GB on one Gaudi2 (2.45 TB/s): 5.76 ms per token.
+    # The blog.s figures: BLOOMZ-7B1 bf16 14.1 GB on one Gaudi2 (2.45 TB/s): 5.76 ms per token.
     assert roofline.roofline_ms_per_token(14.1e9, 2.45e12) == pytest.approx(5.755, abs=1e-3)
     # 176B on 8 cards: 352.5 GB / (8 x 2.45 TB/s) = 18 ms per token.
     assert roofline.roofline_ms_per_token(352.5e9, 2.45e12, cards=8) == pytest.approx(17.98, abs=0.01)

@@ -162,7 +162,7 @@ def rate_table(
 
 
 def greedy_agreement(shape: Mapping[str, Any]) -> dict[str, bool]:
-    """Whether each system's greedy ids for the seed's prompt equal plain transformers' ids."""
+    """Whether each system's greedy ids for the benchmark prompt equal plain transformers' ids."""
     reference = shape.get("plain", {}).get("latency", {}).get("token_ids")
     if not reference:
         return {}
@@ -184,7 +184,7 @@ class TargetCheck:
 
 
 def target_checks(shape: Mapping[str, Any]) -> list[TargetCheck]:
-    """Issue 6's targets, on the 1-rank runtime (the same cores as the baselines)."""
+    """The CPU performance targets, on the 1-rank runtime (the same cores as the baselines)."""
     checks: list[TargetCheck] = []
     ours = dict(_ours(shape)).get("1")
     if not ours:
@@ -276,12 +276,12 @@ def shape_report(name: str, shape: Mapping[str, Any]) -> str:
         same = ", ".join(
             f"{system} {'identical' if equal else 'DIFFERENT'}" for system, equal in agreement.items()
         )
-        lines += ["", f"Greedy ids of the seed's prompt vs transformers: {same}"]
+        lines += ["", f"Greedy ids of the benchmark prompt vs transformers: {same}"]
     checks = target_checks(shape) if name in TARGET_SHAPES else []
     if name not in TARGET_SHAPES:
-        lines += ["", f"Issue 6 sets its targets for the {', '.join(TARGET_SHAPES)} shape, not for this one."]
+        lines += ["", f"The targets are set for the {', '.join(TARGET_SHAPES)} shape, not for this one."]
     if checks:
-        lines += ["", "Targets (issue 6, 1 rank):"]
+        lines += ["", "Targets (1 rank):"]
         lines += [
             f"- {check.name}: {check.value:.2f} (target {check.target}) {'met' if check.met else 'MISSED'}"
             for check in checks
@@ -308,17 +308,3 @@ def full_report(results: Mapping[str, Any]) -> str:
     ]
     sections = [shape_report(name, shape) for name, shape in results.get("shapes", {}).items()]
     return "\n\n".join(["\n".join(header), *sections]) + "\n"
-
-
-BENCHMARKS_HEADER = """# Benchmarks
-
-Produced by `python -m bloomz_runtime.benchmarks` (`make bench`); see docs/client.md. Each run appends
-a dated section below and keeps the previous ones. Ratios compare systems measured one after another
-in the same session on the same checkpoint; absolute numbers depend on the machine and its load.
-"""
-
-
-def append_section(existing: str | None, section: str) -> str:
-    """BENCHMARKS.md with `section` appended after the previous runs (the header written once)."""
-    text = existing if existing and existing.strip() else BENCHMARKS_HEADER
-    return text.rstrip("\n") + "\n\n" + section.rstrip("\n") + "\n"

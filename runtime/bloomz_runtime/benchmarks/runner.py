@@ -26,7 +26,7 @@ from typing import Any
 from bloomz_api.client.dataset import SAMPLE_DATASET
 from bloomz_api.client.requests import BENCHMARK_PROMPT
 
-from bloomz_runtime.benchmarks import machine, ours, report
+from bloomz_runtime.benchmarks import machine, ours, record, report
 from bloomz_runtime.benchmarks.peer import AlternatingBaseline, PeerProcess
 from bloomz_runtime.benchmarks.roofline import (
     checkpoint_headers,
@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--models-dir", type=Path, default=REPO_ROOT / ".cache/bench-models")
     parser.add_argument("--out", type=Path, default=Path("bench-results"))
     parser.add_argument("--benchmarks-md", type=Path, default=REPO_ROOT / "BENCHMARKS.md")
-    parser.add_argument("--no-record", action="store_true", help="do not append to BENCHMARKS.md")
+    parser.add_argument("--no-record", action="store_true", help="do not record the run in BENCHMARKS.md")
     return parser
 
 
@@ -369,8 +369,11 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     results_path.with_suffix(".md").write_text(text)
     if not args.no_record:
-        existing = args.benchmarks_md.read_text() if args.benchmarks_md.exists() else None
-        args.benchmarks_md.write_text(report.append_section(existing, text))
-        print(f"[bench] appended to {args.benchmarks_md}")
+        history_md = args.benchmarks_md.parent / "docs" / "benchmarks-history.md"
+        current, history = (p.read_text() if p.exists() else None for p in (args.benchmarks_md, history_md))
+        new_current, new_history = record.record(current, history, text, record.checks_of(results))
+        args.benchmarks_md.write_text(new_current)
+        history_md.write_text(new_history)
+        print(f"[bench] recorded in {args.benchmarks_md} (the previous run moved to {history_md})")
     print(f"[bench] results: {results_path}")
     return 0
