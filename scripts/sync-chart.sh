@@ -3,7 +3,8 @@
 #   crds/*.yaml                        -> charts/bloomz-operator/crds/  (byte-for-byte copies)
 #   bloomz_operator.rbac (the rules)   -> charts/bloomz-operator/files/rbac.yaml
 #   pyproject.toml's version           -> Chart.yaml's version and appVersion
-# tests/packaging checks all three are fresh, so run this (`make chart-sync`) after changing any source.
+#   values.yaml's `# --` comments      -> charts/bloomz-operator/README.md (scripts/chart_readme.py)
+# tests/packaging checks all four are fresh, so run this (`make chart-sync`) after changing any source.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
@@ -30,4 +31,5 @@ PY
 
 version=$(sed -n 's/^version = "\(.*\)"$/\1/p' pyproject.toml | head -n1)
 sed -i -e "s/^version: .*/version: ${version}/" -e "s/^appVersion: .*/appVersion: \"${version}\"/" "$CHART/Chart.yaml"
-echo "[sync-chart] $CHART: crds/ copied, files/rbac.yaml generated, version ${version}"
+"$PY" scripts/chart_readme.py
+echo "[sync-chart] $CHART: crds/ copied, files/rbac.yaml and README.md generated, version ${version}"

@@ -118,6 +118,13 @@ _TOP_KEYS = {
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
+def _secret_name(item: Any, where: str) -> str:
+    """An image pull Secret as Kubernetes writes it (`{name: regcred}`), or just its name."""
+    if isinstance(item, dict) and set(item) == {"name"}:
+        return _expect(item["name"], str, f"{where}.name")
+    return _expect(item, str, where)
+
+
 def _expect(value: Any, kind: type | tuple[type, ...], where: str) -> Any:
     # bool is an int in Python: refuse it where a number is expected.
     if isinstance(value, bool) and kind in (int, float, (int, float)):
@@ -203,7 +210,7 @@ def parse_settings(data: Mapping[str, Any] | None) -> Settings:
         changes["image_pull_policy"] = policy
     if "imagePullSecrets" in data:
         items = _expect(data["imagePullSecrets"], list, "imagePullSecrets")
-        names = tuple(_expect(n, str, f"imagePullSecrets[{i}]") for i, n in enumerate(items))
+        names = tuple(_secret_name(item, f"imagePullSecrets[{i}]") for i, item in enumerate(items))
         if any(not n for n in names):
             raise SettingsError("imagePullSecrets: names must not be empty")
         changes["image_pull_secrets"] = tuple(dict.fromkeys(names))

@@ -73,8 +73,14 @@ def test_crd_names_and_subresources(crd: dict[str, Any]) -> None:
     assert columns["Device"] == ".spec.device"
     assert columns["Cards"] == ".spec.cards"
     assert columns["Ready"] == ".status.readyReplicas"
-    assert columns["Latency"] == ".status.latency.seconds"
+    # Time per output token and to the first token compare across resources whatever their maxNewTokens;
+    # the total latency and tokens/s stay in status and show with -o wide (priority 1).
+    assert columns["TPOT-ms"] == ".status.latency.perTokenMs"
+    assert columns["TTFT-ms"] == ".status.latency.firstTokenMs"
+    assert columns["Latency-s"] == ".status.latency.seconds"
     assert columns["Tokens/s"] == ".status.latency.tokensPerSecond"
+    wide = {c["name"] for c in version["additionalPrinterColumns"] if c.get("priority", 0) > 0}
+    assert {"Latency-s", "Tokens/s"} <= wide and not {"TPOT-ms", "TTFT-ms"} & wide
     assert columns["Age"] == ".metadata.creationTimestamp"
 
 

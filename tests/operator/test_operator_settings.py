@@ -30,7 +30,7 @@ namespaces: [ml, serving]
 logLevel: debug
 livenessPort: 9000
 imagePullPolicy: Always
-imagePullSecrets: [regcred, mirror, regcred]
+imagePullSecrets: [{name: regcred}, mirror, {name: regcred}]
 benchmark: {enabled: false, timeoutSeconds: 60}
 devices:
   hpu: {image: my/gaudi:1, hugepages2Mi: null, nodeSelector: {habana.ai/device.type: gaudi2}}
@@ -62,7 +62,8 @@ devices:
         ({"logLevel": "LOUD"}, "logLevel: must be one of"),
         ({"imagePullPolicy": "Sometimes"}, "imagePullPolicy"),
         ({"imagePullSecrets": "regcred"}, "imagePullSecrets: expected list"),
-        ({"imagePullSecrets": [{"name": "regcred"}]}, "imagePullSecrets[0]: expected str"),
+        ({"imagePullSecrets": [{"name": 3}]}, "imagePullSecrets[0].name: expected str"),
+        ({"imagePullSecrets": [{"nam": "regcred"}]}, "imagePullSecrets[0]: expected str"),
         ({"imagePullSecrets": [""]}, "imagePullSecrets: names must not be empty"),
         ({"benchmark": {"enabled": "yes"}}, "benchmark.enabled: expected bool"),
         ({"benchmark": {"timeoutSeconds": 0}}, "benchmark.timeoutSeconds: must be > 0"),

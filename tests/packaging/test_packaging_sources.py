@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +24,38 @@ def test_chart_crds_are_exact_copies_of_crds_folder() -> None:
     assert copies.keys() == source.keys(), "run scripts/sync-chart.sh (make chart-sync)"
     for name in source:
         assert copies[name] == source[name], f"charts/.../crds/{name} differs from crds/: run make chart-sync"
+
+
+def test_chart_readme_is_generated_from_the_documented_values() -> None:
+    result = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "chart_readme.py"), "--check"], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    # Every value a user can set has a row; a value without its `# --` comment has none.
+    readme = (CHART / "README.md").read_text()
+    keys = ("image.repository", "watchNamespaces", "config.imagePullSecrets", "config.devices.hpu.memory")
+    for key in keys:
+        assert f"| `{key}` |" in readme
+
+
+def test_chart_readme_rows_follow_the_values_file() -> None:
+    spec = importlib.util.spec_from_file_location("chart_readme", REPO / "scripts" / "chart_readme.py")
+    assert spec and spec.loader
+    chart_readme = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(chart_readme)
+    values = """# -- top
+a: 1
+b:
+  # -- nested, on
+  # two lines
+  c: [x]
+  d: {}
+# plain comment, no row
+e: true
+"""
+    assert chart_readme.documented_keys(values) == [("a", "top"), ("b.c", "nested, on two lines")]
+    text = chart_readme.render(values, {"name": "n", "version": "1", "appVersion": "1"})
+    assert '| `b.c` | list | `["x"]` | nested, on two lines |' in text and "`e`" not in text
 
 
 def test_chart_rbac_file_is_generated_from_the_operator_rules() -> None:
