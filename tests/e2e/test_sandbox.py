@@ -168,9 +168,9 @@ def test_the_example_becomes_ready_with_a_latency_and_answers(job: MainJob) -> N
     job.wait_for_line("the sandbox keeps running", WAIT_S)
     output = job.output
     assert "model: reusing" in output and "export KUBECONFIG=" in output
-    assert "$ kubectl get bloomz" in output and "LATENCY" in output
+    assert "$ kubectl get bloomz" in output and "TPOT-MS" in output
     table = output.split("$ kubectl get bloomz\n", 1)[1].splitlines()
-    assert table[0].split()[:3] == ["NAME", "DEVICE", "CARDS"] and "LATENCY" in table[0]
+    assert table[0].split()[:3] == ["NAME", "DEVICE", "CARDS"] and "TPOT-MS" in table[0]
     assert table[1].split()[0] == NAME and "Ready" in table[1].split()
     assert "$ generate" in output
 

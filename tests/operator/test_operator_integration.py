@@ -267,7 +267,7 @@ def test_kubectl_apply_gaudi_example_through_latency_rollout_and_delete(
     assert status["phase"] == "Ready" and status["readyReplicas"] == 1
     assert status["endpoint"] == f"{name}.{NS}.svc:50051"
     table = cluster.kubectl("get", "bloomz")
-    assert "DEVICE" in table and "LATENCY" in table and name in table and "hpu" in table
+    assert "DEVICE" in table and "TPOT-MS" in table and name in table and "hpu" in table
 
     # A fresh measurement on request; the annotation is removed afterwards.
     measured_before = count_events(cluster, "LatencyMeasured")
