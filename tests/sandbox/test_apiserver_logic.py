@@ -310,7 +310,7 @@ def test_the_project_crd_registers_bloomzinferences_with_its_printer_columns() -
     assert resource is not None and resource.kind == "BloomzInference" and resource.namespaced
     assert "bloomz" in resource.short_names and resource.has_status_subresource
     columns = [c["name"] for c in table(resource, [], now=NOW)["columnDefinitions"]]
-    assert {"Device", "Cards", "Ready", "Latency", "Age"} <= set(columns)
+    assert {"Device", "Cards", "Ready", "TPOT-ms", "TTFT-ms", "Latency-s", "Age"} <= set(columns)
 
 
 def test_openapi_documents_offer_field_validation_and_crd_schemas() -> None:
