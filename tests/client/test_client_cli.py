@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import io
 
 import pytest
@@ -54,10 +55,44 @@ def test_dataset_defaults_are_the_seeds_dataset_mode() -> None:
 def test_generate_collects_sampling_options_and_stop_sequences() -> None:
     args = cli.build_parser().parse_args(
         ["generate", "Hello", "--do-sample", "--temperature", "0.7", "--top-k", "5", "--seed", "3",
-         "--stop", "\n", "END", "--stream"]
+         "--stop", "\n", "--stop", "END", "--stream"]
     )  # fmt: skip
     assert args.prompt == "Hello" and args.do_sample and args.stream
     assert (args.temperature, args.top_k, args.seed, args.stop) == (0.7, 5, 3, ["\n", "END"])
+
+
+def test_a_stop_sequence_never_swallows_the_prompt() -> None:
+    args = cli.build_parser().parse_args(["generate", "--stop", "END", "Hello there"])
+    assert (args.prompt, args.stop) == ("Hello there", ["END"])
+
+
+def test_prompt_dash_is_read_from_stdin(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("sys.stdin", io.StringIO("Translate to English: Je t'aime.\n"))
+    args = cli.build_parser().parse_args(["generate", "-", "--max-new-tokens", "3"])
+    assert args.prompt == "Translate to English: Je t'aime.\n" and args.max_new_tokens == 3
+
+
+@pytest.mark.parametrize(
+    ("argv0", "main_module", "prog"),
+    [
+        ("/venv/lib/python3.11/site-packages/bloomz_api/client/__main__.py", "bloomz_api.client.__main__",
+         "python -m bloomz_api.client"),
+        ("/src/runtime/bloomz_runtime/client.py", "bloomz_runtime.client", "python -m bloomz_runtime.client"),
+        ("/venv/bin/bloomz-client", None, "bloomz-client"),
+    ],
+)  # fmt: skip
+def test_usage_names_the_command_the_user_typed(argv0: str, main_module: str | None, prog: str) -> None:
+    assert cli.invoked_as(argv0, main_module) == prog
+    assert cli.build_parser(prog).format_usage().startswith(f"usage: {prog} ")
+
+
+def test_every_option_of_generate_and_bench_says_what_it_does() -> None:
+    parser = cli.build_parser("bloomz-client")
+    commands = next(a for a in parser._actions if a.dest == "command").choices
+    for name in ("generate", "bench"):
+        for action in commands[name]._actions:
+            documented = bool(action.help) and action.help != argparse.SUPPRESS
+            assert documented or action.dest in ("target", "json", "timeout"), (name, action.dest)
 
 
 @pytest.mark.parametrize(

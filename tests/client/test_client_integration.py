@@ -109,6 +109,12 @@ def test_info_through_the_module_entry_point(runtime: RuntimeProcess, tiny_check
     assert code == 0 and "device:      cpu x 1" in out and "max new tokens 64" in out
 
 
+def test_health_is_serving_and_an_unknown_service_exits_1(runtime: RuntimeProcess) -> None:
+    assert run_cli("--target", runtime.target, "health")[:2] == (0, "SERVING\n")
+    code, _, err = run_cli("--target", runtime.target, "health", "--service", "no.such.Service")
+    assert code == 1 and "NOT_FOUND" in err
+
+
 def test_bench_both_modes(runtime: RuntimeProcess, plain_greedy_ids, tiny_checkpoint: Path) -> None:
     common = ("--target", runtime.target, "bench", "--prompt", PROMPT, "--max-new-tokens", "12")
     code, out, _ = run_cli(*common, "--warmup", "1", "--iterations", "2", "--json")

@@ -1,7 +1,9 @@
-"""`python -m bloomz_runtime.client`: generate, info, bench and dataset against a running server.
+"""`python -m bloomz_runtime.client` (or `bloomz-client`): generate, info, health, bench and dataset
+against a running server.
 
 The common options (--target, --json, --timeout) are accepted before or after the subcommand.
-Exit codes: 0 success, 1 the server (or the connection) answered an error, 2 bad usage or input.
+Exit codes: 0 success, 1 the server (or the connection) answered an error or is not serving, 2 bad usage
+or input.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from bloomz_api.client import bench, dataset
 from bloomz_api.client.connection import RpcFailure, TextGenerationClient
 from bloomz_api.client.formatting import batch_block, bench_report, throughput_summary
 from bloomz_api.client.requests import BENCHMARK_PROMPT, generation_parameters
-from bloomz_api.constants import GRPC_PORT
+from bloomz_api.constants import BENCHMARK_MAX_NEW_TOKENS, GRPC_PORT, SERVICE_NAME
 from bloomz_api.proto import generate_pb2
 
 DEFAULT_TARGET = f"localhost:{GRPC_PORT}"
@@ -71,9 +73,24 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
+def invoked_as(argv0: str, main_module: str | None) -> str:
+    """How the user started the client, for usage lines: `bloomz-client` or `python -m <package>`."""
+    if os.path.basename(argv0) in ("__main__.py", "client.py") and main_module:
+        return f"python -m {main_module.removesuffix('.__main__')}"
+    return os.path.basename(argv0) or "bloomz-client"
+
+
+def _prompt(text: str) -> str:
+    """The prompt argument; "-" reads it from standard input (a file, a pipe, a heredoc)."""
+    return sys.stdin.read() if text == "-" else text
+
+
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    if prog is None:
+        main_spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+        prog = invoked_as(sys.argv[0], main_spec.name if main_spec else None)
     parser = argparse.ArgumentParser(
-        prog="python -m bloomz_runtime.client",
+        prog=prog,
         description="Client of the bloomz.v1.TextGeneration gRPC service.",
     )
     _common_options(parser, top_level=True)
@@ -81,27 +98,61 @@ def build_parser() -> argparse.ArgumentParser:
 
     generate = commands.add_parser("generate", help="complete one prompt")
     _common_options(generate, top_level=False)
-    generate.add_argument("prompt")
+    generate.add_argument("prompt", type=_prompt, help='the text to continue; "-" reads it from stdin')
     generate.add_argument("--max-new-tokens", type=_positive_int, help="default: the server's")
     generate.add_argument("--do-sample", action="store_true", help="sample instead of greedy search")
-    generate.add_argument("--temperature", type=float)
-    generate.add_argument("--top-k", type=int)
-    generate.add_argument("--top-p", type=float)
+    generate.add_argument(
+        "--temperature", type=float, help="with --do-sample: divides the logits (> 0; below 1 is sharper)"
+    )
+    generate.add_argument("--top-k", type=int, help="with --do-sample: sample among the K likeliest tokens")
+    generate.add_argument(
+        "--top-p", type=float, help="with --do-sample: sample among the likeliest tokens holding P (0-1]"
+    )
     generate.add_argument("--seed", type=_non_negative_int, help="sampling seed (reproducible sampling)")
-    generate.add_argument("--repetition-penalty", type=float)
-    generate.add_argument("--stop", nargs="+", default=[], metavar="S", help="stop sequences")
+    generate.add_argument(
+        "--repetition-penalty", type=float, help="> 1 makes tokens already in the text less likely"
+    )
+    generate.add_argument(
+        "--stop",
+        action="append",
+        default=[],
+        metavar="S",
+        help="stop when the text contains S (the text ends before it); repeat for several",
+    )
     generate.add_argument("--ignore-eos", action="store_true", help="keep generating past end-of-sequence")
     generate.add_argument("--stream", action="store_true", help="print tokens as they arrive")
 
     info = commands.add_parser("info", help="what the server runs: model, device, world size, limits")
     _common_options(info, top_level=False)
 
-    bench_cmd = commands.add_parser("bench", help="the seed's latency benchmark (batch 1, greedy)")
+    health = commands.add_parser("health", help="the grpc.health.v1 status; exit code 0 only when SERVING")
+    _common_options(health, top_level=False)
+    health.add_argument(
+        "--service",
+        default=SERVICE_NAME,
+        help='service to check ("" for the whole server; default %(default)s)',
+    )
+
+    bench_cmd = commands.add_parser(
+        "bench", help="the BLOOMZ-on-Gaudi2 latency benchmark: batch 1, greedy, a fixed number of new tokens"
+    )
     _common_options(bench_cmd, top_level=False)
-    bench_cmd.add_argument("--prompt", default=BENCHMARK_PROMPT)
-    bench_cmd.add_argument("--max-new-tokens", type=_positive_int, default=100)
-    bench_cmd.add_argument("--warmup", type=_non_negative_int, default=2)
-    bench_cmd.add_argument("--iterations", type=_positive_int, default=5)
+    bench_cmd.add_argument("--prompt", default=BENCHMARK_PROMPT, help="default: %(default)r")
+    bench_cmd.add_argument(
+        "--max-new-tokens",
+        type=_positive_int,
+        default=BENCHMARK_MAX_NEW_TOKENS,
+        help="tokens generated per run, end-of-sequence ignored (default %(default)s)",
+    )
+    bench_cmd.add_argument(
+        "--warmup", type=_non_negative_int, default=2, help="untimed runs first (default %(default)s)"
+    )
+    bench_cmd.add_argument(
+        "--iterations",
+        type=_positive_int,
+        default=5,
+        help="timed runs; the median counts (default %(default)s)",
+    )
     bench_cmd.add_argument(
         "--mode",
         choices=("server", "client", "both"),
@@ -252,7 +303,21 @@ def _dataset(client: TextGenerationClient, args: argparse.Namespace, out: TextIO
         print(throughput_summary(summary.samples, summary.generated_tokens, summary.seconds), file=out)
 
 
-_COMMANDS = {"generate": _generate, "info": _info, "bench": _bench, "dataset": _dataset}
+def _health(client: TextGenerationClient, args: argparse.Namespace, out: TextIO) -> None:
+    status = client.health(args.service)
+    if args.json:
+        _print_json({"service": args.service, "status": status}, out)
+    else:
+        print(status, file=out)
+    if status != "SERVING":
+        raise NotServing(status)
+
+
+class NotServing(Exception):
+    """The health service answered, with something other than SERVING."""
+
+
+_COMMANDS = {"generate": _generate, "info": _info, "health": _health, "bench": _bench, "dataset": _dataset}
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextIO | None = None) -> int:
@@ -264,6 +329,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
             _COMMANDS[args.command](client, args, out)
     except RpcFailure as failure:
         print(f"error: {failure.method} failed: {failure.code.name}: {failure.details}", file=err)
+        return EXIT_RPC_ERROR
+    except NotServing:
         return EXIT_RPC_ERROR
     except dataset.DatasetError as problem:
         print(f"error: {problem}", file=err)
