@@ -25,6 +25,7 @@ Usage::
         # extras: port: int; bookmark_interval_s=10.0 (idle BOOKMARK period of watches that allow them);
         # record_requests=False -> requests: list[RequestRecord(method, path, query, user_agent)]
         def serve_pod_logs(self, provider)    # provider(namespace, pod, container) -> Path | None
+        faults: Faults                        # inject errors and stalls: faults.fail(500, ...), .stall(...)
                                               # serves pods/log from that file: kubectl logs [-f] [--tail N]
 
     python -m bloomz_operator.sandbox.apiserver [--host H] [--port N] [--crd FILE ...] [--namespace NS ...]
@@ -109,6 +110,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from aiohttp import web
 
+from ._apiserver_faults import Faults
 from ._apiserver_http import ApiHttpHandler, RequestRecord
 from ._apiserver_resources import CRD_RESOURCE
 from ._apiserver_store import ObjectStore
@@ -260,6 +262,11 @@ class SandboxAPIServer:
         if self._handler.request_log is None:
             raise RuntimeError("construct the server with record_requests=True to record requests")
         return list(self._handler.request_log)
+
+    @property
+    def faults(self) -> Faults:
+        """Errors and stalls to inject into matching requests (see ``_apiserver_faults``)."""
+        return self._handler.faults
 
     def serve_pod_logs(self, provider: Callable[[str, str, str], Path | None]) -> None:
         """Serve ``pods/log`` (``kubectl logs [-f]``) from ``provider(namespace, pod, container)``'s file."""
