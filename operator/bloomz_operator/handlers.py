@@ -250,7 +250,9 @@ def register_handlers(
             ):
                 return
             owner = _owner(body)
-            observed = podview.owned_by(await asyncio.to_thread(api().list_pods, owner.namespace), owner.uid)
+            observed = podview.owned_by(
+                await asyncio.to_thread(api().list_pods, owner.namespace, owner.name), owner.uid
+            )
             targets = [
                 PodTarget(podview.name_of(pod), _address(ip, settings.benchmark.port))
                 for pod in sorted(observed, key=podview.name_of)

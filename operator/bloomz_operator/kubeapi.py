@@ -18,7 +18,7 @@ import kubernetes
 from kubernetes.client.rest import ApiException
 
 from . import __version__
-from .constants import GROUP, LABEL_MANAGED_BY, MANAGER_NAME, PLURAL, VERSION
+from .constants import GROUP, LABEL_MANAGED_BY, LABEL_OWNER, MANAGER_NAME, PLURAL, VERSION
 from .settings import ApiSettings
 
 # (apiGroup, resource, verb) for every method below.
@@ -65,6 +65,13 @@ def make_api_client() -> kubernetes.client.ApiClient:
     return client
 
 
+def pod_selector(owner_name: str | None = None) -> str:
+    """The label selector of the operator's pods, or of one resource's pods."""
+    if owner_name is None:
+        return OWNED_PODS_SELECTOR
+    return f"{OWNED_PODS_SELECTOR},{LABEL_OWNER}={owner_name}"
+
+
 def describe_api_error(error: BaseException) -> str:
     """One line for a status condition or a log: the API server's own message when it sent a Status
     (e.g. the Pod Security admission's "violates PodSecurity ..."), else the exception itself."""
@@ -103,11 +110,12 @@ class KubeAPI:
         self.core: Any = _Bounded(kubernetes.client.CoreV1Api(api_client), self._timeout)
         self.custom: Any = _Bounded(kubernetes.client.CustomObjectsApi(api_client), self._timeout)
 
-    def list_pods(self, namespace: str) -> list[dict[str, Any]]:
-        """The operator's pods in the namespace. The label selector keeps the answer small on a busy
-        namespace; callers still filter by owner uid (an API server that ignores selectors stays correct)."""
+    def list_pods(self, namespace: str, owner_name: str | None = None) -> list[dict[str, Any]]:
+        """The operator's pods in the namespace (of one resource, with `owner_name`). The label selector keeps
+        each pass's answer to its own pods, not every pod of a busy namespace; callers still filter by owner
+        uid, so an API server that ignores selectors costs more but stays correct."""
         response = self.core.list_namespaced_pod(
-            namespace, label_selector=OWNED_PODS_SELECTOR, _preload_content=False
+            namespace, label_selector=pod_selector(owner_name), _preload_content=False
         )
         items: list[dict[str, Any]] = json.loads(response.data).get("items") or []
         return items

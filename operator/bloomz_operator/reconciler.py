@@ -77,13 +77,13 @@ def reconcile(
     if parsed.multi_node:
         _ensure_group_plumbing(api, owner, logger)
         units = build_groups(owner, parsed, settings)
-        observed = podview.owned_by(api.list_pods(owner.namespace), owner.uid)
+        observed = podview.owned_by(api.list_pods(owner.namespace, owner.name), owner.uid)
         failures = find_broken_groups(units, observed)
         actions = plan_groups(units, observed, max_surge=parsed.max_surge)
     else:
         desired = build_pods(owner, parsed, settings)
         units = [[pod] for pod in desired]
-        observed = podview.owned_by(api.list_pods(owner.namespace), owner.uid)
+        observed = podview.owned_by(api.list_pods(owner.namespace, owner.name), owner.uid)
         actions = plan_pods(desired, observed, max_surge=parsed.max_surge)
     status_hash = current_hash
     if gate is not None and settings_rollout(old_status, generation, current_hash):
@@ -96,7 +96,7 @@ def reconcile(
             logger.debug(f"template {current_hash} waits for a rollout slot; {status_hash} keeps serving")
     api_failure = _act(api, owner, actions, logger)
     if actions:
-        observed = podview.owned_by(api.list_pods(owner.namespace), owner.uid)
+        observed = podview.owned_by(api.list_pods(owner.namespace, owner.name), owner.uid)
     if gate is not None and status_hash == current_hash and rollout_finished(observed, current_hash):
         gate.finish(owner.uid)
     now = format_time(datetime.now(timezone.utc))
@@ -248,7 +248,7 @@ def invalid_spec_status(
 
 def clean_up(api: KubeAPI, owner: Owner, logger: logging.Logger | logging.LoggerAdapter[Any]) -> None:
     """Delete every child (the API server's garbage collector would too, but not every cluster has one)."""
-    for pod in podview.owned_by(api.list_pods(owner.namespace), owner.uid):
+    for pod in podview.owned_by(api.list_pods(owner.namespace, owner.name), owner.uid):
         if api.delete_pod(owner.namespace, podview.name_of(pod)):
             logger.info(f"deleted pod {podview.name_of(pod)}")
     if api.delete_service(owner.namespace, owner.name):

@@ -137,10 +137,14 @@ def test_every_call_is_bounded_and_pods_are_listed_with_the_operators_selector()
     assert (
         core.kwargs["label_selector"] == OWNED_PODS_SELECTOR == "app.kubernetes.io/managed-by=bloomz-operator"
     )
-    # Every built pod carries the label the selector asks for.
+    api.list_pods("ns", "b")
+    selector = core.kwargs["label_selector"]
+    assert selector == f"{OWNED_PODS_SELECTOR},inference.bloomz.dev/name=b"
+    # Every pod built for the resource carries the labels the selector asks for.
     for pod in build_pods(Owner("b", "ns", "u"), parse_spec(SPEC), Settings()):
-        key, value = OWNED_PODS_SELECTOR.split("=")
-        assert pod["metadata"]["labels"][key] == value
+        for term in selector.split(","):
+            key, value = term.split("=")
+            assert pod["metadata"]["labels"][key] == value
 
 
 def forbidden(message: str = PSS_MESSAGE) -> ApiException:
@@ -168,7 +172,7 @@ class FakeAPI:
         self.pods: dict[str, dict[str, Any]] = {}
         self.refuse = refuse
 
-    def list_pods(self, namespace: str) -> list[dict[str, Any]]:
+    def list_pods(self, namespace: str, owner_name: str | None = None) -> list[dict[str, Any]]:
         return [copy.deepcopy(p) for p in self.pods.values()]
 
     def create_pod(self, namespace: str, body: dict[str, Any]) -> bool:
