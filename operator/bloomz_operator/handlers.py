@@ -249,6 +249,8 @@ def register_handlers(
                 jitter_key=uid,
             ):
                 return
+            if not (status.get("readyReplicas") or 0):
+                return  # nothing serves (the reconciler keeps this count): no need to list the pods
             owner = _owner(body)
             observed = podview.owned_by(
                 await asyncio.to_thread(api().list_pods, owner.namespace, owner.name), owner.uid
