@@ -12,6 +12,7 @@ import logging
 import os
 import random
 import threading
+import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
@@ -166,6 +167,8 @@ def register_handlers(
                     if failures >= FAILURES_BEFORE_STATUS:
                         await asyncio.to_thread(report_failure, body, error, logger)
                 else:
+                    for waiting in gate.to_wake(time.monotonic()):  # a rollout slot freed: next in line
+                        wake(waiting)
                     # A refused write (already in the status) is retried with backoff: an admin may fix it.
                     failures = 0 if in_sync else failures + 1
                     interval = jittered(settings.reconcile_interval_seconds, random.random())

@@ -302,15 +302,21 @@ def hold_rollout(
     return kept
 
 
-def rollout_finished(observed: Sequence[Mapping[str, Any]], current_hash: str) -> bool:
-    """No pod of another template is left and every current pod is ready."""
-    return all(podview.hash_of(pod) == current_hash and podview.is_ready(pod) for pod in observed)
+def rollout_finished(
+    observed: Sequence[Mapping[str, Any]], desired_units: Sequence[Sequence[Mapping[str, Any]]]
+) -> bool:
+    """Every desired pod exists and is ready, and no pod of another template is left."""
+    wanted = {podview.name_of(pod) for unit in desired_units for pod in unit}
+    live = [pod for pod in observed if not podview.is_terminating(pod)]
+    ready = {podview.name_of(pod) for pod in live if podview.is_ready(pod)}
+    return wanted <= ready and all(podview.name_of(pod) in wanted for pod in observed)
 
 
 class RolloutGate:
     """Admits resources to a settings-caused rollout: at most `max_at_once` rolling together and at most
     `per_minute` starting in any 60 s. A resource holds its slot until `finish` (its rollout is done or the
     resource is gone), so a new template that never becomes ready stops the wave instead of spreading.
+    Refused resources wait in line: when a slot frees, `to_wake` names the longest-waiting ones.
     `now` is passed in (seconds, monotonic): the gate itself reads no clock."""
 
     WINDOW_S = 60.0
@@ -320,22 +326,41 @@ class RolloutGate:
         self.per_minute = per_minute
         self._rolling: dict[str, float] = {}
         self._started: list[float] = []
+        self._waiting: dict[str, float] = {}
+        self._freed = False
         self._lock = threading.Lock()  # passes of different resources run in different threads
+
+    def _free_slots(self, now: float) -> int:
+        self._started = [t for t in self._started if now - t < self.WINDOW_S]
+        return min(self.max_at_once - len(self._rolling), self.per_minute - len(self._started))
 
     def admit(self, uid: str, now: float) -> bool:
         with self._lock:
             if uid in self._rolling:
                 return True
-            self._started = [t for t in self._started if now - t < self.WINDOW_S]
-            if len(self._rolling) >= self.max_at_once or len(self._started) >= self.per_minute:
+            if self._free_slots(now) <= 0:
+                self._waiting.setdefault(uid, now)
                 return False
+            self._waiting.pop(uid, None)
             self._rolling[uid] = now
             self._started.append(now)
             return True
 
     def finish(self, uid: str) -> None:
         with self._lock:
-            self._rolling.pop(uid, None)
+            if self._rolling.pop(uid, None) is not None:
+                self._freed = True
+            self._waiting.pop(uid, None)
+
+    def to_wake(self, now: float) -> list[str]:
+        """Once after a slot freed: the waiting resources that may take the free slots, longest-waiting
+        first (waking every waiter would cost a pass each for one slot)."""
+        with self._lock:
+            if not self._freed:
+                return []
+            self._freed = False
+            free = self._free_slots(now)
+            return sorted(self._waiting, key=lambda uid: self._waiting[uid])[: max(0, free)]
 
     def rolling(self) -> set[str]:
         with self._lock:

@@ -97,7 +97,7 @@ def reconcile(
     api_failure = _act(api, owner, actions, logger)
     if actions:
         observed = podview.owned_by(api.list_pods(owner.namespace, owner.name), owner.uid)
-    if gate is not None and status_hash == current_hash and rollout_finished(observed, current_hash):
+    if gate is not None and status_hash == current_hash and rollout_finished(observed, units):
         gate.finish(owner.uid)
     now = format_time(datetime.now(timezone.utc))
     status = compute_status(

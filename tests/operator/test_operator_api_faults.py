@@ -11,7 +11,6 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, cast
 
 import pytest
-from bloomz_operator import pods as podview
 from bloomz_operator.backoff import backoff_delay, jittered, stable_fraction
 from bloomz_operator.builders import Owner, build_pods
 from bloomz_operator.kubeapi import OWNED_PODS_SELECTOR, KubeAPI, describe_api_error
@@ -270,7 +269,6 @@ def test_holding_a_rollout_keeps_old_pods_and_still_replaces_failed_ones() -> No
     old = [ready(p) for p in build_pods(OWNER, spec, Settings())]
     new_settings = replace(Settings(), devices={**Settings().devices, "cpu": DeviceSettings(image="cpu:2")})
     new = build_pods(OWNER, spec, new_settings)
-    new_hash = podview.hash_of(new[0])
     actions = plan_pods(new, old)
     assert any(isinstance(a, DeletePod) and a.reason == "template changed" for a in actions)
     units = [[pod] for pod in new]
@@ -282,9 +280,11 @@ def test_holding_a_rollout_keeps_old_pods_and_still_replaces_failed_ones() -> No
     assert [type(a).__name__ for a in actions] == ["DeletePod"] and actions[0].reason.startswith("pod Failed")
     actions = hold_rollout(plan_pods(new, [old[0]]), [old[0]], units)
     assert [a.name for a in actions if isinstance(a, CreatePod)] == [new[1]["metadata"]["name"]]
-    assert not rollout_finished([old[0], ready(new[1])], new_hash)
-    assert rollout_finished([ready(p) for p in new], new_hash)
-    assert not rollout_finished(new, new_hash)  # not ready yet
+    assert not rollout_finished([old[0], ready(new[1])], units)
+    assert not rollout_finished([ready(new[1])], units)  # the old pod is gone, its successor not there yet
+    assert not rollout_finished([], units)
+    assert rollout_finished([ready(p) for p in new], units)
+    assert not rollout_finished(new, units)  # not ready yet
 
 
 def test_the_gate_bounds_resources_rolling_at_once_and_per_minute() -> None:
@@ -299,6 +299,20 @@ def test_the_gate_bounds_resources_rolling_at_once_and_per_minute() -> None:
     assert not gate.admit("d", 30.0)  # three started within the last minute
     assert gate.admit("d", 60.5)  # "a" started more than 60 s ago
     assert gate.rolling() == {"d"}
+
+
+def test_the_gate_wakes_the_longest_waiting_resources_once_a_slot_frees() -> None:
+    gate = RolloutGate(max_at_once=1, per_minute=100)
+    assert gate.admit("a", 0.0)
+    assert not gate.admit("b", 1.0) and not gate.admit("c", 2.0) and not gate.admit("b", 3.0)
+    assert gate.to_wake(4.0) == []  # nothing freed
+    gate.finish("a")
+    assert gate.to_wake(5.0) == ["b"]  # one slot: the longest-waiting resource only
+    assert gate.to_wake(5.0) == []  # once per freed slot
+    assert gate.admit("b", 6.0) and not gate.admit("c", 6.0)
+    gate.finish("c")  # deleted while waiting
+    gate.finish("b")
+    assert gate.to_wake(7.0) == []
 
 
 def test_a_settings_change_rolls_one_resource_while_the_next_keeps_serving_its_old_pods() -> None:

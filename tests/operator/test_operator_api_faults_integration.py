@@ -22,7 +22,7 @@ from bloomz_operator.constants import GROUP, PLURAL, VERSION
 from bloomz_operator.handlers import register_handlers
 from bloomz_operator.kubeapi import USER_AGENT
 from bloomz_operator.sandbox.apiserver import SandboxAPIServer
-from bloomz_operator.settings import ApiSettings, BenchmarkSettings, Settings
+from bloomz_operator.settings import ApiSettings, BenchmarkSettings, RolloutSettings, Settings
 from kopf.testing import KopfRunner
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -164,3 +164,97 @@ def test_operator_reports_api_faults_in_status_and_recovers(server: SandboxAPISe
             lambda: not custom.list_namespaced_custom_object(GROUP, VERSION, NS, PLURAL)["items"],
         )
     assert runner.exception is None, runner.output
+
+
+def ready_status() -> dict[str, Any]:
+    running = {"running": {"startedAt": "2026-01-01T00:00:00Z"}}
+    return {
+        "phase": "Running",
+        "podIP": "127.0.0.1",
+        "conditions": [{"type": "PodScheduled", "status": "True"}, {"type": "Ready", "status": "True"}],
+        "containerStatuses": [
+            {"name": "runtime", "ready": True, "started": True, "restartCount": 0, "state": running}
+        ],
+    }
+
+
+def test_a_new_default_image_rolls_one_resource_at_a_time(server: SandboxAPIServer) -> None:
+    client = server.api_client()
+    core = kubernetes.client.CoreV1Api(client)
+    custom = kubernetes.client.CustomObjectsApi(client)
+    names = ["roll-a", "roll-b", "roll-c"]
+
+    def pods_by_owner() -> dict[str, list[dict[str, Any]]]:
+        items = json.loads(core.list_namespaced_pod(NS, _preload_content=False).data)["items"]
+        owned: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+        for pod in items:
+            owner = pod["metadata"]["labels"].get(f"{GROUP}/name")
+            if owner in owned and not pod["metadata"].get("deletionTimestamp"):
+                owned[owner].append(pod)
+        return owned
+
+    def image(pod: dict[str, Any]) -> str:
+        return str(pod["spec"]["containers"][0]["image"])
+
+    def make_ready(pods: list[dict[str, Any]]) -> None:
+        for pod in pods:
+            if pod.get("status", {}).get("phase") != "Running":
+                core.patch_namespaced_pod_status(
+                    pod["metadata"]["name"], NS, {"status": ready_status()}, _preload_content=False
+                )
+
+    def run(operator_settings: Settings) -> KopfRunner:
+        registry = kopf.OperatorRegistry()
+        register_handlers(registry, operator_settings)
+        return KopfRunner(["run", "--standalone", "--namespace", NS], registry=registry, timeout=60)
+
+    old = settings()
+    with run(old) as runner:
+        for name in names:
+            body = resource()
+            body["metadata"]["name"] = name
+            custom.create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, body)
+        wait_for("a pod per resource", lambda: all(pods_by_owner().values()) and pods_by_owner())
+        make_ready([p for pods in pods_by_owner().values() for p in pods])
+        wait_for(
+            "every resource Ready",
+            lambda: all(
+                (custom.get_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, n).get("status") or {}).get(
+                    "phase"
+                )
+                == "Ready"
+                for n in names
+            ),
+        )
+    assert runner.exception is None, runner.output
+
+    # The operator comes back with a new default CPU image (a chart upgrade) and a gate of one at a time.
+    cpu = replace(old.devices["cpu"], image="ghcr.io/bloomz-operator/runtime-cpu:0.2.0")
+    new = replace(old, devices={**old.devices, "cpu": cpu}, rollout=RolloutSettings(max_resources_at_once=1))
+    rolled: list[str] = []
+    with run(new) as runner:
+        while len(rolled) < len(names):
+            # Exactly one resource at a time has pods of the new template; the others keep their old pods.
+            def one_rolling() -> str | None:
+                current = pods_by_owner()
+                rolling = [
+                    n
+                    for n, pods in current.items()
+                    if n not in rolled and any(image(p).endswith("0.2.0") for p in pods)
+                ]
+                return rolling[0] if len(rolling) == 1 else None
+
+            name = wait_for("one resource rolling", one_rolling)
+            time.sleep(2.0)  # give the operator the chance to start another one (it must not)
+            current = pods_by_owner()
+            others = [n for n in names if n not in rolled and n != name]
+            assert all(image(p).endswith("0.1.0") for n in others for p in current[n]), current
+            assert all(current[n] for n in others)  # still serving: nothing was deleted
+            make_ready(current[name])
+            wait_for(
+                f"{name} rolled", lambda n=name: all(image(p).endswith("0.2.0") for p in pods_by_owner()[n])
+            )
+            make_ready(pods_by_owner()[name])
+            rolled.append(name)
+    assert runner.exception is None, runner.output
+    assert sorted(rolled) == names
