@@ -254,6 +254,8 @@ def register_handlers(
                 return
             if not (status.get("readyReplicas") or 0):
                 return  # nothing serves (the reconciler keeps this count): no need to list the pods
+            if status.get("templateHash", current_hash) != current_hash:
+                return  # a rollout waits for its slot: measure the new template once it serves
             owner = _owner(body)
             observed = podview.owned_by(
                 await asyncio.to_thread(api().list_pods, owner.namespace, owner.name), owner.uid

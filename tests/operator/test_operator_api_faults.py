@@ -332,3 +332,20 @@ def test_a_settings_change_rolls_one_resource_while_the_next_keeps_serving_its_o
     assert rolled.status["templateHash"] != held.status["templateHash"]
     assert held.actions == [] and held.status["phase"] == "Ready"  # still serving, still about its old pods
     assert gate.rolling() == {"u1"}
+
+
+def test_kopfs_own_calls_are_bounded_and_pods_are_watched_with_the_selector() -> None:
+    import kopf
+    from bloomz_operator.handlers import register_handlers
+    from bloomz_operator.settings import ApiSettings
+
+    registry = kopf.OperatorRegistry()
+    api = ApiSettings(request_timeout_seconds=12, connect_timeout_seconds=4, watch_timeout_seconds=100)
+    register_handlers(registry, replace(Settings(), api=api), api_factory=lambda: None)
+    (configure,) = [h for h in registry._activities.get_all_handlers() if h.id == "configure"]  # type: ignore[attr-defined]
+    kopf_settings = kopf.OperatorSettings()
+    cast(Any, configure.fn)(settings=kopf_settings)
+    assert kopf_settings.networking.request_timeout == 12 and kopf_settings.networking.connect_timeout == 4
+    assert kopf_settings.watching.server_timeout == 100 and kopf_settings.watching.client_timeout == 160
+    pods = kopf.Resource("", "v1", "pods")
+    assert list(kopf_settings.watching.label_selectors.collect(pods)) == [OWNED_PODS_SELECTOR]
