@@ -51,9 +51,9 @@ def make_api_client() -> kubernetes.client.ApiClient:
     configuration.socket_options = kubernetes.client.rest.tcp_keepalive_socket_options(
         KEEPALIVE_IDLE_S, KEEPALIVE_INTERVAL_S, KEEPALIVE_COUNT
     )
-    # No urllib3 retries inside a call (they would multiply its timeout): a failed pass is retried as a
-    # whole, with backoff.
-    configuration.retries = 0
+    # One urllib3 retry inside a call at most (a pooled connection the server had closed), not urllib3's
+    # default of three that would multiply the timeouts: a failed pass is retried as a whole, with backoff.
+    configuration.retries = 1
     path = os.environ.get("KUBECONFIG")
     if not path and os.environ.get("KUBERNETES_SERVICE_HOST"):
         kubernetes.config.load_incluster_config(client_configuration=configuration)
