@@ -110,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--window", type=float, default=60.0, help="steady-state seconds measured")
     parser.add_argument("--foreign-pods", type=int, default=0, help="pods of someone else in the namespace")
     parser.add_argument("--settle-timeout", type=float, default=900.0)
+    parser.add_argument("--reconcile-interval", type=float, help="the operator's reconcileIntervalSeconds")
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory() as tmp, SandboxAPIServer(crd_paths=[CRD], record_requests=True) as api:
@@ -119,10 +120,16 @@ def main(argv: list[str] | None = None) -> int:
         custom: Any = kubernetes.client.CustomObjectsApi(client)
         for i in range(args.foreign_pods):
             core.create_namespaced_pod(NS, foreign_pod(i), _preload_content=False)
+        config = Path(tmp) / "operator.yaml"
+        config.write_text(
+            yaml.safe_dump(
+                {"reconcileIntervalSeconds": args.reconcile_interval} if args.reconcile_interval else {}
+            )
+        )
         env = {**os.environ, "KUBECONFIG": str(kubeconfig), "BLOOMZ_BIND_HOST": "127.0.0.1"}
         command = [
             *(sys.executable, "-m", "bloomz_operator", "--standalone", "-n", NS),
-            *("--log-level", "WARNING", "--liveness-port", str(free_port())),
+            *("--log-level", "WARNING", "--liveness-port", str(free_port()), "--config", str(config)),
         ]
         log = open(Path(tmp) / "operator.log", "w+b")  # noqa: SIM115 - closed below
         operator = subprocess.Popen(
@@ -172,7 +179,10 @@ def main(argv: list[str] | None = None) -> int:
         ("API requests, steady state", f"{len(requests) / wall:.1f} /s"),
         *((f"- {kind}", f"{count / wall:.2f} /s") for kind, count in kinds.most_common()),
     ]
-    print(f"## Operator cost: {args.resources} resources, {args.foreign_pods} foreign pods, {wall:.0f} s\n")
+    title = f"## Operator cost: {args.resources} resources, {args.foreign_pods} foreign pods"
+    if args.reconcile_interval:
+        title += f", reconcileIntervalSeconds {args.reconcile_interval:g}"
+    print(f"{title}, {wall:.0f} s\n")
     print("| figure | value |\n|---|---|")
     for name, value in rows:
         print(f"| {name} | {value} |")
