@@ -349,3 +349,25 @@ def test_kopfs_own_calls_are_bounded_and_pods_are_watched_with_the_selector() ->
     assert kopf_settings.watching.server_timeout == 100 and kopf_settings.watching.client_timeout == 160
     pods = kopf.Resource("", "v1", "pods")
     assert list(kopf_settings.watching.label_selectors.collect(pods)) == [OWNED_PODS_SELECTOR]
+
+
+def test_holding_a_rollout_keeps_whole_multi_node_groups() -> None:
+    from bloomz_operator.groups import build_groups
+    from bloomz_operator.planning import plan_groups
+
+    spec = parse_spec({"model": "bigscience/bloomz", "cards": 16, "cardsPerNode": 8, "replicas": 2})
+    old = [ready(p) for group in build_groups(OWNER, spec, Settings()) for p in group]
+    hpu = replace(Settings().devices["hpu"], image="gaudi:2")
+    new_groups = build_groups(OWNER, spec, replace(Settings(), devices={**Settings().devices, "hpu": hpu}))
+    actions = plan_groups(new_groups, old)
+    assert any(isinstance(a, DeletePod) and a.reason == "template changed" for a in actions)
+    assert hold_rollout(actions, old, new_groups) == []
+    # Group 1 was evicted and is gone: it comes back whole, on the new template; group 0 keeps serving.
+    group0 = [p for p in old if p["metadata"]["labels"]["inference.bloomz.dev/replica-index"] == "0"]
+    held = hold_rollout(plan_groups(new_groups, group0), group0, new_groups)
+    assert sorted(a.name for a in held if isinstance(a, CreatePod)) == sorted(
+        p["metadata"]["name"] for p in new_groups[1]
+    )
+    assert not any(isinstance(a, DeletePod) for a in held)
+    assert rollout_finished([ready(p) for g in new_groups for p in g], new_groups)
+    assert not rollout_finished([ready(p) for p in new_groups[0]], new_groups)
