@@ -10,7 +10,9 @@ import asyncio
 import contextlib
 import logging
 import os
+import random
 import threading
+import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
@@ -18,17 +20,23 @@ from typing import Any
 import kopf
 
 from . import pods as podview
+from .backoff import backoff_delay, jittered
 from .builders import Owner
 from .constants import BENCHMARK_ANNOTATION, GROUP, KIND, LABEL_MANAGED_BY, MANAGER_NAME, PLURAL, VERSION
 from .groups import current_template_hash
-from .kubeapi import KubeAPI, make_api_client
+from .kubeapi import OWNED_PODS_SELECTOR, KubeAPI, make_api_client
 from .latency import PodTarget, benchmark_due, benchmark_requested, measure_pods, summarize
-from .reconciler import clean_up, reconcile
+from .planning import RolloutGate
+from .reconciler import clean_up, failed_pass_status, reconcile
 from .settings import Settings
 from .spec import SpecError, parse_spec
 
 FINALIZER = f"{GROUP}/finalizer"
 STORAGE_PREFIX = f"operator.{GROUP}"
+# Consecutive failed passes before the failure is written into the status (one blip is not news).
+FAILURES_BEFORE_STATUS = 2
+# The client gives up on a watch stream this long after the server was asked to end it.
+WATCH_CLIENT_GRACE_S = 60.0
 
 
 def _owner(body: kopf.Body) -> Owner:
@@ -50,11 +58,15 @@ def register_handlers(
     api_holder: list[KubeAPI] = []
     # One reconciliation (or clean-up) at a time per resource.
     resource_locks: dict[str, threading.Lock] = {}
+    gate = RolloutGate(settings.rollout.max_resources_at_once, settings.rollout.max_resources_per_minute)
+    # uids whose latency timer has had its random start offset (timers of resources created together would
+    # otherwise tick together forever).
+    timer_started: set[str] = set()
 
     def api() -> KubeAPI:
         with api_lock:
             if not api_holder:
-                api_holder.append(KubeAPI(api_factory()))
+                api_holder.append(KubeAPI(api_factory(), settings.api))
             return api_holder[0]
 
     def lock_for(uid: str) -> threading.Lock:
@@ -69,6 +81,17 @@ def register_handlers(
         settings.persistence.finalizer = FINALIZER
         # Only warnings become Kubernetes events by themselves; phase changes are posted explicitly.
         settings.posting.level = logging.WARNING
+        configure_api(settings)
+
+    def configure_api(kopf_settings: kopf.OperatorSettings) -> None:
+        """Kopf's own API calls: bounded like ours, and pods watched with the server-side selector."""
+        api_settings = settings.api
+        kopf_settings.networking.request_timeout = api_settings.request_timeout_seconds
+        kopf_settings.networking.connect_timeout = api_settings.connect_timeout_seconds
+        kopf_settings.watching.connect_timeout = api_settings.connect_timeout_seconds
+        kopf_settings.watching.server_timeout = api_settings.watch_timeout_seconds
+        kopf_settings.watching.client_timeout = api_settings.watch_timeout_seconds + WATCH_CLIENT_GRACE_S
+        kopf_settings.watching.label_selectors["", "v1", "pods"] = OWNED_PODS_SELECTOR
 
     @kopf.on.login(id="login", registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
@@ -85,8 +108,9 @@ def register_handlers(
         if event is not None:
             event.set()
 
-    def reconcile_and_report(body: kopf.Body, logger: Any) -> None:
-        """One pass; the status goes straight to the status subresource (a daemon has no patch to return)."""
+    def reconcile_and_report(body: kopf.Body, logger: Any) -> bool:
+        """One pass; the status goes straight to the status subresource (a daemon has no patch to return).
+        False when the API server refused a write (the status says which and why)."""
         owner = _owner(body)
         status = dict(body.get("status") or {})
         with lock_for(owner.uid):
@@ -98,11 +122,30 @@ def register_handlers(
                 generation=body["metadata"].get("generation"),
                 old_status=status,
                 logger=logger,
+                gate=gate,
             )
             if any(status.get(key) != value for key, value in outcome.status.items()):
                 api().patch_status(owner.namespace, owner.name, outcome.status)
         for event in outcome.events:
             kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+        return outcome.api_failure is None
+
+    def retry_delay(failures: int) -> float:
+        api_settings = settings.api
+        return backoff_delay(
+            failures,
+            base=api_settings.retry_base_seconds,
+            cap=api_settings.retry_max_seconds,
+            rand=random.random(),
+        )
+
+    def report_failure(body: kopf.Body, error: BaseException, logger: Any) -> None:
+        """Best effort: the API server that failed the pass may refuse this write too."""
+        owner = _owner(body)
+        try:
+            api().patch_status(owner.namespace, owner.name, failed_pass_status(error, body.get("status")))
+        except Exception as patch_error:  # logged; the next pass tries again
+            logger.debug(f"could not write the failure into the status: {patch_error}")
 
     @kopf.daemon(GROUP, VERSION, PLURAL, id="reconcile", cancellation_timeout=30, registry=registry)
     async def reconcile_loop(body: kopf.Body, stopped: kopf.DaemonStopped, logger: Any, **_: Any) -> None:
@@ -111,14 +154,27 @@ def register_handlers(
         uid = body["metadata"]["uid"]
         woken = wakers.setdefault(uid, asyncio.Event())
         loop = asyncio.get_running_loop()
+        failures = 0
         try:
             while not stopped:
                 woken.clear()
                 try:
-                    await asyncio.to_thread(reconcile_and_report, body, logger)
+                    in_sync = await asyncio.to_thread(reconcile_and_report, body, logger)
                 except Exception as error:  # the API may fail for a while: keep the loop alive
-                    logger.warning(f"reconciliation failed, will retry: {error}")
-                deadline = loop.time() + settings.reconcile_interval_seconds
+                    failures += 1
+                    delay = retry_delay(failures)
+                    logger.warning(f"reconciliation failed ({failures}x), retrying in {delay:.1f} s: {error}")
+                    if failures >= FAILURES_BEFORE_STATUS:
+                        await asyncio.to_thread(report_failure, body, error, logger)
+                else:
+                    for waiting in gate.to_wake(time.monotonic()):  # a rollout slot freed: next in line
+                        wake(waiting)
+                    # A refused write (already in the status) is retried with backoff: an admin may fix it.
+                    failures = 0 if in_sync else failures + 1
+                    interval = jittered(settings.reconcile_interval_seconds, random.random())
+                    delay = interval if in_sync else min(interval, retry_delay(failures))
+                # A pod or spec change wakes the loop early, also during a backoff: the change may be the fix.
+                deadline = loop.time() + delay
                 while not stopped and not woken.is_set() and loop.time() < deadline:
                     # Short slices so that a stop request (deletion, shutdown) ends the loop promptly.
                     with contextlib.suppress(asyncio.TimeoutError):
@@ -147,6 +203,8 @@ def register_handlers(
         owner = _owner(body)
         with lock_for(owner.uid):
             clean_up(api(), owner, logger)
+        gate.finish(owner.uid)
+        timer_started.discard(owner.uid)
         with api_lock:
             resource_locks.pop(owner.uid, None)
 
@@ -167,9 +225,16 @@ def register_handlers(
             annotations: Any,
             patch: kopf.Patch,
             logger: Any,
-            **_: Any,
+            **kwargs: Any,
         ) -> None:
             # An async timer: a measurement runs in its own task and never blocks the other handlers.
+            uid = body["metadata"]["uid"]
+            if uid not in timer_started:
+                timer_started.add(uid)
+                stopped = kwargs["stopped"]  # Kopf's timer protocol does not name it
+                await stopped.wait(random.uniform(0, settings.benchmark.check_interval_seconds))
+                if stopped:
+                    return
             try:
                 parsed = parse_spec(dict(spec))
             except SpecError:
@@ -184,10 +249,17 @@ def register_handlers(
                 requested=requested,
                 current_hash=current_hash,
                 now=now,
+                jitter_key=uid,
             ):
                 return
+            if not (status.get("readyReplicas") or 0):
+                return  # nothing serves (the reconciler keeps this count): no need to list the pods
+            if status.get("templateHash", current_hash) != current_hash:
+                return  # a rollout waits for its slot: measure the new template once it serves
             owner = _owner(body)
-            observed = podview.owned_by(await asyncio.to_thread(api().list_pods, owner.namespace), owner.uid)
+            observed = podview.owned_by(
+                await asyncio.to_thread(api().list_pods, owner.namespace, owner.name), owner.uid
+            )
             targets = [
                 PodTarget(podview.name_of(pod), _address(ip, settings.benchmark.port))
                 for pod in sorted(observed, key=podview.name_of)

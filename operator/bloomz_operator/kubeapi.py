@@ -2,10 +2,13 @@
 
 The calls are few and idempotent: creating what exists (409) and deleting what is gone (404) count as done,
 so a re-run after a crash or an operator restart is safe. `API_CALLS` lists them for the RBAC test.
+Every call is bounded (connect and read timeouts) and its connections carry TCP keep-alive, so a dead API
+server connection fails a pass within seconds instead of hanging it while it holds the resource's lock.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Mapping
@@ -15,7 +18,8 @@ import kubernetes
 from kubernetes.client.rest import ApiException
 
 from . import __version__
-from .constants import GROUP, PLURAL, VERSION
+from .constants import GROUP, LABEL_MANAGED_BY, LABEL_OWNER, MANAGER_NAME, PLURAL, VERSION
+from .settings import ApiSettings
 
 # (apiGroup, resource, verb) for every method below.
 API_CALLS: frozenset[tuple[str, str, str]] = frozenset(
@@ -35,32 +39,84 @@ API_CALLS: frozenset[tuple[str, str, str]] = frozenset(
 
 
 USER_AGENT = f"bloomz-operator/{__version__}"
+# The operator's pods carry this label: lists ask the server for them only (and still filter by owner uid).
+OWNED_PODS_SELECTOR = f"{LABEL_MANAGED_BY}={MANAGER_NAME}"
+# TCP keep-alive: probe an idle connection after 30 s, drop it after 3 unanswered probes 10 s apart.
+KEEPALIVE_IDLE_S, KEEPALIVE_INTERVAL_S, KEEPALIVE_COUNT = 30, 10, 3
 
 
 def make_api_client() -> kubernetes.client.ApiClient:
     """A client for $KUBECONFIG (read now, not at import time) or, inside a pod, the service account."""
+    configuration = kubernetes.client.Configuration()
+    configuration.socket_options = kubernetes.client.rest.tcp_keepalive_socket_options(
+        KEEPALIVE_IDLE_S, KEEPALIVE_INTERVAL_S, KEEPALIVE_COUNT
+    )
+    # One urllib3 retry inside a call at most (a pooled connection the server had closed), not urllib3's
+    # default of three that would multiply the timeouts: a failed pass is retried as a whole, with backoff.
+    configuration.retries = 1
     path = os.environ.get("KUBECONFIG")
     if not path and os.environ.get("KUBERNETES_SERVICE_HOST"):
-        configuration = kubernetes.client.Configuration()
         kubernetes.config.load_incluster_config(client_configuration=configuration)
         client = kubernetes.client.ApiClient(configuration)
     else:
-        client = kubernetes.config.new_client_from_config(config_file=path or None)
+        kubernetes.config.load_kube_config(config_file=path or None, client_configuration=configuration)
+        client = kubernetes.client.ApiClient(configuration)
     client.user_agent = USER_AGENT  # audit logs (and the RBAC test) tell the operator's calls apart
     return client
+
+
+def pod_selector(owner_name: str | None = None) -> str:
+    """The label selector of the operator's pods, or of one resource's pods."""
+    if owner_name is None:
+        return OWNED_PODS_SELECTOR
+    return f"{OWNED_PODS_SELECTOR},{LABEL_OWNER}={owner_name}"
+
+
+def describe_api_error(error: BaseException) -> str:
+    """One line for a status condition or a log: the API server's own message when it sent a Status
+    (e.g. the Pod Security admission's "violates PodSecurity ..."), else the exception itself."""
+    if isinstance(error, ApiException):
+        message = ""
+        with contextlib.suppress(ValueError, TypeError, AttributeError):
+            message = str(json.loads(error.body or "{}").get("message") or "")
+        return f"{error.status} {error.reason}: {message or error.body or 'no message'}".strip()
+    return f"{type(error).__name__}: {error}"
+
+
+class _Bounded:
+    """Passes `_request_timeout=(connect, read)` to every method of a generated API class."""
+
+    def __init__(self, api: Any, timeout: tuple[float, float]) -> None:
+        self._api = api
+        self._timeout = timeout
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._api, name)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            kwargs.setdefault("_request_timeout", self._timeout)
+            return method(*args, **kwargs)
+
+        return call
 
 
 class KubeAPI:
     """Pods, Services and Secrets of one namespace at a time, as plain dicts."""
 
-    def __init__(self, api_client: kubernetes.client.ApiClient) -> None:
+    def __init__(self, api_client: kubernetes.client.ApiClient, settings: ApiSettings | None = None) -> None:
+        api = settings or ApiSettings()
+        self._timeout = (api.connect_timeout_seconds, api.request_timeout_seconds)
         # Any: raw dict bodies and `_preload_content=False` responses are outside the client's typed models.
-        self.core: Any = kubernetes.client.CoreV1Api(api_client)
-        self.custom: Any = kubernetes.client.CustomObjectsApi(api_client)
+        self.core: Any = _Bounded(kubernetes.client.CoreV1Api(api_client), self._timeout)
+        self.custom: Any = _Bounded(kubernetes.client.CustomObjectsApi(api_client), self._timeout)
 
-    def list_pods(self, namespace: str) -> list[dict[str, Any]]:
-        # No label selector on purpose: the caller filters by owner uid (never trust a server-side filter).
-        response = self.core.list_namespaced_pod(namespace, _preload_content=False)
+    def list_pods(self, namespace: str, owner_name: str | None = None) -> list[dict[str, Any]]:
+        """The operator's pods in the namespace (of one resource, with `owner_name`). The label selector keeps
+        each pass's answer to its own pods, not every pod of a busy namespace; callers still filter by owner
+        uid, so an API server that ignores selectors costs more but stays correct."""
+        response = self.core.list_namespaced_pod(
+            namespace, label_selector=pod_selector(owner_name), _preload_content=False
+        )
         items: list[dict[str, Any]] = json.loads(response.data).get("items") or []
         return items
 

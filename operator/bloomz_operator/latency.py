@@ -16,6 +16,7 @@ from typing import Any
 import grpc
 from bloomz_api.proto import generate_pb2, generate_pb2_grpc
 
+from .backoff import jittered, stable_fraction
 from .constants import BENCHMARK_ANNOTATION, BENCHMARK_NOW
 from .spec import BenchmarkSpec
 
@@ -58,8 +59,12 @@ def benchmark_due(
     requested: bool,
     current_hash: str,
     now: datetime,
+    jitter_key: str | None = None,
 ) -> bool:
-    """Whether a measurement should run now (given that there are ready pods to measure)."""
+    """Whether a measurement should run now (given that there are ready pods to measure).
+
+    `jitter_key` (the resource's uid): the interval moves by up to +-10 %, differently per resource and per
+    measurement, so resources created together drift apart instead of benchmarking in the same minute."""
     if requested:
         return True
     if not bench.enabled:
@@ -68,7 +73,10 @@ def benchmark_due(
         return True  # never measured, or measured on pods of another template
     if bench.interval_seconds <= 0:
         return False  # measure once per template (and on request)
-    return now >= parse_time(str(latency["measuredAt"])) + timedelta(seconds=bench.interval_seconds)
+    interval = float(bench.interval_seconds)
+    if jitter_key is not None:
+        interval = jittered(interval, stable_fraction(jitter_key, str(latency["measuredAt"])))
+    return now >= parse_time(str(latency["measuredAt"])) + timedelta(seconds=interval)
 
 
 def benchmark_request(bench: BenchmarkSpec) -> generate_pb2.BenchmarkRequest:

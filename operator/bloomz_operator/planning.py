@@ -14,6 +14,7 @@ no-op for the handlers (409), so an operator restart never duplicates a pod.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -244,3 +245,123 @@ def plan_groups(
         ready_old.sort(key=lambda key: (key[1] if isinstance(key[1], int) else 1 << 30, str(key)))
         delete(ready_old[0], "template changed")
     return actions
+
+
+# Rollouts caused by the operator's own settings (a new default image after a chart upgrade, a changed
+# device setting) change every resource's template hash at once: they are rolled at a bounded rate.
+
+
+def settings_rollout(old_status: Mapping[str, Any] | None, generation: int | None, current_hash: str) -> bool:
+    """True when the pods' template changed although the spec did not: the status was written for this
+    generation with another template hash, so the difference comes from the operator's settings."""
+    status = old_status or {}
+    previous_hash = status.get("templateHash")
+    return (
+        bool(previous_hash)
+        and previous_hash != current_hash
+        and generation is not None
+        and status.get("observedGeneration") == generation
+    )
+
+
+def hold_rollout(
+    actions: Sequence[Action],
+    observed: Sequence[Mapping[str, Any]],
+    desired_units: Sequence[Sequence[Mapping[str, Any]]],
+    *,
+    max_surge: int = 0,
+) -> list[Action]:
+    """The plan without the rollout: old-template pods (and groups) keep serving, and no new-template pod
+    is created for a replica index an old live pod still holds. Replacing finished pods, scaling down and
+    creating replicas that have no pod at all go on (within `replicas + maxSurge` units, as always).
+    `desired_units`: the current template's pods per replica index (one pod, or a group's pods)."""
+    current_hash = podview.hash_of(desired_units[0][0]) if desired_units else None
+    held = {
+        podview.index_of(pod)
+        for pod in observed
+        if podview.hash_of(pod) != current_hash and not podview.is_terminating(pod)
+    }
+    kept: list[Action] = []
+    for action in actions:
+        if isinstance(action, DeletePod) and action.reason == "template changed":
+            continue
+        if isinstance(action, CreatePod) and podview.index_of(action.body) in held:
+            continue
+        kept.append(action)
+    # A replica index with no pod of any template gets the current one (e.g. after a failed pod went away).
+    occupied = {podview.index_of(pod) for pod in observed}
+    units = {(podview.hash_of(pod), podview.index_of(pod)) for pod in observed}
+    creating = {podview.index_of(a.body) for a in kept if isinstance(a, CreatePod)}
+    in_use = len(units) + len(creating)
+    for index, unit in enumerate(desired_units):
+        if index in occupied or index in creating or in_use >= len(desired_units) + max_surge:
+            continue
+        kept.extend(CreatePod(pod) for pod in unit)
+        creating.add(index)
+        in_use += 1
+    return kept
+
+
+def rollout_finished(
+    observed: Sequence[Mapping[str, Any]], desired_units: Sequence[Sequence[Mapping[str, Any]]]
+) -> bool:
+    """Every desired pod exists and is ready, and no pod of another template is left."""
+    wanted = {podview.name_of(pod) for unit in desired_units for pod in unit}
+    live = [pod for pod in observed if not podview.is_terminating(pod)]
+    ready = {podview.name_of(pod) for pod in live if podview.is_ready(pod)}
+    return wanted <= ready and all(podview.name_of(pod) in wanted for pod in observed)
+
+
+class RolloutGate:
+    """Admits resources to a settings-caused rollout: at most `max_at_once` rolling together and at most
+    `per_minute` starting in any 60 s. A resource holds its slot until `finish` (its rollout is done or the
+    resource is gone), so a new template that never becomes ready stops the wave instead of spreading.
+    Refused resources wait in line: when a slot frees, `to_wake` names the longest-waiting ones.
+    `now` is passed in (seconds, monotonic): the gate itself reads no clock."""
+
+    WINDOW_S = 60.0
+
+    def __init__(self, max_at_once: int, per_minute: int) -> None:
+        self.max_at_once = max_at_once
+        self.per_minute = per_minute
+        self._rolling: dict[str, float] = {}
+        self._started: list[float] = []
+        self._waiting: dict[str, float] = {}
+        self._freed = False
+        self._lock = threading.Lock()  # passes of different resources run in different threads
+
+    def _free_slots(self, now: float) -> int:
+        self._started = [t for t in self._started if now - t < self.WINDOW_S]
+        return min(self.max_at_once - len(self._rolling), self.per_minute - len(self._started))
+
+    def admit(self, uid: str, now: float) -> bool:
+        with self._lock:
+            if uid in self._rolling:
+                return True
+            if self._free_slots(now) <= 0:
+                self._waiting.setdefault(uid, now)
+                return False
+            self._waiting.pop(uid, None)
+            self._rolling[uid] = now
+            self._started.append(now)
+            return True
+
+    def finish(self, uid: str) -> None:
+        with self._lock:
+            if self._rolling.pop(uid, None) is not None:
+                self._freed = True
+            self._waiting.pop(uid, None)
+
+    def to_wake(self, now: float) -> list[str]:
+        """Once after a slot freed: the waiting resources that may take the free slots, longest-waiting
+        first (waking every waiter would cost a pass each for one slot)."""
+        with self._lock:
+            if not self._freed:
+                return []
+            self._freed = False
+            free = self._free_slots(now)
+            return sorted(self._waiting, key=lambda uid: self._waiting[uid])[: max(0, free)]
+
+    def rolling(self) -> set[str]:
+        with self._lock:
+            return set(self._rolling)

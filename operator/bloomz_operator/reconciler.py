@@ -6,22 +6,45 @@ around the API calls, so the Kopf handlers stay one line each.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from kubernetes.client.rest import ApiException
+
 from . import pods as podview
 from .builders import Owner, build_pods, build_service, service_endpoint
 from .groups import build_groups, build_headless_service, current_template_hash, headless_service_name
-from .kubeapi import KubeAPI
+from .kubeapi import KubeAPI, describe_api_error
 from .latency import format_time
-from .planning import Action, CreatePod, DeletePod, GroupFailure, find_broken_groups, plan_groups, plan_pods
+from .planning import (
+    Action,
+    CreatePod,
+    DeletePod,
+    GroupFailure,
+    RolloutGate,
+    find_broken_groups,
+    hold_rollout,
+    plan_groups,
+    plan_pods,
+    rollout_finished,
+    settings_rollout,
+)
 from .settings import Settings
 from .spec import SpecError, parse_spec
 from .sshkeys import build_ssh_secret, generate_key_pair, ssh_secret_name
 from .status import StatusEvent, compute_status, status_events
+
+
+@dataclass(frozen=True)
+class ApiFailure:
+    reason: str  # the Status reason (Forbidden, Invalid, ...) or the HTTP status
+    message: str
 
 
 @dataclass
@@ -29,6 +52,7 @@ class Outcome:
     status: dict[str, Any]
     actions: list[Action] = field(default_factory=list)
     events: list[StatusEvent] = field(default_factory=list)
+    api_failure: ApiFailure | None = None  # a write the API server refused (the pass is retried sooner)
 
 
 def reconcile(
@@ -40,6 +64,7 @@ def reconcile(
     generation: int | None,
     old_status: Mapping[str, Any] | None,
     logger: logging.Logger | logging.LoggerAdapter[Any],
+    gate: RolloutGate | None = None,
 ) -> Outcome:
     try:
         parsed = parse_spec(spec)
@@ -51,33 +76,41 @@ def reconcile(
     failures: list[GroupFailure] = []
     if parsed.multi_node:
         _ensure_group_plumbing(api, owner, logger)
-        groups = build_groups(owner, parsed, settings)
-        observed = podview.owned_by(api.list_pods(owner.namespace), owner.uid)
-        failures = find_broken_groups(groups, observed)
-        actions = plan_groups(groups, observed, max_surge=parsed.max_surge)
+        units = build_groups(owner, parsed, settings)
+        observed = podview.owned_by(api.list_pods(owner.namespace, owner.name), owner.uid)
+        failures = find_broken_groups(units, observed)
+        actions = plan_groups(units, observed, max_surge=parsed.max_surge)
     else:
         desired = build_pods(owner, parsed, settings)
-        observed = podview.owned_by(api.list_pods(owner.namespace), owner.uid)
+        units = [[pod] for pod in desired]
+        observed = podview.owned_by(api.list_pods(owner.namespace, owner.name), owner.uid)
         actions = plan_pods(desired, observed, max_surge=parsed.max_surge)
-    for action in actions:
-        if isinstance(action, CreatePod):
-            if api.create_pod(owner.namespace, action.body):
-                logger.info(f"created pod {action.name}")
-        elif isinstance(action, DeletePod) and api.delete_pod(owner.namespace, action.name):
-            logger.info(f"deleted pod {action.name}: {action.reason}")
+    status_hash = current_hash
+    if gate is not None and settings_rollout(old_status, generation, current_hash):
+        if gate.admit(owner.uid, time.monotonic()):
+            logger.info(f"rolling the pods to template {current_hash} (the operator's settings changed)")
+        else:
+            # Wait for a slot: the old pods keep serving and the status keeps speaking about them.
+            status_hash = str((old_status or {})["templateHash"])
+            actions = hold_rollout(actions, observed, units, max_surge=parsed.max_surge)
+            logger.debug(f"template {current_hash} waits for a rollout slot; {status_hash} keeps serving")
+    api_failure = _act(api, owner, actions, logger)
     if actions:
-        observed = podview.owned_by(api.list_pods(owner.namespace), owner.uid)
+        observed = podview.owned_by(api.list_pods(owner.namespace, owner.name), owner.uid)
+    if gate is not None and status_hash == current_hash and rollout_finished(observed, units):
+        gate.finish(owner.uid)
     now = format_time(datetime.now(timezone.utc))
     status = compute_status(
         replicas=parsed.replicas,
         observed=observed,
-        current_hash=current_hash,
+        current_hash=status_hash,
         endpoint=service_endpoint(owner),
         generation=generation,
         previous_conditions=(old_status or {}).get("conditions") or (),
         now=now,
         nodes=parsed.nodes,
     )
+    status["conditions"].append(reconciled_condition(api_failure, old_status, now))
     events = status_events(old_status, status)
     last_failure = (old_status or {}).get("lastGroupFailure")
     for failure in failures:
@@ -86,7 +119,69 @@ def reconcile(
         events.append(StatusEvent("Warning", "GroupRecreated", message))
     if last_failure:
         status["lastGroupFailure"] = last_failure
-    return Outcome(status=status, actions=actions, events=events)
+    return Outcome(status=status, actions=actions, events=events, api_failure=api_failure)
+
+
+# API errors: a write the API server refuses (e.g. a pod create denied by Pod Security admission) is
+# reported in the `Reconciled` condition with the server's message; the pass still writes the status.
+
+
+def _act(
+    api: KubeAPI, owner: Owner, actions: list[Action], logger: logging.Logger | logging.LoggerAdapter[Any]
+) -> ApiFailure | None:
+    """Run the plan; an action the server refuses (4xx other than 404/409) is recorded and the others still
+    run. Server errors (5xx) and lost connections raise: the whole pass is retried with backoff."""
+    failure: ApiFailure | None = None
+    for action in actions:
+        try:
+            if isinstance(action, CreatePod):
+                if api.create_pod(owner.namespace, action.body):
+                    logger.info(f"created pod {action.name}")
+            elif isinstance(action, DeletePod) and api.delete_pod(owner.namespace, action.name):
+                logger.info(f"deleted pod {action.name}: {action.reason}")
+        except ApiException as error:
+            if error.status is None or not 400 <= error.status < 500:
+                raise
+            verb = "creating" if isinstance(action, CreatePod) else "deleting"
+            message = f"{verb} pod {action.name}: {describe_api_error(error)}"
+            logger.warning(message)
+            failure = failure or ApiFailure(api_error_reason(error), message)
+    return failure
+
+
+def api_error_reason(error: BaseException) -> str:
+    """A condition reason (CamelCase, no spaces) for an API error: the Status reason when there is one."""
+    if isinstance(error, ApiException):
+        with contextlib.suppress(ValueError, TypeError, AttributeError):
+            reason = str(json.loads(error.body or "{}").get("reason") or "")
+            if reason.isalnum():
+                return reason
+        return f"APIError{error.status}" if error.status else "APIError"
+    return "APIUnreachable"
+
+
+def reconciled_condition(
+    failure: ApiFailure | None, old_status: Mapping[str, Any] | None, now: str
+) -> dict[str, Any]:
+    """`Reconciled`: True once a pass did everything it planned; False with the API's message otherwise."""
+    if failure is None:
+        cond = {"type": "Reconciled", "status": "True", "reason": "ReconcileSucceeded", "message": "in sync"}
+    else:
+        cond = {"type": "Reconciled", "status": "False", "reason": failure.reason, "message": failure.message}
+    conditions = (old_status or {}).get("conditions") or ()
+    before: Mapping[str, Any] = next((c for c in conditions if c.get("type") == "Reconciled"), {})
+    same = before.get("status") == cond["status"] and before.get("lastTransitionTime")
+    cond["lastTransitionTime"] = before["lastTransitionTime"] if same else now
+    return cond
+
+
+def failed_pass_status(error: BaseException, old_status: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The status patch after passes failed as a whole (the API server errs or cannot be reached): the
+    other conditions as they were, `Reconciled` False with what went wrong."""
+    now = format_time(datetime.now(timezone.utc))
+    failure = ApiFailure(api_error_reason(error), f"reconciliation failed: {describe_api_error(error)}")
+    kept = [c for c in (old_status or {}).get("conditions") or () if c.get("type") != "Reconciled"]
+    return {"conditions": [*kept, reconciled_condition(failure, old_status, now)]}
 
 
 def _ensure_service(
@@ -153,7 +248,7 @@ def invalid_spec_status(
 
 def clean_up(api: KubeAPI, owner: Owner, logger: logging.Logger | logging.LoggerAdapter[Any]) -> None:
     """Delete every child (the API server's garbage collector would too, but not every cluster has one)."""
-    for pod in podview.owned_by(api.list_pods(owner.namespace), owner.uid):
+    for pod in podview.owned_by(api.list_pods(owner.namespace, owner.name), owner.uid):
         if api.delete_pod(owner.namespace, podview.name_of(pod)):
             logger.info(f"deleted pod {podview.name_of(pod)}")
     if api.delete_service(owner.namespace, owner.name):

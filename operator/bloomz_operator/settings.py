@@ -62,6 +62,30 @@ class BenchmarkSettings:
 
 
 @dataclass(frozen=True)
+class ApiSettings:
+    """How the operator talks to the API server: bounded calls, retried with exponential backoff."""
+
+    # A whole short request (connect + answer); a dead connection fails within this instead of hanging a
+    # pass that holds the resource's lock.
+    request_timeout_seconds: float = 30.0
+    connect_timeout_seconds: float = 10.0
+    # Watches: the server is asked to end the stream after this long, and the client gives up 60 s later.
+    watch_timeout_seconds: float = 300.0
+    # A failed pass is retried after ~base x 2^(n-1) seconds (with jitter), capped at max.
+    retry_base_seconds: float = 1.0
+    retry_max_seconds: float = 60.0
+
+
+@dataclass(frozen=True)
+class RolloutSettings:
+    """Rollouts the operator's own settings cause (a new default image, a changed device setting) are rolled
+    across resources at a bounded rate; a resource whose spec changed is never held back."""
+
+    max_resources_at_once: int = 5
+    max_resources_per_minute: int = 10
+
+
+@dataclass(frozen=True)
 class Settings:
     namespaces: tuple[str, ...] = ()
     log_level: str = "INFO"
@@ -71,6 +95,8 @@ class Settings:
     image_pull_secrets: tuple[str, ...] = ()
     reconcile_interval_seconds: float = 15.0
     benchmark: BenchmarkSettings = field(default_factory=BenchmarkSettings)
+    api: ApiSettings = field(default_factory=ApiSettings)
+    rollout: RolloutSettings = field(default_factory=RolloutSettings)
     devices: Mapping[str, DeviceSettings] = field(default_factory=lambda: dict(DEFAULT_DEVICES))
 
     def device(self, name: str) -> DeviceSettings:
@@ -113,7 +139,20 @@ _TOP_KEYS = {
     "imagePullSecrets",
     "reconcileIntervalSeconds",
     "benchmark",
+    "api",
+    "rollout",
     "devices",
+}
+_API_KEYS = {
+    "requestTimeoutSeconds": "request_timeout_seconds",
+    "connectTimeoutSeconds": "connect_timeout_seconds",
+    "watchTimeoutSeconds": "watch_timeout_seconds",
+    "retryBaseSeconds": "retry_base_seconds",
+    "retryMaxSeconds": "retry_max_seconds",
+}
+_ROLLOUT_KEYS = {
+    "maxResourcesAtOnce": "max_resources_at_once",
+    "maxResourcesPerMinute": "max_resources_per_minute",
 }
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -183,6 +222,28 @@ def _device(name: str, data: Any, base: DeviceSettings) -> DeviceSettings:
     return replace(base, **changes)
 
 
+def _api_settings(data: Any, base: ApiSettings) -> ApiSettings:
+    _expect(data, dict, "api")
+    _check_keys(data, _API_KEYS, "api")
+    changes = {_API_KEYS[key]: _positive(value, f"api.{key}") for key, value in data.items()}
+    merged = replace(base, **changes)
+    if merged.retry_max_seconds < merged.retry_base_seconds:
+        raise SettingsError("api.retryMaxSeconds: must be >= api.retryBaseSeconds")
+    return merged
+
+
+def _rollout_settings(data: Any, base: RolloutSettings) -> RolloutSettings:
+    _expect(data, dict, "rollout")
+    _check_keys(data, _ROLLOUT_KEYS, "rollout")
+    changes: dict[str, int] = {}
+    for key, value in data.items():
+        number = _expect(value, int, f"rollout.{key}")
+        if number < 1:
+            raise SettingsError(f"rollout.{key}: must be >= 1, got {number}")
+        changes[_ROLLOUT_KEYS[key]] = int(number)
+    return replace(base, **changes)
+
+
 def parse_settings(data: Mapping[str, Any] | None) -> Settings:
     """Validate a settings mapping (the YAML document) and merge it over the defaults."""
     if data is None:
@@ -233,6 +294,10 @@ def parse_settings(data: Mapping[str, Any] | None) -> Settings:
                 bench["checkIntervalSeconds"], "benchmark.checkIntervalSeconds"
             )
         changes["benchmark"] = replace(defaults.benchmark, **bench_changes)
+    if "api" in data:
+        changes["api"] = _api_settings(data["api"], defaults.api)
+    if "rollout" in data:
+        changes["rollout"] = _rollout_settings(data["rollout"], defaults.rollout)
     if "devices" in data:
         devices = _expect(data["devices"], dict, "devices")
         _check_keys(devices, set(DEVICES), "devices")

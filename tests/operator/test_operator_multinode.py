@@ -465,7 +465,7 @@ class FakeAPI:
         self.secrets: dict[str, dict[str, Any]] = {}
         self.calls: list[tuple[str, str]] = []
 
-    def list_pods(self, namespace: str) -> list[dict[str, Any]]:
+    def list_pods(self, namespace: str, owner_name: str | None = None) -> list[dict[str, Any]]:
         return [copy.deepcopy(p) for p in self.pods.values()]
 
     def create_pod(self, namespace: str, body: dict[str, Any]) -> bool:

@@ -79,6 +79,7 @@ left out (the operator's built-in default applies); an empty memory / hugepages2
   "imagePullPolicy" $config.imagePullPolicy
   "imagePullSecrets" $config.imagePullSecrets
   "benchmark" $config.benchmark
+  "rollout" $config.rollout
   "devices" $devices }}
 {{- toYaml $settings }}
 {{- end }}

@@ -4,7 +4,8 @@
 - ``routes``: URL routing, discovery, verbs; ``streams``: watches and followed logs;
 - ``store``: API semantics without HTTP; ``defaults``, ``validation``: what create sets and checks;
 - ``patches``, ``selectors``, ``tables``, ``openapi``, ``protobuf``: pure encodings of the API;
-- ``resources``: the kinds served; ``errors``: ``meta/v1`` Status bodies.
+- ``resources``: the kinds served; ``errors``: ``meta/v1`` Status bodies; ``faults``: injected errors and
+  stalls for fault tests.
 """
 
 from .server import SandboxAPIServer, load_crds

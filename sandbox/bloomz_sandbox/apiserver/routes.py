@@ -20,6 +20,7 @@ from aiohttp import web
 from . import errors as errors
 from . import openapi as openapi
 from . import protobuf as protobuf
+from .faults import Faults
 from .patches import json_patch, merge_patch, strategic_merge_patch
 from .resources import ResourceType, list_kind
 from .selectors import Matcher, selectors_matcher
@@ -72,6 +73,7 @@ class ApiHttpHandler:
         self.streams = Streams(store, bookmark_interval_s=bookmark_interval_s)
         self.address = ""  # host:port for /api's serverAddressByClientCIDRs, set once listening
         self.request_log: list[RequestRecord] | None = None  # a list records every request
+        self.faults = Faults()  # injected errors and stalls (tests)
 
     def open(self) -> None:
         """Serve streams again (a restarted server)."""
@@ -86,6 +88,7 @@ class ApiHttpHandler:
             agent = request.headers.get("User-Agent", "")
             self.request_log.append(RequestRecord(request.method, request.path, request.query_string, agent))
         try:
+            await self.faults.intercept(request)
             return await self._dispatch(request)
         except errors.ApiError as error:
             return _json(error.status_body(), error.code)

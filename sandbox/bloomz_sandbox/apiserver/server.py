@@ -26,6 +26,7 @@ Usage::
         # record_requests=False -> requests: list[RequestRecord(method, path, query, user_agent)]
         def serve_pod_logs(self, provider)    # provider(namespace, pod, container) -> Path | None
                                               # serves pods/log from that file: kubectl logs [-f] [--tail N]
+        faults: Faults                        # inject errors and stalls: faults.fail(500, ...), .stall(...)
 
     python -m bloomz_sandbox.apiserver [--host H] [--port N] [--crd FILE ...] [--namespace NS ...]
                                                 [--kubeconfig OUT]     # serves until Ctrl-C / SIGTERM
@@ -109,6 +110,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from aiohttp import web
 
+from .faults import Faults
 from .resources import CRD_RESOURCE
 from .routes import ApiHttpHandler, RequestRecord
 from .store import ObjectStore
@@ -260,6 +262,11 @@ class SandboxAPIServer:
         if self._handler.request_log is None:
             raise RuntimeError("construct the server with record_requests=True to record requests")
         return list(self._handler.request_log)
+
+    @property
+    def faults(self) -> Faults:
+        """Errors and stalls to inject into matching requests (see ``faults``)."""
+        return self._handler.faults
 
     def serve_pod_logs(self, provider: Callable[[str, str, str], Path | None]) -> None:
         """Serve ``pods/log`` (``kubectl logs [-f]``) from ``provider(namespace, pod, container)``'s file."""
