@@ -22,6 +22,7 @@ from bloomz_operator.builders import (
 )
 from bloomz_operator.settings import Settings, parse_settings
 from bloomz_operator.spec import parse_spec
+from bloomz_runtime.options import ServeOptions, parse_options
 
 ROOT = Path(__file__).resolve().parents[2]
 OWNER = Owner(name="bloomz-7b1", namespace="ml", uid="uid-1")
@@ -63,13 +64,14 @@ def test_command_line_is_the_launcher_contract() -> None:
     c = container(pod)
     assert c["name"] == "runtime"
     assert c["command"] == ["python3", "-m", "bloomz_runtime.launch"] == runtime_entrypoint()
+    # The required flags, the ports and grace period the pod depends on, and what differs from the defaults.
     assert c["args"] == [
         "--model", "bigscience/bloomz-7b1", "--device", "hpu", "--world-size", "8",
-        "--port", "50051", "--metrics-port", "9090", "--dtype", "bfloat16",
-        "--max-input-tokens", "2048", "--max-new-tokens", "1024", "--max-batch-size", "8",
-        "--max-queue-size", "64", "--batch-wait-ms", "5", "--kv-cache", "--hpu-graphs",
-        "--grace-period-s", "30",
+        "--port", "50051", "--metrics-port", "9090", "--dtype", "bfloat16", "--grace-period-s", "30.0",
     ]  # fmt: skip
+    assert parse_options(c["args"], environ={}) == ServeOptions(
+        model="bigscience/bloomz-7b1", device="hpu", world_size=8, dtype="bfloat16", grace_period_s=30.0
+    )
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     assert ports == {"grpc": 50051, "metrics": 9090}
 
@@ -82,6 +84,30 @@ def test_dtype_left_to_the_launcher_when_unset_and_flags_switch_off() -> None:
     assert "--hpu-graphs" not in args and "--no-hpu-graphs" not in args  # cpu: not an HPU flag
     hpu = runtime_args(parse_spec({"model": "m", "generation": {"hpuGraphs": False}}))
     assert "--no-hpu-graphs" in hpu
+
+
+def test_every_generation_setting_and_the_revision_reach_the_launcher() -> None:
+    spec = parse_spec(
+        {
+            "model": "bigscience/bloomz-7b1",
+            "modelRevision": "0123abcd",
+            "device": "cuda",
+            "cards": 2,
+            "generation": {
+                "maxInputTokens": 512,
+                "maxNewTokens": 64,
+                "maxBatchSize": 4,
+                "maxQueueSize": 9,
+                "batchWaitMs": 0,
+                "kvCache": False,
+            },
+        }
+    )
+    opts = parse_options(runtime_args(spec), environ={})
+    assert (opts.revision, opts.world_size, opts.device) == ("0123abcd", 2, "cuda")
+    assert (opts.max_input_tokens, opts.max_new_tokens, opts.max_batch_size) == (512, 64, 4)
+    assert (opts.max_queue_size, opts.batch_wait_ms, opts.kv_cache) == (9, 0, False)
+    assert "--revision" not in runtime_args(parse_spec({"model": "m"}))
 
 
 def test_probes_use_grpc_health_and_the_startup_budget_scales_with_the_model() -> None:
