@@ -171,10 +171,13 @@ def _resources(spec: InferenceSpec, settings: Settings) -> dict[str, dict[str, A
         limits["memory"] = f"{4 * spec.cards_per_pod}Gi"
     elif device.resource_name:
         limits[device.resource_name] = str(spec.cards_per_pod)
-    if device.memory:
-        limits["memory"] = device.memory
-    if device.hugepages_2mi:
-        limits["hugepages-2Mi"] = device.hugepages_2mi
+    # Gaudi: memory and hugepages scale with the pod's cards (settings may fix a per-pod value instead).
+    memory = device.pod_memory(spec.cards_per_pod)
+    if memory:
+        limits["memory"] = memory
+    hugepages = device.pod_hugepages_2mi(spec.cards_per_pod)
+    if hugepages:
+        limits["hugepages-2Mi"] = hugepages
     # Quantities are strings in the API (an int from the spec's int-or-string is the same quantity).
     limits.update({k: str(v) for k, v in spec.resources.get("limits", {}).items()})
     requests.update({k: str(v) for k, v in spec.resources.get("requests", {}).items()})

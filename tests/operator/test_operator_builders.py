@@ -44,7 +44,12 @@ def env_of(c: dict[str, Any]) -> dict[str, Any]:
 def test_gaudi_pod_follows_intels_recipe() -> None:
     (pod,) = build_pods(OWNER, parse_spec(example_spec("bloomz.yaml")), Settings())
     c = container(pod)
-    assert c["resources"]["limits"] == {"habana.ai/gaudi": "8", "memory": "409Gi", "hugepages-2Mi": "95000Mi"}
+    # Intel's figures for a whole server (409Gi, 95000Mi), asked per card: 8 cards.
+    assert c["resources"]["limits"] == {
+        "habana.ai/gaudi": "8",
+        "memory": "418816Mi",
+        "hugepages-2Mi": "94992Mi",
+    }
     assert c["securityContext"] == {"capabilities": {"add": ["SYS_NICE"]}}
     assert pod["spec"]["hostIPC"] is True
     assert pod["spec"]["restartPolicy"] == "Always"
@@ -204,7 +209,7 @@ def test_spec_pass_through_and_settings_merge() -> None:
     assert "imagePullSecrets" not in build_pod_spec(spec, Settings())
     assert pod["nodeSelector"] == {"habana.ai/device.type": "gaudi2", "zone": "a"}
     assert pod["tolerations"] == [{"key": "habana.ai/gaudi", "operator": "Exists"}]
-    assert c["resources"]["limits"] == {"habana.ai/gaudi": "2", "memory": "200Gi", "hugepages-2Mi": "95000Mi"}
+    assert c["resources"]["limits"] == {"habana.ai/gaudi": "2", "memory": "200Gi", "hugepages-2Mi": "23748Mi"}
     assert c["resources"]["requests"] == {"cpu": "16"}
     env = env_of(c)
     assert env["LOG_LEVEL_ALL"] == "3"  # the resource's env wins over the operator's
