@@ -16,6 +16,8 @@ from typing import Any
 BACKENDS = {"hpu": "hccl", "cuda": "nccl", "cpu": "gloo"}
 # Collectives between ranks: loading a 176B checkpoint shard by shard can take many minutes.
 DEFAULT_TIMEOUT_S = 1800.0
+# Ranks wait this long for their node's download of the weights (176B: some 350 GB).
+DOWNLOAD_TIMEOUT_S = 12 * 3600.0
 # The control channel (rank 0 -> others) carries a heartbeat when idle, so a shorter limit
 # only fires when a peer is really gone.
 CONTROL_TIMEOUT_S = 120.0
@@ -64,10 +66,20 @@ class DistContext:
     local_rank: int
     # A gloo group for the control channel; None with a single rank.
     control_group: Any = None
+    # A gloo group with a download's patience, for download_barrier; None with a single rank.
+    download_group: Any = None
 
     @property
     def is_leader(self) -> bool:
         return self.rank == 0
+
+    def download_barrier(self) -> None:
+        """Every rank waits here until each node's local rank 0 has the weights (one download per node)."""
+        if self.download_group is None:
+            return
+        import torch.distributed as dist
+
+        dist.barrier(group=self.download_group)
 
 
 def init_distributed(device: str, expected_world_size: int) -> DistContext:
@@ -98,7 +110,14 @@ def init_distributed(device: str, expected_world_size: int) -> DistContext:
     )
     # Python objects travel over gloo whatever the device's collective backend is.
     control = dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=CONTROL_TIMEOUT_S))
-    return DistContext(rank=rank, world_size=world_size, local_rank=local_rank, control_group=control)
+    download = dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=DOWNLOAD_TIMEOUT_S))
+    return DistContext(
+        rank=rank,
+        world_size=world_size,
+        local_rank=local_rank,
+        control_group=control,
+        download_group=download,
+    )
 
 
 SHM_DIR = Path("/dev/shm")

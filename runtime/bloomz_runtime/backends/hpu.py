@@ -23,7 +23,7 @@ from bloomz_runtime.backends.loading import (
     bloom_injection_policy,
     ds_inference_kwargs,
     load_for_deepspeed,
-    resolve_model_dir,
+    model_dir_for,
 )
 from bloomz_runtime.dist import DistContext, hpu_environment
 from bloomz_runtime.options import ServeOptions
@@ -93,7 +93,7 @@ class HpuBackend:
         adapt_transformers_to_gaudi()
         dtype = torch_dtype(opts.torch_dtype_name)
         device = torch.device("hpu")
-        model_dir = resolve_model_dir(opts.model)
+        model_dir = model_dir_for(opts, ctx)
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         tokenizer.padding_side = "left"
         config = AutoConfig.from_pretrained(model_dir)
