@@ -67,10 +67,6 @@ class MpiJob:
     def uses_mpirun(self) -> bool:
         return self.world_size > 1 or bool(self.hosts)
 
-    @property
-    def ranks_per_node(self) -> int:
-        return self.slots_per_host if self.hosts else self.world_size
-
 
 def hostfile_text(hosts: tuple[str, ...] | list[str], slots: int) -> str:
     """Open MPI's hostfile, one `<host> slots=<n>` line per node (DeepSpeed's and optimum-habana's format)."""
