@@ -2,25 +2,28 @@
 node (local rank 0 fetches, the others wait and read the node's cache), and the CPU backend loading a
 *.bin-only repository through the real code path.
 
-The Hub itself is the only stand-in: `list_repo_files` and the downloading `snapshot_download` read a local
-"hub" folder and write huggingface_hub's real cache layout; every cache read is huggingface_hub's own."""
+The Hub itself is the only stand-in (fake_hub.FakeHub): every cache read is huggingface_hub's own. The
+per-node barrier also runs for real: two ranks under mpirun over gloo (download_rank.py)."""
 
 from __future__ import annotations
 
-import fnmatch
+import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
-from typing import Any
 
 import huggingface_hub
 import pytest
 import torch
 from bloomz_runtime.backends.loading import download_patterns, resolve_model_dir, weight_patterns
 from bloomz_runtime.dist import DistContext
+from bloomz_runtime.mpijob import Binding, MpiJob, render
+from fake_hub import FakeHub
+from helpers import free_port
 
 REPO = "bigscience/bloomz-tiny"
-COMMIT = "0123456789abcdef0123456789abcdef01234567"
-REAL_SNAPSHOT_DOWNLOAD = huggingface_hub.snapshot_download
 
 
 def test_safetensors_are_preferred() -> None:
@@ -37,36 +40,6 @@ def test_bin_weights_where_a_repository_has_no_safetensors() -> None:
 def test_a_repository_without_weights_is_refused() -> None:
     with pytest.raises(FileNotFoundError, match=r"no \*\.safetensors or \*\.bin"):
         weight_patterns(["config.json", "training_args.bin", "README.md"])
-
-
-class FakeHub:
-    """Repositories under `root/<revision>/`, served into a real huggingface_hub cache."""
-
-    def __init__(self, root: Path, cache: Path) -> None:
-        self.root, self.cache = root, cache
-        self.calls: list[tuple[Any, ...]] = []
-
-    def list_repo_files(self, repo_id: str, *, revision: str | None = None, **_: Any) -> list[str]:
-        self.calls.append(("list", repo_id, revision))
-        return sorted(
-            str(p.relative_to(self.root / str(revision))) for p in (self.root / str(revision)).rglob("*")
-        )
-
-    def snapshot_download(self, repo_id: str, **kw: Any) -> str:
-        if kw.get("local_files_only"):
-            self.calls.append(("cache", repo_id, kw.get("revision")))
-            return str(REAL_SNAPSHOT_DOWNLOAD(repo_id, **kw))
-        revision, patterns = kw["revision"], kw["allow_patterns"]
-        self.calls.append(("download", repo_id, revision, tuple(patterns)))
-        repo_cache = Path(kw.get("cache_dir") or self.cache) / f"models--{repo_id.replace('/', '--')}"
-        snapshot = repo_cache / "snapshots" / COMMIT
-        for source in (self.root / revision).rglob("*"):
-            if source.is_file() and any(fnmatch.fnmatch(source.name, p) for p in patterns):
-                snapshot.mkdir(parents=True, exist_ok=True)
-                shutil.copy(source, snapshot / source.name)
-        (repo_cache / "refs").mkdir(parents=True, exist_ok=True)
-        (repo_cache / "refs" / revision).write_text(COMMIT)
-        return str(snapshot)
 
 
 @pytest.fixture
@@ -136,3 +109,34 @@ def test_cpu_backend_serves_a_bin_only_repository(bin_only_hub: FakeHub, tiny_ch
     kept = [name for name in loaded if name in reference and loaded[name].shape == reference[name].shape]
     assert "transformer.word_embeddings.weight" in kept and len(kept) >= 10
     assert all(torch.equal(loaded[name], reference[name]) for name in kept)
+
+
+def test_two_ranks_under_mpirun_download_once(tmp_path: Path) -> None:
+    # Rank 0's download takes a second: rank 1, reading the cache without waiting, would find nothing.
+    repo = tmp_path / "hub" / "v1"
+    repo.mkdir(parents=True)
+    for name in ("config.json", "tokenizer.json", "model.safetensors", "pytorch_model.bin"):
+        (repo / name).write_text(name)
+    out = tmp_path / "out"
+    out.mkdir()
+    script = Path(__file__).with_name("download_rank.py")
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "OMP_NUM_THREADS": "1"}
+    job = MpiJob(
+        program=(sys.executable, str(script), str(tmp_path / "hub"), str(tmp_path / "cache"), str(out)),
+        world_size=2,
+        binding=Binding(oversubscribe=True),
+        forwarded_env=("MASTER_ADDR", "MASTER_PORT", "OMP_NUM_THREADS", "PATH", "PYTHONPATH"),
+        allow_run_as_root=os.geteuid() == 0,
+    )
+    done = subprocess.run(render(job), env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    ranks = [json.loads((out / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert [call[0] for call in ranks[0]["calls"]] == ["list", "download"]
+    assert ranks[0]["calls"][1][3][-1] == "*.safetensors"  # safetensors preferred over the *.bin copy
+    assert ranks[1]["calls"] == [["cache", REPO, "v1"]]
+    assert ranks[0]["path"] == ranks[1]["path"]
+    assert sorted(p.name for p in Path(ranks[0]["path"]).iterdir()) == [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+    ]
