@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from bloomz_runtime.options import ServeOptions, to_argv
+
 from .constants import (
     API_VERSION,
     CONTAINER_NAME,
@@ -105,29 +107,29 @@ def owner_reference(owner: Owner) -> dict[str, Any]:
 
 
 def runtime_args(spec: InferenceSpec) -> list[str]:
-    """The launcher's flags (contract 2) for this spec."""
+    """The launcher's flags for this spec, rendered by the runtime's own option renderer. The ports and
+    the grace period are always written out: the pod's containerPorts and termination grace period
+    depend on them, whatever defaults the image's runtime has."""
     gen = spec.generation
-    args = [
-        "--model", spec.model,
-        "--device", spec.device,
-        "--world-size", str(spec.cards),
-        "--port", str(GRPC_PORT),
-        "--metrics-port", str(METRICS_PORT),
-    ]  # fmt: skip
-    if spec.dtype:
-        args += ["--dtype", spec.dtype]
-    args += [
-        "--max-input-tokens", str(gen.max_input_tokens),
-        "--max-new-tokens", str(gen.max_new_tokens),
-        "--max-batch-size", str(gen.max_batch_size),
-        "--max-queue-size", str(gen.max_queue_size),
-        "--batch-wait-ms", str(gen.batch_wait_ms),
-        "--kv-cache" if gen.kv_cache else "--no-kv-cache",
-    ]  # fmt: skip
-    if spec.device == "hpu":
-        args.append("--hpu-graphs" if gen.hpu_graphs else "--no-hpu-graphs")
-    args += ["--grace-period-s", str(GRACE_PERIOD_S)]
-    return args
+    opts = ServeOptions(
+        model=spec.model,
+        device=spec.device,
+        revision=spec.model_revision,
+        world_size=spec.cards,
+        port=GRPC_PORT,
+        metrics_port=METRICS_PORT,
+        dtype=spec.dtype,
+        max_input_tokens=gen.max_input_tokens,
+        max_new_tokens=gen.max_new_tokens,
+        max_batch_size=gen.max_batch_size,
+        max_queue_size=gen.max_queue_size,
+        batch_wait_ms=gen.batch_wait_ms,
+        kv_cache=gen.kv_cache,
+        # An HPU setting: other devices keep the runtime's default (no flag).
+        hpu_graphs=gen.hpu_graphs if spec.device == "hpu" else ServeOptions.hpu_graphs,
+        grace_period_s=float(GRACE_PERIOD_S),
+    )
+    return to_argv(opts, always=("port", "metrics_port", "grace_period_s"))
 
 
 def _env(spec: InferenceSpec, settings: Settings) -> list[dict[str, Any]]:
@@ -169,10 +171,13 @@ def _resources(spec: InferenceSpec, settings: Settings) -> dict[str, dict[str, A
         limits["memory"] = f"{4 * spec.cards_per_pod}Gi"
     elif device.resource_name:
         limits[device.resource_name] = str(spec.cards_per_pod)
-    if device.memory:
-        limits["memory"] = device.memory
-    if device.hugepages_2mi:
-        limits["hugepages-2Mi"] = device.hugepages_2mi
+    # Gaudi: memory and hugepages scale with the pod's cards (settings may fix a per-pod value instead).
+    memory = device.pod_memory(spec.cards_per_pod)
+    if memory:
+        limits["memory"] = memory
+    hugepages = device.pod_hugepages_2mi(spec.cards_per_pod)
+    if hugepages:
+        limits["hugepages-2Mi"] = hugepages
     # Quantities are strings in the API (an int from the spec's int-or-string is the same quantity).
     limits.update({k: str(v) for k, v in spec.resources.get("limits", {}).items()})
     requests.update({k: str(v) for k, v in spec.resources.get("requests", {}).items()})

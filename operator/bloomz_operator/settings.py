@@ -7,6 +7,7 @@ message that names the key, so a typo in a Helm value never silently falls back 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -29,6 +30,13 @@ DEFAULT_IMAGES = {
     "cpu": f"ghcr.io/bloomz-operator/runtime-cpu:{RUNTIME_VERSION}",
 }
 DEVICE_RESOURCES = {"hpu": "habana.ai/gaudi", "cuda": "nvidia.com/gpu"}
+# Intel's Gaudi pod example (docs.habana.ai "Running Workloads on Kubernetes") asks 409Gi of memory and
+# 95000Mi of hugepages-2Mi for a pod with all 8 cards of a server: an eighth of each per card, so that a
+# 1-card pod asks for an eighth of a server and 8 cards for the example's figures.
+GAUDI_MEMORY_PER_CARD = "52352Mi"  # 409Gi = 418816Mi / 8
+# 95000Mi / 8 is 5937.5 pages of 2 MiB: 5937 whole pages per card, so 8 cards (94992Mi) still fit a server
+# prepared with Intel's 47500 pages.
+GAUDI_HUGEPAGES_2MI_PER_CARD = "11874Mi"
 DEVICES = ("hpu", "cuda", "cpu")
 IMAGE_PULL_POLICIES = ("Always", "IfNotPresent", "Never")
 
@@ -44,11 +52,34 @@ class DeviceSettings:
     node_selector: Mapping[str, str] = field(default_factory=dict)
     tolerations: tuple[Mapping[str, Any], ...] = ()
     env: Mapping[str, str] = field(default_factory=dict)
-    # Gaudi pod recipe (docs.habana.ai "Running Workloads on Kubernetes": memory 409Gi, hugepages-2Mi
-    # 95000Mi, hostIPC, SYS_NICE). None = not requested.
+    # Memory and hugepages-2Mi limits of a pod: the per-card values times the pod's cards, unless the
+    # per-pod values are set (they win). None = not requested.
     memory: str | None = None
     hugepages_2mi: str | None = None
+    memory_per_card: str | None = None
+    hugepages_2mi_per_card: str | None = None
     host_ipc: bool = False
+
+    def pod_memory(self, cards: int) -> str | None:
+        return self.memory or scale_quantity(self.memory_per_card, cards)
+
+    def pod_hugepages_2mi(self, cards: int) -> str | None:
+        return self.hugepages_2mi or scale_quantity(self.hugepages_2mi_per_card, cards)
+
+
+# A whole number with a binary or decimal suffix: what a per-card quantity may be, so that a pod's
+# total is exact (52352Mi x 8 = 418816Mi).
+_WHOLE_QUANTITY = re.compile(r"^([0-9]+)(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$")
+
+
+def scale_quantity(quantity: str | None, times: int) -> str | None:
+    """`quantity` x `times` in the same unit; None stays None."""
+    if quantity is None:
+        return None
+    match = _WHOLE_QUANTITY.match(quantity)
+    if not match:
+        raise ValueError(f"not a whole Kubernetes quantity: {quantity!r}")
+    return f"{int(match.group(1)) * times}{match.group(2) or ''}"
 
 
 @dataclass(frozen=True)
@@ -107,8 +138,8 @@ DEFAULT_DEVICES: dict[str, DeviceSettings] = {
     "hpu": DeviceSettings(
         image=DEFAULT_IMAGES["hpu"],
         resource_name="habana.ai/gaudi",
-        memory="409Gi",
-        hugepages_2mi="95000Mi",
+        memory_per_card=GAUDI_MEMORY_PER_CARD,
+        hugepages_2mi_per_card=GAUDI_HUGEPAGES_2MI_PER_CARD,
         host_ipc=True,
     ),
     "cuda": DeviceSettings(image=DEFAULT_IMAGES["cuda"], resource_name="nvidia.com/gpu"),
@@ -123,8 +154,12 @@ _DEVICE_KEYS = {
     "env": "env",
     "memory": "memory",
     "hugepages2Mi": "hugepages_2mi",
+    "memoryPerCard": "memory_per_card",
+    "hugepages2MiPerCard": "hugepages_2mi_per_card",
     "hostIPC": "host_ipc",
 }
+_PER_CARD_KEYS = ("memoryPerCard", "hugepages2MiPerCard")
+_QUANTITY_KEYS = ("memory", "hugepages2Mi", *_PER_CARD_KEYS)
 _BENCHMARK_KEYS = {
     "enabled": "enabled",
     "timeoutSeconds": "timeout_seconds",
@@ -215,8 +250,15 @@ def _device(name: str, data: Any, base: DeviceSettings) -> DeviceSettings:
             changes[attr] = tuple(_expect(t, dict, f"{at}[{i}]") for i, t in enumerate(items))
         elif key == "hostIPC":
             changes[attr] = _expect(value, bool, at)
-        elif value is None and key in ("memory", "hugepages2Mi", "resourceName"):
+        elif value is None and key in (*_QUANTITY_KEYS, "resourceName"):
             changes[attr] = None  # explicitly switched off
+        elif key in _PER_CARD_KEYS:
+            quantity = str(_expect(value, (str, int), at))
+            if not _WHOLE_QUANTITY.match(quantity):
+                raise SettingsError(
+                    f"{at}: a whole quantity with a unit (e.g. 52352Mi) is needed, got {value!r}"
+                )
+            changes[attr] = quantity
         else:
             changes[attr] = str(_expect(value, (str, int), at))
     return replace(base, **changes)

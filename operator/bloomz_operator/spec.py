@@ -49,6 +49,8 @@ class StorageSpec:
 class InferenceSpec:
     model: str
     device: str = "hpu"
+    # A Hub branch, tag or commit of `model` (None: the default branch).
+    model_revision: str | None = None
     cards: int = 1
     # Devices one node (pod) of a replica uses; a replica with more cards is a group of pods on several nodes.
     cards_per_node: int = 8
@@ -150,6 +152,7 @@ def _parse(spec: Mapping[str, Any]) -> InferenceSpec:
     parsed = InferenceSpec(
         model=str(spec["model"]),
         device=str(_pick(spec, "device", "hpu")),
+        model_revision=spec.get("modelRevision") or None,
         cards=int(_pick(spec, "cards", 1)),
         cards_per_node=int(_pick(spec, "cardsPerNode", 8)),
         replicas=int(_pick(spec, "replicas", 1)),

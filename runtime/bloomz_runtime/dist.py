@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,9 +16,24 @@ from typing import Any
 BACKENDS = {"hpu": "hccl", "cuda": "nccl", "cpu": "gloo"}
 # Collectives between ranks: loading a 176B checkpoint shard by shard can take many minutes.
 DEFAULT_TIMEOUT_S = 1800.0
+# Ranks wait this long for their node's download of the weights (176B: some 350 GB).
+DOWNLOAD_TIMEOUT_S = 12 * 3600.0
 # The control channel (rank 0 -> others) carries a heartbeat when idle, so a shorter limit
 # only fires when a peer is really gone.
 CONTROL_TIMEOUT_S = 120.0
+
+
+def hpu_environment(world_size: int, environ: MutableMapping[str, str]) -> None:
+    """Intel Gaudi's settings, as optimum-habana's text-generation example sets them (defaults only: a
+    user's value wins). PyTorch's Gaudi bridge reads them when habana_frameworks is first imported, so
+    they must be in place before that: the launcher puts them in every rank's environment, and
+    init_distributed sets them again before it imports the hccl backend (ranks started without the
+    launcher). PT_HPU_LAZY_ACC_PAR_MODE is gone: optimum-habana no longer sets it."""
+    environ.setdefault("EXPERIMENTAL_WEIGHT_SHARING", "FALSE")
+    environ.setdefault("PT_HPU_LAZY_MODE", "1")
+    if world_size > 1:
+        # Lazy-mode collectives: needed for HPU graphs under DeepSpeed tensor parallelism.
+        environ.setdefault("PT_HPU_ENABLE_LAZY_COLLECTIVES", "true")
 
 
 def rank_env(environ: Mapping[str, str]) -> dict[str, str]:
@@ -51,14 +66,26 @@ class DistContext:
     local_rank: int
     # A gloo group for the control channel; None with a single rank.
     control_group: Any = None
+    # A gloo group with a download's patience, for download_barrier; None with a single rank.
+    download_group: Any = None
 
     @property
     def is_leader(self) -> bool:
         return self.rank == 0
 
+    def download_barrier(self) -> None:
+        """Every rank waits here until each node's local rank 0 has the weights (one download per node)."""
+        if self.download_group is None:
+            return
+        import torch.distributed as dist
+
+        dist.barrier(group=self.download_group)
+
 
 def init_distributed(device: str, expected_world_size: int) -> DistContext:
     """Export the rank variables and initialise torch.distributed when there is more than one rank."""
+    if device == "hpu":
+        hpu_environment(expected_world_size, os.environ)
     env = rank_env(os.environ)
     os.environ.update(env)
     rank, world_size, local_rank = int(env["RANK"]), int(env["WORLD_SIZE"]), int(env["LOCAL_RANK"])
@@ -83,7 +110,14 @@ def init_distributed(device: str, expected_world_size: int) -> DistContext:
     )
     # Python objects travel over gloo whatever the device's collective backend is.
     control = dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=CONTROL_TIMEOUT_S))
-    return DistContext(rank=rank, world_size=world_size, local_rank=local_rank, control_group=control)
+    download = dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=DOWNLOAD_TIMEOUT_S))
+    return DistContext(
+        rank=rank,
+        world_size=world_size,
+        local_rank=local_rank,
+        control_group=control,
+        download_group=download,
+    )
 
 
 SHM_DIR = Path("/dev/shm")

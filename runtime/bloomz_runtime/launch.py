@@ -2,9 +2,10 @@
 
     python3 -m bloomz_runtime.launch --model PATH_OR_HUB_ID --device {hpu,cuda,cpu} --world-size N ...
 
-``build_command`` is pure and unit-tested; ``main`` adds the side effects: a free MASTER_PORT,
-signal forwarding (SIGTERM goes to rank 0, which drains and then shuts the other ranks down),
-and the child's exit code as ours.
+``plan_job`` (the job as data, ``mpijob.MpiJob``) and ``build_command`` (its argv) are pure and
+unit-tested; ``main`` adds the side effects: this node's CPU topology and Open MPI version, a free
+MASTER_PORT, signal forwarding (SIGTERM goes to rank 0, which drains and then shuts the other ranks
+down), and the child's exit code as ours.
 """
 
 from __future__ import annotations
@@ -19,10 +20,13 @@ import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
-from bloomz_runtime.dist import SHM_DIR, deepspeed_shm_prefix
+from bloomz_runtime.dist import SHM_DIR, deepspeed_shm_prefix, hpu_environment
+from bloomz_runtime.mpijob import DEFAULT_MPI_MAJOR, MpiJob, detect_mpi_major, device_binding, render
 from bloomz_runtime.multinode import ROLE_LEADER, ROLE_WORKER, prepare_leader, run_worker, split_args
 from bloomz_runtime.options import BIND_HOST_ENV, ServeOptions, parse_options, to_argv
+from bloomz_runtime.topology import CpuTopology, current_topology
 
 SERVE_MODULE = "bloomz_runtime.serve"
 # Rank 0 writes its pid here so the launcher can ask it (and only it) to drain.
@@ -52,22 +56,6 @@ def threads_per_rank(cpu_count: int, world_size: int) -> int:
     return max(1, cpu_count // world_size)
 
 
-def mpirun_binding_flags(device: str, world_size: int, cpu_count: int) -> list[str]:
-    """Process placement per device.
-
-    hpu: Intel's recipe for Gaudi servers, each rank bound to its own block of cores.
-    cuda: the GPU does the work, leave the host threads free.
-    cpu: ranks share the cores through OMP_NUM_THREADS = cores / ranks; no pinning, because a
-    container's cpuset often does not match what mpirun believes the node has.
-    """
-    if device == "hpu":
-        cores = threads_per_rank(cpu_count, world_size)
-        return ["--bind-to", "core", "--map-by", f"socket:PE={cores}", "--rank-by", "core"]
-    if device == "cuda":
-        return ["--bind-to", "none", "--map-by", "slot"]
-    return ["--bind-to", "none", "--map-by", "slot", "--oversubscribe"]
-
-
 def forwarded_env_names(environ: Mapping[str, str]) -> list[str]:
     names = {k for k in environ if k.startswith(FORWARDED_ENV_PREFIXES) or k in FORWARDED_ENV_NAMES}
     return sorted(names)
@@ -82,6 +70,9 @@ def rank_environment(
     env["MASTER_PORT"] = environ.get("MASTER_PORT", str(master_port))
     env.setdefault("OMP_NUM_THREADS", str(threads_per_rank(cpu_count, opts.world_size)))
     env[BIND_HOST_ENV] = opts.bind_host
+    if opts.device == "hpu":
+        # Before any rank's first habana_frameworks import, which may come with `import torch`.
+        hpu_environment(opts.world_size, env)
     # Output of every rank reaches the pod log at once.
     env.setdefault("PYTHONUNBUFFERED", "1")
     if pidfile:
@@ -89,26 +80,39 @@ def rank_environment(
     return env
 
 
-def build_command(
+def serve_program(opts: ServeOptions, python: str = sys.executable) -> tuple[str, ...]:
+    """What every rank runs."""
+    return (python, "-u", "-m", SERVE_MODULE, *to_argv(opts))
+
+
+def plan_job(
     opts: ServeOptions,
     env: Mapping[str, str],
     *,
     python: str = sys.executable,
     is_root: bool = False,
-    cpu_count: int = 1,
+    topology: CpuTopology | None = None,
+    ranks_per_node: int | None = None,
+    mpi_major: int = DEFAULT_MPI_MAJOR,
     mpirun: str = "mpirun",
-) -> list[str]:
-    """The command line that starts all ranks: serve directly for one rank, mpirun otherwise."""
-    serve = [python, "-u", "-m", SERVE_MODULE, *to_argv(opts)]
-    if opts.world_size == 1:
-        return serve
-    cmd = [mpirun, "-np", str(opts.world_size)]
-    if is_root:
-        cmd.append("--allow-run-as-root")
-    cmd += mpirun_binding_flags(opts.device, opts.world_size, cpu_count)
-    for name in forwarded_env_names(env):
-        cmd += ["-x", name]
-    return cmd + serve
+) -> MpiJob:
+    """The job on this node (a multi-node leader adds its hosts, see multinode.prepare_leader).
+    `topology`: this node's CPUs (placement on hpu); `ranks_per_node`: the ranks that share them."""
+    per_node = ranks_per_node or opts.world_size
+    return MpiJob(
+        program=serve_program(opts, python),
+        world_size=opts.world_size,
+        binding=device_binding(opts.device, topology, per_node),
+        forwarded_env=tuple(forwarded_env_names(env)),
+        allow_run_as_root=is_root,
+        mpi_major=mpi_major,
+        mpirun=mpirun,
+    )
+
+
+def build_command(opts: ServeOptions, env: Mapping[str, str], **job: Any) -> list[str]:
+    """The command line that starts all ranks on this node: serve directly for one rank, mpirun otherwise."""
+    return render(plan_job(opts, env, **job))
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -193,6 +197,17 @@ class _Supervisor:
                     self.kill_at = None
 
 
+def _topology(device: str) -> CpuTopology | None:
+    """This node's CPUs where placement uses them (hpu); None where they cannot be read."""
+    if device != "hpu":
+        return None
+    try:
+        return current_topology()
+    except (OSError, ValueError, subprocess.SubprocessError) as error:
+        print(f"launch: CPU topology unknown ({error}); ranks are not bound", file=sys.stderr, flush=True)
+        return None
+
+
 def main(argv: list[str] | None = None) -> int:
     # Multi-node replicas: a worker becomes sshd; a leader runs mpirun over its group (multinode.py).
     group, argv = split_args(sys.argv[1:] if argv is None else argv)
@@ -200,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         return run_worker(group)
     opts = parse_options(argv)
     cpu_count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    leader = group.role == ROLE_LEADER
     with tempfile.TemporaryDirectory(prefix="bloomz-launch-") as tmp:
         pidfile = Path(tmp) / "leader.pid" if opts.world_size > 1 else None
         env = rank_environment(
@@ -209,9 +225,17 @@ def main(argv: list[str] | None = None) -> int:
             cpu_count=cpu_count,
             pidfile=str(pidfile) if pidfile else None,
         )
-        cmd = build_command(opts, env, is_root=os.geteuid() == 0, cpu_count=cpu_count)
-        if group.role == ROLE_LEADER:
-            cmd = prepare_leader(group, opts.world_size, env, cmd, Path(tmp))
+        job = plan_job(
+            opts,
+            env,
+            is_root=os.geteuid() == 0,
+            topology=_topology(opts.device),
+            ranks_per_node=group.slots_per_host if leader else None,
+            mpi_major=detect_mpi_major() if opts.world_size > 1 else DEFAULT_MPI_MAJOR,
+        )
+        if leader:
+            job = prepare_leader(group, job, env, Path(tmp))
+        cmd = render(job)
         print("launch:", " ".join(cmd), file=sys.stderr, flush=True)
         supervisor = _Supervisor(cmd, env, pidfile, opts.grace_period_s)
         signal.signal(signal.SIGTERM, supervisor.on_signal)

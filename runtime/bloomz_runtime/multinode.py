@@ -9,8 +9,9 @@ port, writes a hostfile (`<host> slots=<n>`, itself first as `localhost` so rank
 local), and runs the usual mpirun command with the hostfile, SSH options for Open MPI's rsh launcher and
 MASTER_ADDR = its own address, so ranks on the other nodes reach rank 0's rendezvous.
 
-The pure parts (argument split, hostfile, known_hosts, mpirun and sshd command lines, the env a worker's
+The pure parts (argument split, known_hosts, the group's job, the sshd command line, the env a worker's
 SSH sessions get) are unit-tested; `wait_for_workers`, `prepare_leader` and `run_worker` are the edges.
+The mpirun command line itself is rendered from the job in one place (mpijob.render).
 """
 
 from __future__ import annotations
@@ -22,14 +23,15 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+
+from bloomz_runtime.mpijob import MpiJob, hostfile_text
 
 # BLOOMZ_BIND_HOST: the address the runtime's servers bind to (unset in a real pod: every address); a
 # worker's sshd listens there too.
 from bloomz_runtime.options import BIND_HOST_ENV
 
-SERVE_MODULE = "bloomz_runtime.serve"  # bloomz_runtime.launch.SERVE_MODULE (launch imports this module)
 ROLE_LEADER = "leader"
 ROLE_WORKER = "worker"
 DEFAULT_SSH_PORT = 2222
@@ -136,11 +138,6 @@ def check_world_size(opts: MultiNodeOptions, world_size: int) -> None:
         )
 
 
-def hostfile_text(hosts: Sequence[str], slots: int) -> str:
-    """Open MPI's hostfile, one `<host> slots=<n>` line per pod (DeepSpeed's and optimum-habana's format)."""
-    return "".join(f"{host} slots={slots}\n" for host in hosts)
-
-
 def known_hosts_text(public_key_line: str) -> str:
     """Every worker's host key is the group's own public key (the operator's Secret): trust it for any host
     name, and nothing else, so the leader still verifies whom it talks to."""
@@ -170,37 +167,24 @@ def multinode_env_names(forwarded: Sequence[str], environ: Mapping[str, str]) ->
     return sorted(names)
 
 
-def leader_command(
-    single_node_cmd: Sequence[str], *, hostfile: str, ssh_args: Sequence[str], environ: Mapping[str, str]
-) -> list[str]:
-    """Turn the launcher's mpirun command into the group's: the hostfile, Open MPI's rsh launcher options
-    (the agent stays Open MPI's default, ssh), and the environment forwarded to every node."""
-    cmd = list(single_node_cmd)
-    if not cmd or Path(cmd[0]).name != "mpirun" or SERVE_MODULE not in cmd:
-        raise ValueError(f"a multi-node group runs mpirun ... -m {SERVE_MODULE}, not {cmd[:3]}")
-    serve_at = cmd.index(SERVE_MODULE) - 3  # python -u -m bloomz_runtime.serve ...
-    mpirun_flags, serve = cmd[:serve_at], cmd[serve_at:]
-    forwarded = [mpirun_flags[i + 1] for i, arg in enumerate(mpirun_flags[:-1]) if arg == "-x"]
-    kept: list[str] = []
-    skip = False
-    for i, arg in enumerate(mpirun_flags):
-        if skip:
-            skip = False
-        elif arg == "-x" and i + 1 < len(mpirun_flags):
-            skip = True
-        else:
-            kept.append(arg)
-    group_flags = [
-        "--hostfile", hostfile,
-        "--mca", "plm_rsh_args", " ".join(ssh_args),
-        # Only the leader opens SSH connections (workers hold the key too, but need not reach each other).
-        "--mca", "plm_rsh_no_tree_spawn", "1",
-        # Open MPI 4 cuts host names at the first dot by default, and `<pod>` alone does not resolve in a
-        # cluster (only `<pod>.<headless service>` does): keep the hostfile's names whole.
-        "--mca", "orte_keep_fqdn_hostnames", "1",
-    ]  # fmt: skip
-    env_flags = [arg for name in multinode_env_names(forwarded, environ) for arg in ("-x", name)]
-    return [*kept[:3], *group_flags, *kept[3:], *env_flags, *serve]
+def group_job(
+    job: MpiJob, opts: MultiNodeOptions, *, hostfile: str, ssh_args: Sequence[str], environ: Mapping[str, str]
+) -> MpiJob:
+    """The launcher's job spread over the group: the hostfile (this node first, as `localhost`), the SSH
+    options of Open MPI's launcher (the agent stays its default, ssh), the environment every node gets."""
+    return replace(
+        job,
+        hosts=(LOCALHOST, *opts.workers),
+        slots_per_host=opts.slots_per_host,
+        hostfile=hostfile,
+        runtime_params=(
+            ("ssh_args", " ".join(ssh_args)),
+            ("no_tree_spawn", "1"),
+            # `<pod>` alone does not resolve in a cluster, only `<pod>.<headless service>` does.
+            ("keep_fqdn_hostnames", "1"),
+        ),
+        forwarded_env=tuple(multinode_env_names(job.forwarded_env, environ)),
+    )
 
 
 def worker_session_env(environ: Mapping[str, str]) -> dict[str, str]:
@@ -298,24 +282,25 @@ def wait_for_workers(
 
 def prepare_leader(
     opts: MultiNodeOptions,
-    world_size: int,
+    job: MpiJob,
     env: dict[str, str],
-    cmd: Sequence[str],
     workdir: Path,
     pod_environ: Mapping[str, str] = os.environ,
-) -> list[str]:
+) -> MpiJob:
     """The leader's side effects before mpirun: check the group's shape, point every rank at rank 0
     (MASTER_ADDR, unless the pod sets one), write the hostfile and known_hosts, wait for the workers.
-    Returns the group's mpirun command; exits with a termination message if the workers never come."""
-    check_world_size(opts, world_size)
+    Returns the group's job; exits with a termination message if the workers never come."""
+    check_world_size(opts, job.world_size)
     if "MASTER_ADDR" not in pod_environ:
         env["MASTER_ADDR"] = opts.hosts[0]
     hostfile = workdir / "hostfile"
-    # The leader is `localhost` in its own hostfile: Open MPI then knows rank 0's node is this one without
-    # resolving the leader's DNS name (which may not be published yet) to one of its interfaces.
-    hostfile.write_text(hostfile_text([LOCALHOST, *opts.workers], opts.slots_per_host))
     known_hosts = workdir / "known_hosts"
     known_hosts.write_text(known_hosts_text((Path(opts.ssh_dir) / PUBLIC_KEY).read_text()))
+    ssh_args = ssh_options(opts.ssh_dir, opts.ssh_port, str(known_hosts))
+    group = group_job(job, opts, hostfile=str(hostfile), ssh_args=ssh_args, environ=env)
+    # The leader is `localhost` in its own hostfile: Open MPI then knows rank 0's node is this one without
+    # resolving the leader's DNS name (which may not be published yet) to one of its interfaces.
+    hostfile.write_text(hostfile_text(group.hosts, group.slots_per_host))
     try:
         wait_for_workers(opts.workers, opts.ssh_port, opts.workers_timeout_s)
     except WorkersUnreachable as error:
@@ -324,8 +309,7 @@ def prepare_leader(
         with contextlib.suppress(OSError):  # not in a pod
             Path(TERMINATION_LOG).write_text(message)
         raise SystemExit(EXIT_WORKERS_UNREACHABLE) from error
-    ssh_args = ssh_options(opts.ssh_dir, opts.ssh_port, str(known_hosts))
-    return leader_command(cmd, hostfile=str(hostfile), ssh_args=ssh_args, environ=env)
+    return group
 
 
 def run_worker(opts: MultiNodeOptions, environ: Mapping[str, str] | None = None) -> int:

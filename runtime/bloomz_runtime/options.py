@@ -1,13 +1,16 @@
 """The runtime's command-line options: one parser shared by the launcher and every rank.
 
 The launcher parses the flags, then hands the same options to each rank as argv again
-(``to_argv``), so the two can never disagree about a default.
+(``to_argv``, which reads the flags off the parser), so the two can never disagree about a default;
+the operator renders a pod's flags through the same ``to_argv``. A new flag is one ``add_argument``
+and one ``ServeOptions`` field.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 DEVICES = ("hpu", "cuda", "cpu")
@@ -19,6 +22,8 @@ BIND_HOST_ENV = "BLOOMZ_BIND_HOST"
 class ServeOptions:
     model: str
     device: str
+    # A Hub branch, tag or commit to pin (None: the default branch); ignored for a local directory.
+    revision: str | None = None
     world_size: int = 1
     port: int = 50051
     metrics_port: int = 9090
@@ -67,6 +72,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description="BLOOMZ gRPC inference runtime")
     p.add_argument("--model", required=True, help="local checkpoint directory or Hugging Face Hub id")
     p.add_argument("--device", required=True, choices=DEVICES)
+    p.add_argument(
+        "--revision", default=None, help="Hub branch, tag or commit of --model (default: the main branch)"
+    )
     p.add_argument("--world-size", type=_positive, default=1, help="tensor-parallel ranks (mpirun -np)")
     p.add_argument("--port", type=_port, default=50051, help="gRPC port")
     p.add_argument(
@@ -104,29 +112,23 @@ def parse_options(argv: list[str] | None = None, environ: dict[str, str] | None 
     return ServeOptions(bind_host=env.get(BIND_HOST_ENV, "0.0.0.0"), **values)
 
 
-def to_argv(opts: ServeOptions) -> list[str]:
-    """The flags that reproduce ``opts`` (bind host travels in the environment, not argv)."""
-    argv = [
-        "--model", opts.model,
-        "--device", opts.device,
-        "--world-size", str(opts.world_size),
-        "--port", str(opts.port),
-        "--metrics-port", str(opts.metrics_port),
-        "--max-input-tokens", str(opts.max_input_tokens),
-        "--max-new-tokens", str(opts.max_new_tokens),
-        "--max-batch-size", str(opts.max_batch_size),
-        "--max-queue-size", str(opts.max_queue_size),
-        "--batch-wait-ms", str(opts.batch_wait_ms),
-        "--kv-cache" if opts.kv_cache else "--no-kv-cache",
-        "--hpu-graphs" if opts.hpu_graphs else "--no-hpu-graphs",
-        "--grace-period-s", str(opts.grace_period_s),
-    ]  # fmt: skip
-    if opts.dtype:
-        argv += ["--dtype", opts.dtype]
-    if opts.screened_greedy is not None:
-        argv.append("--screened-greedy" if opts.screened_greedy else "--no-screened-greedy")
-    if not opts.warmup:
-        argv.append("--no-warmup")
-    if opts.served_model_name:
-        argv += ["--served-model-name", opts.served_model_name]
+def to_argv(opts: ServeOptions, always: Iterable[str] = ()) -> list[str]:
+    """The flags that reproduce ``opts``, read off the parser itself: the required ones, the fields named
+    in ``always``, and every value that differs from its default (a flag added to ``build_parser`` is
+    rendered with no change here, and a runtime that predates it never sees it unless it is set).
+    The bind host travels in the environment, not argv."""
+    explicit = set(always)
+    argv: list[str] = []
+    for action in build_parser()._actions:
+        if not action.option_strings or action.dest == "help":
+            continue
+        value = getattr(opts, action.dest)
+        if value == action.default and not action.required and action.dest not in explicit:
+            continue
+        if isinstance(action, argparse.BooleanOptionalAction):
+            argv.append(action.option_strings[0] if value else action.option_strings[1])
+        elif action.nargs == 0:  # store_true / store_false
+            argv.append(action.option_strings[0])
+        else:
+            argv += [action.option_strings[0], str(value)]
     return argv

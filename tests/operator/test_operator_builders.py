@@ -22,6 +22,7 @@ from bloomz_operator.builders import (
 )
 from bloomz_operator.settings import Settings, parse_settings
 from bloomz_operator.spec import parse_spec
+from bloomz_runtime.options import ServeOptions, parse_options
 
 ROOT = Path(__file__).resolve().parents[2]
 OWNER = Owner(name="bloomz-7b1", namespace="ml", uid="uid-1")
@@ -43,7 +44,12 @@ def env_of(c: dict[str, Any]) -> dict[str, Any]:
 def test_gaudi_pod_follows_intels_recipe() -> None:
     (pod,) = build_pods(OWNER, parse_spec(example_spec("bloomz.yaml")), Settings())
     c = container(pod)
-    assert c["resources"]["limits"] == {"habana.ai/gaudi": "8", "memory": "409Gi", "hugepages-2Mi": "95000Mi"}
+    # Intel's figures for a whole server (409Gi, 95000Mi), asked per card: 8 cards.
+    assert c["resources"]["limits"] == {
+        "habana.ai/gaudi": "8",
+        "memory": "418816Mi",
+        "hugepages-2Mi": "94992Mi",
+    }
     assert c["securityContext"] == {"capabilities": {"add": ["SYS_NICE"]}}
     assert pod["spec"]["hostIPC"] is True
     assert pod["spec"]["restartPolicy"] == "Always"
@@ -63,13 +69,14 @@ def test_command_line_is_the_launcher_contract() -> None:
     c = container(pod)
     assert c["name"] == "runtime"
     assert c["command"] == ["python3", "-m", "bloomz_runtime.launch"] == runtime_entrypoint()
+    # The required flags, the ports and grace period the pod depends on, and what differs from the defaults.
     assert c["args"] == [
         "--model", "bigscience/bloomz-7b1", "--device", "hpu", "--world-size", "8",
-        "--port", "50051", "--metrics-port", "9090", "--dtype", "bfloat16",
-        "--max-input-tokens", "2048", "--max-new-tokens", "1024", "--max-batch-size", "8",
-        "--max-queue-size", "64", "--batch-wait-ms", "5", "--kv-cache", "--hpu-graphs",
-        "--grace-period-s", "30",
+        "--port", "50051", "--metrics-port", "9090", "--dtype", "bfloat16", "--grace-period-s", "30.0",
     ]  # fmt: skip
+    assert parse_options(c["args"], environ={}) == ServeOptions(
+        model="bigscience/bloomz-7b1", device="hpu", world_size=8, dtype="bfloat16", grace_period_s=30.0
+    )
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     assert ports == {"grpc": 50051, "metrics": 9090}
 
@@ -82,6 +89,30 @@ def test_dtype_left_to_the_launcher_when_unset_and_flags_switch_off() -> None:
     assert "--hpu-graphs" not in args and "--no-hpu-graphs" not in args  # cpu: not an HPU flag
     hpu = runtime_args(parse_spec({"model": "m", "generation": {"hpuGraphs": False}}))
     assert "--no-hpu-graphs" in hpu
+
+
+def test_every_generation_setting_and_the_revision_reach_the_launcher() -> None:
+    spec = parse_spec(
+        {
+            "model": "bigscience/bloomz-7b1",
+            "modelRevision": "0123abcd",
+            "device": "cuda",
+            "cards": 2,
+            "generation": {
+                "maxInputTokens": 512,
+                "maxNewTokens": 64,
+                "maxBatchSize": 4,
+                "maxQueueSize": 9,
+                "batchWaitMs": 0,
+                "kvCache": False,
+            },
+        }
+    )
+    opts = parse_options(runtime_args(spec), environ={})
+    assert (opts.revision, opts.world_size, opts.device) == ("0123abcd", 2, "cuda")
+    assert (opts.max_input_tokens, opts.max_new_tokens, opts.max_batch_size) == (512, 64, 4)
+    assert (opts.max_queue_size, opts.batch_wait_ms, opts.kv_cache) == (9, 0, False)
+    assert "--revision" not in runtime_args(parse_spec({"model": "m"}))
 
 
 def test_probes_use_grpc_health_and_the_startup_budget_scales_with_the_model() -> None:
@@ -178,7 +209,7 @@ def test_spec_pass_through_and_settings_merge() -> None:
     assert "imagePullSecrets" not in build_pod_spec(spec, Settings())
     assert pod["nodeSelector"] == {"habana.ai/device.type": "gaudi2", "zone": "a"}
     assert pod["tolerations"] == [{"key": "habana.ai/gaudi", "operator": "Exists"}]
-    assert c["resources"]["limits"] == {"habana.ai/gaudi": "2", "memory": "200Gi", "hugepages-2Mi": "95000Mi"}
+    assert c["resources"]["limits"] == {"habana.ai/gaudi": "2", "memory": "200Gi", "hugepages-2Mi": "23748Mi"}
     assert c["resources"]["requests"] == {"cpu": "16"}
     env = env_of(c)
     assert env["LOG_LEVEL_ALL"] == "3"  # the resource's env wins over the operator's

@@ -168,12 +168,18 @@ def minimal(**spec: Any) -> dict[str, Any]:
         {"tolerations": [{"operator": "Sometimes"}]},
         {"env": [{"value": "no name"}]},
         {"rollout": {"maxSurge": -1}},
+        {"modelRevision": ""},
+        {"modelRevision": 3},
     ],
     ids=lambda spec: str(spec),
 )
 def test_bad_specs_are_refused(schema: dict[str, Any], spec: dict[str, Any]) -> None:
     with pytest.raises(jsonschema.ValidationError):
         validate(schema, minimal(**spec))
+
+
+def test_a_pinned_model_revision_is_accepted(schema: dict[str, Any]) -> None:
+    validate(schema, minimal(modelRevision="8ab4bb8c0b6a5dda7b29cd2e44a3c62ff6f1e2f0"))
 
 
 def test_missing_model_is_refused(schema: dict[str, Any]) -> None:

@@ -17,7 +17,9 @@ def test_defaults_follow_the_contract_and_intels_gaudi_recipe() -> None:
     assert s.benchmark.enabled and s.benchmark.timeout_seconds == 900 and s.benchmark.port == 50051
     hpu = s.device("hpu")
     assert hpu.resource_name == "habana.ai/gaudi"
-    assert (hpu.memory, hpu.hugepages_2mi, hpu.host_ipc) == ("409Gi", "95000Mi", True)
+    assert (hpu.memory, hpu.hugepages_2mi, hpu.host_ipc) == (None, None, True)
+    # Intel's 409Gi / 95000Mi for a whole 8-card server, asked per card.
+    assert (hpu.pod_memory(8), hpu.pod_hugepages_2mi(8)) == ("418816Mi", "94992Mi")
     assert s.device("cuda").resource_name == "nvidia.com/gpu"
     assert s.device("cpu").resource_name is None
 
@@ -33,7 +35,7 @@ imagePullPolicy: Always
 imagePullSecrets: [{name: regcred}, mirror, {name: regcred}]
 benchmark: {enabled: false, timeoutSeconds: 60}
 devices:
-  hpu: {image: my/gaudi:1, hugepages2Mi: null, nodeSelector: {habana.ai/device.type: gaudi2}}
+  hpu: {image: my/gaudi:1, hugepages2MiPerCard: null, nodeSelector: {habana.ai/device.type: gaudi2}}
   cuda: {tolerations: [{key: nvidia.com/gpu, operator: Exists}]}
 """
     )
@@ -42,8 +44,8 @@ devices:
     assert s.image_pull_policy == "Always"
     assert s.image_pull_secrets == ("regcred", "mirror")  # duplicates dropped, order kept
     assert not s.benchmark.enabled and s.benchmark.timeout_seconds == 60
-    assert s.device("hpu").image == "my/gaudi:1" and s.device("hpu").hugepages_2mi is None
-    assert s.device("hpu").memory == "409Gi"  # untouched keys keep their defaults
+    assert s.device("hpu").image == "my/gaudi:1" and s.device("hpu").pod_hugepages_2mi(8) is None
+    assert s.device("hpu").memory_per_card == "52352Mi"  # untouched keys keep their defaults
     assert s.device("hpu").node_selector == {"habana.ai/device.type": "gaudi2"}
     assert s.device("cuda").tolerations == ({"key": "nvidia.com/gpu", "operator": "Exists"},)
     monkeypatch.setenv(CONFIG_ENV, str(path))

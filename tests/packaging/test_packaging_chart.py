@@ -67,6 +67,7 @@ def test_helm_install_includes_the_crd(render: Render) -> None:
         (("--set", "config.logLevel=LOUD"), "logLevel"),
         (("--set", "watchNamespaces=team-a"), "watchNamespaces"),
         (("--set", "config.devices.hpu.hugepages2Mi=lots"), "hugepages2Mi"),
+        (("--set", "config.devices.hpu.memoryPerCard=1.5Gi"), "memoryPerCard"),
         (("--set", "rbac.create=maybe"), "create"),
         (("--set-json", 'config.devices.cpu.env={"LOG_LEVEL": 1}'), "LOG_LEVEL"),
         (("--set", "config.devices.tpu.image=x"), "tpu"),

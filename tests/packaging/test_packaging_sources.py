@@ -127,7 +127,8 @@ def test_default_settings_file_loads_and_keeps_operator_defaults(render: Render,
     assert settings.image_pull_secrets == ()
     hpu = settings.device("hpu")
     assert hpu.resource_name == "habana.ai/gaudi"
-    assert (hpu.memory, hpu.hugepages_2mi, hpu.host_ipc) == ("409Gi", "95000Mi", True)
+    assert (hpu.memory, hpu.hugepages_2mi, hpu.host_ipc) == (None, None, True)
+    assert (hpu.memory_per_card, hpu.hugepages_2mi_per_card) == ("52352Mi", "11874Mi")
     assert settings.device("cuda").resource_name == "nvidia.com/gpu"
     # Empty image values leave the operator's built-in runtime images in force.
     assert {name: settings.device(name).image for name in DEFAULT_IMAGES} == DEFAULT_IMAGES
@@ -147,8 +148,8 @@ def test_namespaced_settings_file_carries_the_values(render: Render, tmp_path: P
     assert [dict(t) for t in hpu.tolerations] == [
         {"key": "habana.ai/gaudi", "operator": "Exists", "effect": "NoSchedule"}
     ]
-    assert hpu.memory == "400Gi"
-    assert hpu.hugepages_2mi is None  # "" in the values: no hugepages requested
+    assert hpu.pod_memory(1) == "400Gi"  # fixed per pod: wins over the per-card default
+    assert hpu.pod_hugepages_2mi(8) is None  # "" per card and per pod in the values: none requested
     assert dict(hpu.env) == {"LOG_LEVEL_ALL": "4"}
     assert settings.device("cpu").image == "registry.example.com/ml/runtime-cpu:0.1.0"
     assert settings.device("cuda").image == DEFAULT_IMAGES["cuda"]

@@ -10,16 +10,15 @@ from pathlib import Path
 
 import pytest
 from bloomz_runtime import launch
+from bloomz_runtime.mpijob import MpiJob, hostfile_text, render
 from bloomz_runtime.multinode import (
     EXIT_WORKERS_UNREACHABLE,
-    SERVE_MODULE,
     MultiNodeOptions,
     WorkersUnreachable,
     avoid_shared_memory_all_reduce_across_nodes,
     check_world_size,
-    hostfile_text,
+    group_job,
     known_hosts_text,
-    leader_command,
     prepare_leader,
     probe_ssh_port,
     ranks_span_nodes,
@@ -30,6 +29,9 @@ from bloomz_runtime.multinode import (
     worker_session_env,
 )
 from bloomz_runtime.options import ServeOptions, parse_options, to_argv
+from bloomz_runtime.topology import parse_lscpu
+
+TWO_SOCKETS_HT = parse_lscpu(Path(__file__).with_name("topologies").joinpath("2x40-ht.lscpu").read_text())
 
 HOSTS = "b-abc-0-0.b-hosts,b-abc-0-1.b-hosts"
 LEADER_ARGV = [
@@ -38,10 +40,6 @@ LEADER_ARGV = [
     "--ssh-port", "2222", "--ssh-dir", "/etc/bloomz/ssh", "--workers-timeout-s", "600",
     "--port", "50051",
 ]  # fmt: skip
-
-
-def test_serve_module_is_the_launchers() -> None:
-    assert SERVE_MODULE == launch.SERVE_MODULE
 
 
 def test_leader_flags_are_split_from_the_usual_ones() -> None:
@@ -87,7 +85,7 @@ def test_world_size_must_be_hosts_times_slots() -> None:
 
 
 def test_hostfile_lists_every_pod_leader_first() -> None:
-    assert hostfile_text(["a.h", "b.h", "c.h"], 8) == "a.h slots=8\nb.h slots=8\nc.h slots=8\n"
+    assert hostfile_text(("a.h", "b.h", "c.h"), 8) == "a.h slots=8\nb.h slots=8\nc.h slots=8\n"
 
 
 def test_known_hosts_trusts_the_groups_key_for_any_host_name() -> None:
@@ -102,11 +100,13 @@ def test_ssh_options_use_the_mounted_key_and_verify_hosts() -> None:
     assert {"BatchMode=yes", "StrictHostKeyChecking=yes", "UserKnownHostsFile=/tmp/x/known_hosts"} <= options
 
 
-def single_node_command(opts: ServeOptions, env: dict[str, str]) -> list[str]:
-    return launch.build_command(opts, env, python="/usr/bin/python3", is_root=True, cpu_count=160)
+def single_node_job(opts: ServeOptions, env: dict[str, str], slots: int = 8) -> MpiJob:
+    return launch.plan_job(
+        opts, env, python="/usr/bin/python3", is_root=True, topology=TWO_SOCKETS_HT, ranks_per_node=slots
+    )
 
 
-def test_group_mpirun_command_adds_hostfile_ssh_and_scale_out_env() -> None:
+def test_group_job_adds_hostfile_ssh_and_scale_out_env() -> None:
     opts = ServeOptions(model="/models/bloomz", device="hpu", world_size=16)
     env = {
         "PATH": "/usr/bin",
@@ -118,31 +118,32 @@ def test_group_mpirun_command_adds_hostfile_ssh_and_scale_out_env() -> None:
         "FI_PROVIDER": "tcp",
         "UNRELATED": "x",
     }
-    base = single_node_command(opts, env)
-    cmd = leader_command(base, hostfile="/tmp/l/hostfile", ssh_args=["-i", "k", "-p", "2222"], environ=env)
-    assert cmd[:5] == ["mpirun", "-np", "16", "--hostfile", "/tmp/l/hostfile"]
-    assert cmd[cmd.index("plm_rsh_args") + 1] == "-i k -p 2222"
-    assert cmd[cmd.index("plm_rsh_no_tree_spawn") + 1] == "1"
-    assert cmd[cmd.index("orte_keep_fqdn_hostnames") + 1] == "1"  # <pod>.<headless service>, not <pod>
-    assert "--allow-run-as-root" in cmd and cmd[cmd.index("--bind-to") + 1] == "core"
-    forwarded = [cmd[i + 1] for i, a in enumerate(cmd) if a == "-x"]
-    assert forwarded == [
+    multi, _ = split_args(LEADER_ARGV)
+    job = group_job(
+        single_node_job(opts, env),
+        multi,
+        hostfile="/tmp/l/hostfile",
+        ssh_args=["-i", "k", "-p", "2222"],
+        environ=env,
+    )
+    assert job.hosts == ("localhost", "b-abc-0-1.b-hosts") and job.slots_per_host == 8
+    assert job.forwarded_env == (
         "FI_PROVIDER",
         "HABANA_LOGS",
         "HCCL_SOCKET_IFNAME",
         "MASTER_ADDR",
         "MASTER_PORT",
         "PATH",
-    ]
+    )  # the node-local HABANA_VISIBLE_DEVICES stays with each node
+    cmd = render(job)
+    assert cmd[:5] == ["mpirun", "-np", "16", "--hostfile", "/tmp/l/hostfile"]
+    assert cmd[cmd.index("plm_rsh_args") + 1] == "-i k -p 2222"
+    assert cmd[cmd.index("plm_rsh_no_tree_spawn") + 1] == "1"
+    assert cmd[cmd.index("orte_keep_fqdn_hostnames") + 1] == "1"  # <pod>.<headless service>, not <pod>
+    # Each node's 8 ranks share that node's 80 physical cores.
+    assert "--allow-run-as-root" in cmd and cmd[cmd.index("--map-by") + 1] == "socket:PE=10"
     serve = cmd.index("/usr/bin/python3")
-    assert cmd[serve:] == base[base.index("/usr/bin/python3") :]
-    assert cmd[serve + 4 :] == to_argv(opts)
-
-
-def test_group_command_refuses_a_single_process_command() -> None:
-    single = single_node_command(ServeOptions(model="m", device="cpu", world_size=1), {})
-    with pytest.raises(ValueError, match="mpirun"):
-        leader_command(single, hostfile="h", ssh_args=[], environ={})
+    assert cmd[serve:] == ["/usr/bin/python3", "-u", "-m", launch.SERVE_MODULE, *to_argv(opts)]
 
 
 def test_worker_sessions_inherit_paths_and_node_local_devices() -> None:
@@ -263,7 +264,7 @@ def test_prepare_leader_writes_the_hostfile_and_waits_for_reachable_workers(
     )
     opts = ServeOptions(model="m", device="cpu", world_size=2)
     env = {"MASTER_ADDR": "127.0.0.1", "PATH": "/usr/bin"}
-    cmd = prepare_leader(multi, 2, env, single_node_command(opts, env), tmp_path, pod_environ={})
+    cmd = render(prepare_leader(multi, single_node_job(opts, env, 1), env, tmp_path, pod_environ={}))
     assert env["MASTER_ADDR"] == "leader.b-hosts"  # ranks on other nodes reach rank 0 there
     assert (tmp_path / "hostfile").read_text() == "localhost slots=1\n127.0.0.1 slots=1\n"
     public = (ssh_dir / "id_ed25519.pub").read_text().split()
@@ -274,7 +275,7 @@ def test_prepare_leader_writes_the_hostfile_and_waits_for_reachable_workers(
     assert f"UserKnownHostsFile={tmp_path / 'known_hosts'}" in rsh_args
     # A MASTER_ADDR the pod sets itself wins.
     env = {"MASTER_ADDR": "10.0.0.7"}
-    prepare_leader(multi, 2, env, single_node_command(opts, env), tmp_path, pod_environ=env)
+    prepare_leader(multi, single_node_job(opts, env, 1), env, tmp_path, pod_environ=env)
     assert env["MASTER_ADDR"] == "10.0.0.7"
 
 
@@ -291,7 +292,7 @@ def test_prepare_leader_exits_with_a_clear_error_when_workers_never_come(
     )
     opts = ServeOptions(model="m", device="cpu", world_size=2)
     with pytest.raises(SystemExit) as caught:
-        prepare_leader(multi, 2, {}, single_node_command(opts, {}), tmp_path, pod_environ={})
+        prepare_leader(multi, single_node_job(opts, {}, 1), {}, tmp_path, pod_environ={})
     assert caught.value.code == EXIT_WORKERS_UNREACHABLE
 
 

@@ -31,7 +31,7 @@ def test_single_rank_runs_serve_directly() -> None:
 
 def test_mpirun_command_for_cpu() -> None:
     env = {"MASTER_PORT": "1234", "PATH": "/bin", "UNRELATED": "x", "HF_HOME": "/hf"}
-    cmd = build_command(opts(world_size=4), env, python="py", is_root=False, cpu_count=8)
+    cmd = build_command(opts(world_size=4), env, python="py", is_root=False)
     assert cmd[:3] == ["mpirun", "-np", "4"]
     assert "--allow-run-as-root" not in cmd
     assert cmd[cmd.index("--bind-to") + 1] == "none"
@@ -44,12 +44,6 @@ def test_mpirun_command_for_cpu() -> None:
 
 def test_root_adds_allow_run_as_root() -> None:
     assert "--allow-run-as-root" in build_command(opts(), {}, is_root=True)
-
-
-def test_hpu_binds_each_rank_to_its_cores() -> None:
-    cmd = build_command(opts(device="hpu", world_size=8), {}, cpu_count=160)
-    assert cmd[cmd.index("--bind-to") + 1] == "core"
-    assert cmd[cmd.index("--map-by") + 1] == "socket:PE=20"
 
 
 def test_threads_per_rank_never_zero() -> None:
@@ -116,11 +110,30 @@ def test_options_round_trip_through_argv() -> None:
     argv = [
         "--model", "m", "--device", "hpu", "--world-size", "8", "--dtype", "bfloat16", "--no-kv-cache",
         "--no-hpu-graphs", "--no-warmup", "--served-model-name", "bloomz", "--batch-wait-ms", "0",
+        "--revision", "a1b2c3", "--grace-period-s", "12.5", "--screened-greedy",
     ]  # fmt: skip
     parsed = parse_options(argv, environ={"BLOOMZ_BIND_HOST": "127.0.0.9"})
     assert parsed.bind_host == "127.0.0.9"
     assert (parsed.kv_cache, parsed.hpu_graphs, parsed.warmup) == (False, False, False)
+    assert parsed.revision == "a1b2c3"
     assert parse_options(to_argv(parsed), environ={"BLOOMZ_BIND_HOST": "127.0.0.9"}) == parsed
+
+
+def test_argv_holds_the_required_flags_and_what_differs_from_the_defaults() -> None:
+    assert to_argv(ServeOptions(model="m", device="cpu")) == ["--model", "m", "--device", "cpu"]
+    assert to_argv(ServeOptions(model="m", device="cpu", kv_cache=False, screened_greedy=False, port=1)) == [
+        "--model", "m", "--device", "cpu", "--port", "1", "--no-kv-cache", "--no-screened-greedy",
+    ]  # fmt: skip
+
+
+def test_every_option_field_but_the_bind_host_is_a_flag() -> None:
+    # A field without a flag would silently never reach the ranks.
+    from dataclasses import fields
+
+    from bloomz_runtime.options import build_parser
+
+    dests = {a.dest for a in build_parser()._actions if a.option_strings and a.dest != "help"}
+    assert {f.name for f in fields(ServeOptions)} - dests == {"bind_host"}
 
 
 @pytest.mark.parametrize(("device", "dtype"), [("cpu", "float32"), ("cuda", "bfloat16"), ("hpu", "bfloat16")])

@@ -54,8 +54,8 @@ app.kubernetes.io/component: operator
 
 {{/*
 The operator settings file (contract: bloomz_operator.settings.load_settings). Empty image strings are
-left out (the operator's built-in default applies); an empty memory / hugepages2Mi becomes null
-("not requested").
+left out (the operator's built-in default applies); an empty memory / hugepages2Mi (fixed per pod) or
+memoryPerCard / hugepages2MiPerCard becomes null (not requested).
 */}}
 {{- define "bloomz-operator.settings" -}}
 {{- $config := .Values.config }}
@@ -64,7 +64,7 @@ left out (the operator's built-in default applies); an empty memory / hugepages2
 {{- $out := dict }}
 {{- range $key, $value := $values }}
 {{- if and (eq $key "image") (eq (toString $value) "") }}
-{{- else if and (has $key (list "memory" "hugepages2Mi")) (eq (toString $value) "") }}
+{{- else if and (has $key (list "memory" "hugepages2Mi" "memoryPerCard" "hugepages2MiPerCard")) (eq (toString $value) "") }}
 {{- $_ := set $out $key nil }}
 {{- else }}
 {{- $_ := set $out $key $value }}

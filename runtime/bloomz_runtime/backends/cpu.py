@@ -14,6 +14,7 @@ from bloomz_runtime.backends.greedy_head import (
     cap_onednn_isa,
     screen_pays_off,
 )
+from bloomz_runtime.backends.loading import model_dir_for
 from bloomz_runtime.dist import DistContext, unlink_own_shm_segment
 from bloomz_runtime.multinode import avoid_shared_memory_all_reduce_across_nodes
 from bloomz_runtime.options import ServeOptions
@@ -83,8 +84,9 @@ class CpuBackend:
         screening = ctx.world_size == 1 and wanted and dtype == torch.float32
         if screening:
             cap_onednn_isa()  # before the first oneDNN kernel of this process (the packing below)
-        tokenizer = AutoTokenizer.from_pretrained(opts.model)
-        model = AutoModelForCausalLM.from_pretrained(opts.model, torch_dtype=dtype, low_cpu_mem_usage=True)
+        model_dir = model_dir_for(opts, ctx)
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=dtype, low_cpu_mem_usage=True)
         model.eval()
         parameters = count_parameters(model)
         versions = {"torch": str(torch.__version__)}

@@ -14,7 +14,7 @@ from bloomz_runtime.backends.bloom import BloomRunner, supports_lean_forward
 from bloomz_runtime.backends.loading import (
     ds_inference_kwargs,
     load_for_deepspeed,
-    resolve_model_dir,
+    model_dir_for,
 )
 from bloomz_runtime.dist import DistContext
 from bloomz_runtime.options import ServeOptions
@@ -31,7 +31,7 @@ class CudaBackend:
         device = torch.device("cuda", ctx.local_rank)
         torch.cuda.set_device(device)
         dtype = torch_dtype(opts.torch_dtype_name)
-        model_dir = resolve_model_dir(opts.model)
+        model_dir = model_dir_for(opts, ctx)
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         config = AutoConfig.from_pretrained(model_dir)
         versions = {"torch": str(torch.__version__), "cuda": str(torch.version.cuda)}

@@ -13,7 +13,6 @@ habana_frameworks and optimum-habana exist only in Intel's images: everything is
 from __future__ import annotations
 
 import os
-from collections.abc import MutableMapping
 from typing import Any
 
 import torch
@@ -24,9 +23,9 @@ from bloomz_runtime.backends.loading import (
     bloom_injection_policy,
     ds_inference_kwargs,
     load_for_deepspeed,
-    resolve_model_dir,
+    model_dir_for,
 )
-from bloomz_runtime.dist import DistContext
+from bloomz_runtime.dist import DistContext, hpu_environment
 from bloomz_runtime.options import ServeOptions
 
 # Prompt lengths are padded up to a multiple of this (optimum-habana's --bucket_size default is
@@ -42,15 +41,6 @@ def bucket_length(length: int, bucket: int = PROMPT_BUCKET, limit: int | None = 
     if limit is not None and length <= limit < padded:
         return limit
     return padded
-
-
-def hpu_environment(world_size: int, environ: MutableMapping[str, str]) -> None:
-    """Environment optimum-habana sets before loading (defaults only: a user's value wins)."""
-    environ.setdefault("EXPERIMENTAL_WEIGHT_SHARING", "FALSE")
-    environ.setdefault("PT_HPU_LAZY_MODE", "1")
-    if world_size > 1:
-        environ.setdefault("PT_HPU_LAZY_ACC_PAR_MODE", "0")
-        environ.setdefault("PT_HPU_ENABLE_LAZY_COLLECTIVES", "true")
 
 
 class HpuModelRunner(ModelRunner):
@@ -103,7 +93,7 @@ class HpuBackend:
         adapt_transformers_to_gaudi()
         dtype = torch_dtype(opts.torch_dtype_name)
         device = torch.device("hpu")
-        model_dir = resolve_model_dir(opts.model)
+        model_dir = model_dir_for(opts, ctx)
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         tokenizer.padding_side = "left"
         config = AutoConfig.from_pretrained(model_dir)

@@ -2,7 +2,8 @@
 
 A 176B BLOOM does not fit in host memory once per rank: every rank builds the model on the meta
 device (no memory), and DeepSpeed reads only its shard from the checkpoint files listed in a
-"checkpoints json" (as optimum-habana's text-generation example does).
+"checkpoints json" (as optimum-habana's text-generation example does). A Hub checkpoint is
+downloaded once per node, at a pinned revision when one is given.
 """
 
 from __future__ import annotations
@@ -10,11 +11,16 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from bloomz_runtime.dist import DistContext
+from bloomz_runtime.options import ServeOptions
+
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
+# What a Hub download fetches besides the weights: config, tokenizer, generation settings.
+METADATA_PATTERNS = ("*.json", "*.model", "*.txt", "tokenizer*")
 # Files DeepSpeed must not treat as weights even though they match a suffix.
 NOT_WEIGHTS = ("training_args.bin", "optimizer.pt", "scheduler.pt")
 # Architectures DeepSpeed's AutoTP can fill from a checkpoints json while built on the meta device.
@@ -80,19 +86,66 @@ def ds_inference_kwargs(
     return kwargs
 
 
-def resolve_model_dir(model: str, cache_dir: str | None = None) -> Path:
-    """A local directory for ``model``: the path itself, or the Hub snapshot (downloaded if needed)."""
+def weight_patterns(repo_files: Iterable[str]) -> list[str]:
+    """Which weights to fetch from a Hub repository's file list: its safetensors, or its `*.bin` files
+    where it has none (older repositories; optimum-habana's get_repo_root also falls back to them)."""
+    names = [name for name in repo_files if Path(name).name not in NOT_WEIGHTS]
+    for suffix in (".safetensors", ".bin"):
+        if any(name.endswith(suffix) for name in names):
+            return [f"*{suffix}"]
+    raise FileNotFoundError("the repository has no *.safetensors or *.bin weights")
+
+
+def download_patterns(repo_files: Iterable[str]) -> list[str]:
+    return [*METADATA_PATTERNS, *weight_patterns(repo_files)]
+
+
+def resolve_model_dir(
+    model: str,
+    revision: str | None = None,
+    *,
+    local_rank: int = 0,
+    node_barrier: Callable[[], None] | None = None,
+    cache_dir: str | None = None,
+) -> Path:
+    """A local directory for ``model``: the path itself, or the Hub snapshot at ``revision``.
+
+    Downloaded once per node: local rank 0 fetches while the other ranks wait at ``node_barrier``
+    (every rank calls it), then they find the snapshot in the node's cache without asking the Hub.
+    Offline (HF_HUB_OFFLINE), the cache must already hold it."""
     path = Path(model)
     if path.is_dir():
         return path
-    from huggingface_hub import snapshot_download
+    import huggingface_hub
+    from huggingface_hub import constants
 
-    return Path(
-        snapshot_download(
-            model,
-            cache_dir=cache_dir,
-            allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "tokenizer*"],
+    def cached() -> Path:
+        return Path(
+            huggingface_hub.snapshot_download(
+                model, revision=revision, cache_dir=cache_dir, local_files_only=True
+            )
         )
+
+    snapshot: Path | None = None
+    if local_rank == 0:
+        if constants.HF_HUB_OFFLINE:
+            snapshot = cached()
+        else:
+            files = huggingface_hub.list_repo_files(model, revision=revision)
+            snapshot = Path(
+                huggingface_hub.snapshot_download(
+                    model, revision=revision, cache_dir=cache_dir, allow_patterns=download_patterns(files)
+                )
+            )
+    if node_barrier is not None:
+        node_barrier()
+    return snapshot if snapshot is not None else cached()
+
+
+def model_dir_for(opts: ServeOptions, ctx: DistContext) -> Path:
+    """The checkpoint directory of this rank's model (see resolve_model_dir)."""
+    return resolve_model_dir(
+        opts.model, opts.revision, local_rank=ctx.local_rank, node_barrier=ctx.download_barrier
     )
 
 
