@@ -54,14 +54,14 @@ def headless_service_name(owner_name: str) -> str:
     return f"{owner_name[:56].rstrip('-')}-hosts"
 
 
-def member_name(owner_name: str, hash_: str, index: int, member: int) -> str:
-    return f"{pod_name(owner_name, hash_, index)}-{member}"
+def member_name(owner: Owner, hash_: str, index: int, member: int) -> str:
+    return f"{pod_name(owner, hash_, index)}-{member}"
 
 
 def group_hosts(owner: Owner, hash_: str, index: int, nodes: int) -> list[str]:
     """The DNS names of a group's pods, leader first (the hostfile's order: rank 0 lives on the leader)."""
     subdomain = headless_service_name(owner.name)
-    return [f"{member_name(owner.name, hash_, index, m)}.{subdomain}" for m in range(nodes)]
+    return [f"{member_name(owner, hash_, index, m)}.{subdomain}" for m in range(nodes)]
 
 
 def leader_args(spec: InferenceSpec, hosts: list[str]) -> list[str]:
@@ -123,7 +123,7 @@ def _member_pod(
     owner: Owner, pod_spec: dict[str, Any], *, hash_: str, index: int, member: int
 ) -> dict[str, Any]:
     role = ROLE_LEADER if member == 0 else ROLE_WORKER
-    name = member_name(owner.name, hash_, index, member)
+    name = member_name(owner, hash_, index, member)
     labels = {
         **common_labels(owner.name),
         LABEL_TEMPLATE_HASH: hash_,

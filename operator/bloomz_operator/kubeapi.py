@@ -107,23 +107,28 @@ class KubeAPI:
             raise
         return True
 
-    def delete_service(self, namespace: str, name: str) -> bool:
+    def delete_service(self, namespace: str, name: str, uid: str) -> bool:
+        """Delete the Service whose uid is `uid` (the object the caller checked the owner of): the API
+        server refuses (409) if it was replaced meanwhile. False if gone or replaced."""
+        body = {"preconditions": {"uid": uid}}
         try:
-            self.core.delete_namespaced_service(name, namespace, _preload_content=False)
+            self.core.delete_namespaced_service(name, namespace, body=body, _preload_content=False)
         except ApiException as error:
-            if error.status == 404:
+            if error.status in (404, 409):
                 return False
             raise
         return True
 
-    def secret_exists(self, namespace: str, name: str) -> bool:
+    def read_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The Secret as a dict, or None if there is none (read to check its owner, never to log it)."""
         try:
-            self.core.read_namespaced_secret(name, namespace, _preload_content=False)
+            response = self.core.read_namespaced_secret(name, namespace, _preload_content=False)
         except ApiException as error:
             if error.status == 404:
-                return False
+                return None
             raise
-        return True
+        secret: dict[str, Any] = json.loads(response.data)
+        return secret
 
     def create_secret(self, namespace: str, body: Mapping[str, Any]) -> bool:
         """True if created, False if it exists already (made by an earlier pass: that key is kept)."""

@@ -17,7 +17,9 @@ from .builders import Owner, build_pods, build_service, service_endpoint
 from .groups import build_groups, build_headless_service, current_template_hash, headless_service_name
 from .kubeapi import KubeAPI
 from .latency import format_time
+from .ownership import Conflict, conflict, with_conflicts
 from .planning import Action, CreatePod, DeletePod, GroupFailure, find_broken_groups, plan_groups, plan_pods
+from .policy import violations
 from .settings import Settings
 from .spec import SpecError, parse_spec
 from .sshkeys import build_ssh_secret, generate_key_pair, ssh_secret_name
@@ -43,21 +45,25 @@ def reconcile(
 ) -> Outcome:
     try:
         parsed = parse_spec(spec)
+        refused = violations(parsed, settings.policy)
+        if refused:
+            raise SpecError("; ".join(refused))
     except SpecError as error:
         status = invalid_spec_status(str(error), generation, old_status, owner)
         return Outcome(status=status, events=status_events(old_status, status))
     current_hash = current_template_hash(parsed, settings)
-    _ensure_service(api, build_service(owner, leaders_only=parsed.multi_node), logger)
+    conflicts = _ensure_objects(api, owner, parsed.multi_node, logger)
     failures: list[GroupFailure] = []
-    if parsed.multi_node:
-        _ensure_group_plumbing(api, owner, logger)
+    observed = podview.owned_by(api.list_pods(owner.namespace), owner.uid)
+    actions: list[Action] = []
+    if conflicts:
+        pass  # an object with our name is someone else's: create and delete nothing until it is resolved
+    elif parsed.multi_node:
         groups = build_groups(owner, parsed, settings)
-        observed = podview.owned_by(api.list_pods(owner.namespace), owner.uid)
         failures = find_broken_groups(groups, observed)
         actions = plan_groups(groups, observed, max_surge=parsed.max_surge)
     else:
         desired = build_pods(owner, parsed, settings)
-        observed = podview.owned_by(api.list_pods(owner.namespace), owner.uid)
         actions = plan_pods(desired, observed, max_surge=parsed.max_surge)
     for action in actions:
         if isinstance(action, CreatePod):
@@ -68,16 +74,18 @@ def reconcile(
     if actions:
         observed = podview.owned_by(api.list_pods(owner.namespace), owner.uid)
     now = format_time(datetime.now(timezone.utc))
+    previous_conditions = (old_status or {}).get("conditions") or ()
     status = compute_status(
         replicas=parsed.replicas,
         observed=observed,
         current_hash=current_hash,
         endpoint=service_endpoint(owner),
         generation=generation,
-        previous_conditions=(old_status or {}).get("conditions") or (),
+        previous_conditions=previous_conditions,
         now=now,
         nodes=parsed.nodes,
     )
+    status = with_conflicts(status, conflicts, previous_conditions=previous_conditions, now=now)
     events = status_events(old_status, status)
     last_failure = (old_status or {}).get("lastGroupFailure")
     for failure in failures:
@@ -89,37 +97,61 @@ def reconcile(
     return Outcome(status=status, actions=actions, events=events)
 
 
+def _ensure_objects(
+    api: KubeAPI, owner: Owner, multi_node: bool, logger: logging.Logger | logging.LoggerAdapter[Any]
+) -> list[Conflict]:
+    """The resource's objects besides its pods; the ones with our names that are not ours, untouched."""
+    found = [_ensure_service(api, owner, build_service(owner, leaders_only=multi_node), logger)]
+    if multi_node:
+        found += _ensure_group_plumbing(api, owner, logger)
+    return [c for c in found if c is not None]
+
+
 def _ensure_service(
-    api: KubeAPI, desired: Mapping[str, Any], logger: logging.Logger | logging.LoggerAdapter[Any]
-) -> None:
-    """Create the client Service, or replace it when its selector is not the desired one (a resource that
+    api: KubeAPI,
+    owner: Owner,
+    desired: Mapping[str, Any],
+    logger: logging.Logger | logging.LoggerAdapter[Any],
+) -> Conflict | None:
+    """Create the Service, or replace ours when its selector is not the desired one (a resource that
     switched between single-node pods and multi-node groups). Read before writing: a steady state costs a
-    GET, not a refused POST on every pass."""
+    GET, not a refused POST on every pass. A Service of that name that we do not control is left alone."""
     meta = desired["metadata"]
     existing = api.read_service(meta["namespace"], meta["name"])
+    found = conflict(existing, owner.uid, "Service", meta["name"])
+    if found is not None:
+        return found
     if existing is not None:
         if (existing.get("spec") or {}).get("selector") == desired["spec"]["selector"]:
-            return
-        api.delete_service(meta["namespace"], meta["name"])
+            return None
+        api.delete_service(meta["namespace"], meta["name"], uid=existing["metadata"]["uid"])
         logger.info(f"deleted Service {meta['name']}: its selector changed")
     if api.create_service(meta["namespace"], desired):
         logger.info(f"created Service {meta['name']}")
+    return None
 
 
 def _ensure_group_plumbing(
     api: KubeAPI, owner: Owner, logger: logging.Logger | logging.LoggerAdapter[Any]
-) -> None:
-    """What multi-node groups need besides their pods: the SSH key pair and the headless Service."""
+) -> list[Conflict]:
+    """What multi-node groups need besides their pods: the SSH key pair and the headless Service. A Secret
+    we did not create is never reused: its key would let its author into the workers."""
+    found: list[Conflict] = []
     secret = ssh_secret_name(owner.name)
-    if not api.secret_exists(owner.namespace, secret):
+    existing = api.read_secret(owner.namespace, secret)
+    if (clash := conflict(existing, owner.uid, "Secret", secret)) is not None:
+        found.append(clash)
+    elif existing is None:
         keys = generate_key_pair(comment=f"bloomz-operator@{owner.namespace}/{owner.name}")
         if api.create_secret(owner.namespace, build_ssh_secret(owner, keys)):
             logger.info(f"created Secret {secret} (SSH key pair of the groups)")
     headless = headless_service_name(owner.name)
-    if not api.service_exists(owner.namespace, headless) and api.create_service(
-        owner.namespace, build_headless_service(owner)
-    ):
+    existing = api.read_service(owner.namespace, headless)
+    if (clash := conflict(existing, owner.uid, "Service", headless)) is not None:
+        found.append(clash)
+    elif existing is None and api.create_service(owner.namespace, build_headless_service(owner)):
         logger.info(f"created headless Service {headless}")
+    return found
 
 
 def invalid_spec_status(
@@ -152,12 +184,18 @@ def invalid_spec_status(
 
 
 def clean_up(api: KubeAPI, owner: Owner, logger: logging.Logger | logging.LoggerAdapter[Any]) -> None:
-    """Delete every child (the API server's garbage collector would too, but not every cluster has one)."""
+    """Delete every child (the API server's garbage collector would too, but not every cluster has one);
+    Services with our names that this resource does not control stay."""
     for pod in podview.owned_by(api.list_pods(owner.namespace), owner.uid):
         if api.delete_pod(owner.namespace, podview.name_of(pod)):
             logger.info(f"deleted pod {podview.name_of(pod)}")
-    if api.delete_service(owner.namespace, owner.name):
-        logger.info(f"deleted Service {owner.name}")
-    # Multi-node only (a 404 otherwise); the SSH Secret goes with its owner (garbage collection).
-    if api.delete_service(owner.namespace, headless_service_name(owner.name)):
-        logger.info(f"deleted Service {headless_service_name(owner.name)}")
+    # The headless Service exists for multi-node resources only; the SSH Secret goes with its owner
+    # (garbage collection).
+    for name in (owner.name, headless_service_name(owner.name)):
+        existing = api.read_service(owner.namespace, name)
+        if existing is None:
+            continue
+        if conflict(existing, owner.uid, "Service", name) is not None:
+            logger.info(f"left Service {name} alone: this resource does not control it")
+        elif api.delete_service(owner.namespace, name, uid=existing["metadata"]["uid"]):
+            logger.info(f"deleted Service {name}")

@@ -13,6 +13,8 @@ from typing import Any
 
 import yaml
 
+from .policy import PolicySettings
+
 CONFIG_ENV = "BLOOMZ_OPERATOR_CONFIG"
 
 # Intel's Gaudi PyTorch installer image the Gaudi runtime image is built on (docker/runtime-gaudi.Dockerfile):
@@ -49,6 +51,10 @@ class DeviceSettings:
     memory: str | None = None
     hugepages_2mi: str | None = None
     host_ipc: bool = False
+    # Least privilege: the uid the runtime runs as (None: the image's user, e.g. root in vendor images) and
+    # the Linux capabilities added back after dropping ALL (Gaudi: SYS_NICE, per Intel's pod recipe).
+    run_as_user: int | None = None
+    capabilities: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -72,6 +78,7 @@ class Settings:
     reconcile_interval_seconds: float = 15.0
     benchmark: BenchmarkSettings = field(default_factory=BenchmarkSettings)
     devices: Mapping[str, DeviceSettings] = field(default_factory=lambda: dict(DEFAULT_DEVICES))
+    policy: PolicySettings = field(default_factory=PolicySettings)
 
     def device(self, name: str) -> DeviceSettings:
         return self.devices[name]
@@ -84,9 +91,11 @@ DEFAULT_DEVICES: dict[str, DeviceSettings] = {
         memory="409Gi",
         hugepages_2mi="95000Mi",
         host_ipc=True,
+        capabilities=("SYS_NICE",),
     ),
     "cuda": DeviceSettings(image=DEFAULT_IMAGES["cuda"], resource_name="nvidia.com/gpu"),
-    "cpu": DeviceSettings(image=DEFAULT_IMAGES["cpu"]),
+    # The CPU runtime image's own user (docker/runtime-cpu.Dockerfile: USER 10001).
+    "cpu": DeviceSettings(image=DEFAULT_IMAGES["cpu"], run_as_user=10001),
 }
 
 _DEVICE_KEYS = {
@@ -98,6 +107,14 @@ _DEVICE_KEYS = {
     "memory": "memory",
     "hugepages2Mi": "hugepages_2mi",
     "hostIPC": "host_ipc",
+    "runAsUser": "run_as_user",
+    "capabilities": "capabilities",
+}
+_POLICY_KEYS = {
+    "hostPathPrefixes": "host_path_prefixes",
+    "allowedImagePrefixes": "allowed_image_prefixes",
+    "allowedTolerationKeys": "allowed_toleration_keys",
+    "allowEnvSecrets": "allow_env_secrets",
 }
 _BENCHMARK_KEYS = {
     "enabled": "enabled",
@@ -114,6 +131,7 @@ _TOP_KEYS = {
     "reconcileIntervalSeconds",
     "benchmark",
     "devices",
+    "policy",
 }
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -155,6 +173,36 @@ def _port(value: Any, where: str) -> int:
     return int(port)
 
 
+def _uid(value: Any, where: str) -> int:
+    uid = int(_expect(value, int, where))
+    if uid < 0:
+        raise SettingsError(f"{where}: must be a uid >= 0, got {uid}")
+    return uid
+
+
+def _str_list(value: Any, where: str) -> tuple[str, ...]:
+    items = _expect(value, list, where)
+    return tuple(str(_expect(item, str, f"{where}[{i}]")) for i, item in enumerate(items))
+
+
+def _policy(data: Any) -> PolicySettings:
+    _expect(data, dict, "policy")
+    _check_keys(data, _POLICY_KEYS, "policy")
+    changes: dict[str, Any] = {}
+    for key, value in data.items():
+        attr, at = _POLICY_KEYS[key], f"policy.{key}"
+        if key == "allowEnvSecrets":
+            changes[attr] = _expect(value, bool, at)
+        elif key == "allowedTolerationKeys" and value is None:
+            changes[attr] = None  # any key
+        else:
+            changes[attr] = _str_list(value, at)
+    for prefix in changes.get("host_path_prefixes", ()):
+        if not prefix.startswith("/"):
+            raise SettingsError(f"policy.hostPathPrefixes: {prefix!r} is not an absolute path")
+    return replace(PolicySettings(), **changes)
+
+
 def _device(name: str, data: Any, base: DeviceSettings) -> DeviceSettings:
     where = f"devices.{name}"
     _expect(data, dict, where)
@@ -169,6 +217,10 @@ def _device(name: str, data: Any, base: DeviceSettings) -> DeviceSettings:
             changes[attr] = tuple(_expect(t, dict, f"{at}[{i}]") for i, t in enumerate(items))
         elif key == "hostIPC":
             changes[attr] = _expect(value, bool, at)
+        elif key == "runAsUser":
+            changes[attr] = None if value is None else _uid(value, at)
+        elif key == "capabilities":
+            changes[attr] = _str_list(value, at)
         elif value is None and key in ("memory", "hugepages2Mi", "resourceName"):
             changes[attr] = None  # explicitly switched off
         else:
@@ -233,6 +285,8 @@ def parse_settings(data: Mapping[str, Any] | None) -> Settings:
         for name, device_data in devices.items():
             merged[name] = _device(name, device_data, merged[name])
         changes["devices"] = merged
+    if "policy" in data:
+        changes["policy"] = _policy(data["policy"])
     return replace(defaults, **changes)
 
 

@@ -31,6 +31,7 @@ from bloomz_operator.groups import (
     headless_service_name,
 )
 from bloomz_operator.kubeapi import KubeAPI
+from bloomz_operator.ownership import owner_tag
 from bloomz_operator.planning import CreatePod, DeletePod, find_broken_groups, plan_groups
 from bloomz_operator.reconciler import reconcile
 from bloomz_operator.settings import Settings
@@ -158,7 +159,8 @@ def test_a_group_is_a_leader_and_workers_with_stable_dns_names() -> None:
     hash_ = group_template_hash(parse_spec(SPEC_16 | {"replicas": 2}), Settings())
     for index, group in enumerate(groups):
         names = [p["metadata"]["name"] for p in group]
-        assert names == [f"big-{hash_}-{index}-0", f"big-{hash_}-{index}-1"]
+        tag = owner_tag(OWNER.uid)
+        assert names == [f"big-{tag}-{hash_}-{index}-0", f"big-{tag}-{hash_}-{index}-1"]
         roles = [p["metadata"]["labels"][LABEL_ROLE] for p in group]
         assert roles == ["leader", "worker"]
         for member, pod in enumerate(group):
@@ -208,9 +210,8 @@ def test_every_pod_of_a_group_asks_for_one_nodes_cards_on_its_own_node() -> None
     for pod in groups_of(SPEC_16)[0]:
         c = container(pod)
         assert c["resources"]["limits"]["habana.ai/gaudi"] == "8"
-        assert pod["spec"]["hostIPC"] is True and c["securityContext"] == {
-            "capabilities": {"add": ["SYS_NICE"]}
-        }
+        assert pod["spec"]["hostIPC"] is True
+        assert c["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": ["SYS_NICE"]}
         (term,) = pod["spec"]["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
         assert term["topologyKey"] == "kubernetes.io/hostname"
         assert term["labelSelector"]["matchLabels"] == {
@@ -486,14 +487,18 @@ class FakeAPI:
 
     def create_service(self, namespace: str, body: dict[str, Any]) -> bool:
         self.calls.append(("create_service", body["metadata"]["name"]))
-        return self.services.setdefault(body["metadata"]["name"], copy.deepcopy(body)) is not None
+        service = copy.deepcopy(body)
+        service["metadata"]["uid"] = f"svc-{len(self.calls)}"
+        return self.services.setdefault(body["metadata"]["name"], service) is service
 
-    def delete_service(self, namespace: str, name: str) -> bool:
+    def delete_service(self, namespace: str, name: str, uid: str) -> bool:
         self.calls.append(("delete_service", name))
+        if (self.services.get(name) or {}).get("metadata", {}).get("uid") != uid:
+            return False  # gone, or replaced since it was read (the API server's precondition)
         return self.services.pop(name, None) is not None
 
-    def secret_exists(self, namespace: str, name: str) -> bool:
-        return name in self.secrets
+    def read_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.secrets.get(name)
 
     def create_secret(self, namespace: str, body: dict[str, Any]) -> bool:
         self.calls.append(("create_secret", body["metadata"]["name"]))
