@@ -37,7 +37,7 @@ from .constants import (
 )
 from .settings import Settings
 from .spec import InferenceSpec
-from .sshkeys import SECRET_KEYS, ssh_secret_name
+from .sshkeys import SECRET_FILES, ssh_secret_name
 
 SSH_VOLUME = "ssh"
 # Where the Secret's key pair is mounted in every pod of a group (the runtime's --ssh-dir).
@@ -87,7 +87,7 @@ def _ssh_volume() -> dict[str, Any]:
         "secret": {
             "secretName": "",  # filled in per owner
             "defaultMode": SSH_FILE_MODE,
-            "items": [{"key": key, "path": key} for key in SECRET_KEYS],
+            "items": [{"key": key, "path": path} for key, path in SECRET_FILES.items()],
         },
     }
 
@@ -101,6 +101,10 @@ def group_template(spec: InferenceSpec, settings: Settings) -> dict[str, dict[st
     worker = copy.deepcopy(base)
     (worker_container,) = worker["containers"]
     worker_container["args"] = worker_args()
+    # sshd listens on the pod's own address only (never on every interface of a shared network namespace).
+    worker_container["env"].append(
+        {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}
+    )
     worker_container["ports"] = [{"name": SSH_PORT_NAME, "containerPort": SSH_PORT, "protocol": "TCP"}]
     for probe in ("startupProbe", "livenessProbe"):
         worker_container.pop(probe, None)

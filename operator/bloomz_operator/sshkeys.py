@@ -18,10 +18,16 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from .builders import Owner, common_labels, owner_reference
 
+# The Secret is of type kubernetes.io/ssh-auth, whose private key lives under "ssh-privatekey"; the pods
+# see it as the file name ssh and sshd expect.
+SECRET_TYPE = "kubernetes.io/ssh-auth"
+PRIVATE_KEY_ENTRY = "ssh-privatekey"
 PRIVATE_KEY = "id_ed25519"
 PUBLIC_KEY = "id_ed25519.pub"
 AUTHORIZED_KEYS = "authorized_keys"
-SECRET_KEYS = (PRIVATE_KEY, PUBLIC_KEY, AUTHORIZED_KEYS)
+# Secret key -> file name in the mounted directory.
+SECRET_FILES = {PRIVATE_KEY_ENTRY: PRIVATE_KEY, PUBLIC_KEY: PUBLIC_KEY, AUTHORIZED_KEYS: AUTHORIZED_KEYS}
+SECRET_KEYS = tuple(SECRET_FILES)
 
 
 @dataclass(frozen=True)
@@ -54,7 +60,7 @@ def build_ssh_secret(owner: Owner, keys: KeyPair) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Secret",
-        "type": "Opaque",
+        "type": SECRET_TYPE,
         "metadata": {
             "name": ssh_secret_name(owner.name),
             "namespace": owner.namespace,
@@ -62,7 +68,7 @@ def build_ssh_secret(owner: Owner, keys: KeyPair) -> dict[str, Any]:
             "ownerReferences": [owner_reference(owner)],
         },
         "data": {
-            PRIVATE_KEY: _b64(keys.private_openssh),
+            PRIVATE_KEY_ENTRY: _b64(keys.private_openssh),
             PUBLIC_KEY: _b64(public),
             AUTHORIZED_KEYS: _b64(public),
         },

@@ -32,6 +32,7 @@ from bloomz_runtime.options import BIND_HOST_ENV
 SERVE_MODULE = "bloomz_runtime.serve"  # bloomz_runtime.launch.SERVE_MODULE (launch imports this module)
 ROLE_LEADER = "leader"
 ROLE_WORKER = "worker"
+POD_IP_ENV = "POD_IP"
 DEFAULT_SSH_PORT = 2222
 DEFAULT_SSH_DIR = "/etc/bloomz/ssh"
 DEFAULT_WORKERS_TIMEOUT_S = 600.0
@@ -232,6 +233,13 @@ def sshd_command(
         "-o", "StrictModes=no",
         "-o", "UsePAM=no",
         "-o", "PidFile=/tmp/bloomz-sshd.pid",
+        # Sessions only run the ranks: no forwarding, tunnels or agents through a worker.
+        "-o", "AllowTcpForwarding=no",
+        "-o", "AllowStreamLocalForwarding=no",
+        "-o", "AllowAgentForwarding=no",
+        "-o", "X11Forwarding=no",
+        "-o", "PermitTunnel=no",
+        "-o", "PermitUserEnvironment=no",
     ]  # fmt: skip
     if listen_address:
         cmd += ["-o", f"ListenAddress={listen_address}"]
@@ -328,6 +336,12 @@ def prepare_leader(
     return leader_command(cmd, hostfile=str(hostfile), ssh_args=ssh_args, environ=env)
 
 
+def sshd_listen_address(environ: Mapping[str, str]) -> str:
+    """BLOOMZ_BIND_HOST where pods share one machine, else the pod's own address (the operator sets POD_IP);
+    "" (every address) only when neither is known."""
+    return environ.get(BIND_HOST_ENV) or environ.get(POD_IP_ENV, "")
+
+
 def run_worker(opts: MultiNodeOptions, environ: Mapping[str, str] | None = None) -> int:
     """Become sshd (exec): the pod lives as long as sshd does, and the leader starts the ranks."""
     env = dict(os.environ if environ is None else environ)
@@ -335,7 +349,7 @@ def run_worker(opts: MultiNodeOptions, environ: Mapping[str, str] | None = None)
     # it, and only root may create it: a non-root worker goes on without.
     with contextlib.suppress(PermissionError):
         Path("/run/sshd").mkdir(mode=0o755, parents=True, exist_ok=True)
-    listen = env.get(BIND_HOST_ENV, "")
+    listen = sshd_listen_address(env)
     cmd = sshd_command(opts.ssh_dir, opts.ssh_port, worker_session_env(env), listen_address=listen)
     print("launch: worker:", " ".join(cmd[:12]), "...", file=sys.stderr, flush=True)
     os.execvp(cmd[0], cmd)

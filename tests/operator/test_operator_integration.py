@@ -27,6 +27,7 @@ from bloomz_operator import rbac
 from bloomz_operator.constants import GROUP, PLURAL, VERSION
 from bloomz_operator.handlers import FINALIZER, register_handlers
 from bloomz_operator.kubeapi import USER_AGENT
+from bloomz_operator.policy import PolicySettings
 from bloomz_operator.sandbox.apiserver import SandboxAPIServer
 from bloomz_operator.settings import BenchmarkSettings, Settings
 from helpers import free_port, run_runtime
@@ -190,6 +191,8 @@ def operator_settings(runtime_port: int) -> Settings:
         # Long on purpose: the tests see the operator react to pod and spec changes, not to its timer.
         reconcile_interval_seconds=300.0,
         benchmark=BenchmarkSettings(port=runtime_port, check_interval_seconds=1.0, timeout_seconds=120.0),
+        # The CPU example mounts the model from the node (hostPath is off by default).
+        policy=PolicySettings(host_path_prefixes=("/var/lib/bloomz/",)),
     )
 
 
@@ -369,7 +372,8 @@ def test_multi_node_group_secret_services_failure_recreation_and_leader_latency(
             f"{p['metadata']['name']}.{name}-hosts" for p in (leader, worker)
         )
         secret = cluster.core.read_namespaced_secret(f"{name}-ssh", NS)
-        assert set(secret.data) == {"id_ed25519", "id_ed25519.pub", "authorized_keys"}
+        assert set(secret.data) == {"ssh-privatekey", "id_ed25519.pub", "authorized_keys"}
+        assert secret.type == "kubernetes.io/ssh-auth"
         assert secret.metadata.owner_references[0].name == name
         headless = cluster.core.read_namespaced_service(f"{name}-hosts", NS)
         assert headless.spec.cluster_ip == "None" and headless.spec.publish_not_ready_addresses
@@ -458,7 +462,10 @@ def test_python_m_bloomz_operator_serves_liveness_and_reconciles(cluster: Cluste
     """The operator as images run it: a process, settings from a file, Kopf's /healthz."""
     name = "tiny-process"
     config = tmp_path / "operator.yaml"
-    config.write_text("logLevel: INFO\nreconcileIntervalSeconds: 300\nbenchmark: {enabled: false}\n")
+    config.write_text(
+        "logLevel: INFO\nreconcileIntervalSeconds: 300\nbenchmark: {enabled: false}\n"
+        "policy: {hostPathPrefixes: [/var/lib/bloomz/]}\n"
+    )
     port = free_port()
     env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig), "BLOOMZ_BIND_HOST": "127.0.0.1"}
     log_path = tmp_path / "operator.log"

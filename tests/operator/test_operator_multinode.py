@@ -227,7 +227,12 @@ def test_every_pod_of_a_group_asks_for_one_nodes_cards_on_its_own_node() -> None
         volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
         secret = volumes["ssh"]["secret"]
         assert secret["secretName"] == ssh_secret_name("big") and secret["defaultMode"] == 0o400
-        assert [item["key"] for item in secret["items"]] == list(SECRET_KEYS)
+        files = {item["key"]: item["path"] for item in secret["items"]}
+        assert files == {
+            "ssh-privatekey": "id_ed25519",
+            "id_ed25519.pub": "id_ed25519.pub",
+            "authorized_keys": "authorized_keys",
+        }
     cpu = groups_of({"model": "/models/tiny", "device": "cpu", "cards": 4, "cardsPerNode": 2})[0]
     assert container(cpu[1])["resources"]["requests"]["cpu"] == "2"
     assert "HCCL_SOCKET_IFNAME" not in {e["name"] for e in container(cpu[0])["env"]}
@@ -296,7 +301,7 @@ def test_secret_holds_the_key_pair_and_belongs_to_the_resource() -> None:
     assert secret["metadata"]["ownerReferences"][0]["uid"] == "uid-big"
     data = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
     assert set(data) == set(SECRET_KEYS)
-    assert data["id_ed25519"] == keys.private_openssh
+    assert data["ssh-privatekey"] == keys.private_openssh
     assert data["id_ed25519.pub"] == data["authorized_keys"] == keys.public_openssh + "\n"
 
 
@@ -525,11 +530,11 @@ def test_reconciler_creates_key_secret_services_and_groups_once() -> None:
     assert set(api.services) == {"big", "big-hosts"}
     assert api.services["big"]["spec"]["selector"][LABEL_ROLE] == "leader"
     assert len(api.pods) == 4 and len(creates(outcome.actions)) == 4
-    key = api.secrets["big-ssh"]["data"]["id_ed25519"]
+    key = api.secrets["big-ssh"]["data"]["ssh-privatekey"]
     api.calls.clear()
     again = run_pass(api, SPEC_16 | {"replicas": 2}, outcome.status)
     assert again.actions == [] and api.calls == []  # nothing twice, and the key pair is kept
-    assert api.secrets["big-ssh"]["data"]["id_ed25519"] == key
+    assert api.secrets["big-ssh"]["data"]["ssh-privatekey"] == key
 
 
 def test_reconciler_recreates_a_broken_group_and_reports_the_member() -> None:
