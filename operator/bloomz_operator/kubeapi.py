@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import kubernetes
@@ -30,6 +30,11 @@ API_CALLS: frozenset[tuple[str, str, str]] = frozenset(
         # Multi-node replicas: the SSH key pair of a resource's groups.
         ("", "secrets", "get"),
         ("", "secrets", "create"),
+        # Per resource: its NetworkPolicy and PodDisruptionBudget (read first: never reuse someone else's).
+        ("networking.k8s.io", "networkpolicies", "get"),
+        ("networking.k8s.io", "networkpolicies", "create"),
+        ("policy", "poddisruptionbudgets", "get"),
+        ("policy", "poddisruptionbudgets", "create"),
     }
 )
 
@@ -57,6 +62,8 @@ class KubeAPI:
         # Any: raw dict bodies and `_preload_content=False` responses are outside the client's typed models.
         self.core: Any = kubernetes.client.CoreV1Api(api_client)
         self.custom: Any = kubernetes.client.CustomObjectsApi(api_client)
+        self.networking: Any = kubernetes.client.NetworkingV1Api(api_client)
+        self.policy: Any = kubernetes.client.PolicyV1Api(api_client)
 
     def list_pods(self, namespace: str) -> list[dict[str, Any]]:
         # No label selector on purpose: the caller filters by owner uid (never trust a server-side filter).
@@ -140,8 +147,55 @@ class KubeAPI:
             raise
         return True
 
+    def read_network_policy(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return _read(
+            lambda: self.networking.read_namespaced_network_policy(name, namespace, _preload_content=False)
+        )
+
+    def create_network_policy(self, namespace: str, body: Mapping[str, Any]) -> bool:
+        return _created(
+            lambda: self.networking.create_namespaced_network_policy(
+                namespace, dict(body), _preload_content=False
+            )
+        )
+
+    def read_disruption_budget(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return _read(
+            lambda: self.policy.read_namespaced_pod_disruption_budget(name, namespace, _preload_content=False)
+        )
+
+    def create_disruption_budget(self, namespace: str, body: Mapping[str, Any]) -> bool:
+        return _created(
+            lambda: self.policy.create_namespaced_pod_disruption_budget(
+                namespace, dict(body), _preload_content=False
+            )
+        )
+
     def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
         """Merge `status` into the resource's status subresource."""
         self.custom.patch_namespaced_custom_object_status(
             GROUP, VERSION, namespace, PLURAL, name, {"status": dict(status)}, _preload_content=False
         )
+
+
+def _read(call: Callable[[], Any]) -> dict[str, Any] | None:
+    """The object `call` reads, as a dict, or None if there is none."""
+    try:
+        response = call()
+    except ApiException as error:
+        if error.status == 404:
+            return None
+        raise
+    found: dict[str, Any] = json.loads(response.data)
+    return found
+
+
+def _created(call: Callable[[], Any]) -> bool:
+    """True if `call` created the object, False if one of that name exists already."""
+    try:
+        call()
+    except ApiException as error:
+        if error.status == 409:
+            return False
+        raise
+    return True

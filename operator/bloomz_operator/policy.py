@@ -9,7 +9,7 @@ rules at admission time (charts/bloomz-operator/templates/admission-policy.yaml)
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .spec import InferenceSpec
 
@@ -24,6 +24,20 @@ class PolicySettings:
     allowed_toleration_keys: tuple[str, ...] | None = None
     # Whether `env` entries may use valueFrom.secretKeyRef (reading a Secret of the namespace).
     allow_env_secrets: bool = False
+
+
+@dataclass(frozen=True)
+class NetworkSettings:
+    # Write a NetworkPolicy per resource.
+    enabled: bool = True
+    # Namespaces (besides the resource's own) whose pods may call gRPC/HTTP; `client_pod_labels`, when set,
+    # narrows the callers to pods with these labels.
+    client_namespaces: tuple[str, ...] = ()
+    client_pod_labels: dict[str, str] = field(default_factory=dict)
+    # Where Prometheus runs (the metrics port is open to it only); None: the resource's namespace only.
+    monitoring_namespace: str | None = "monitoring"
+    # The operator's own namespace (its latency timer calls gRPC); None: not needed (same namespace).
+    operator_namespace: str | None = None
 
 
 def _under(path: str, prefix: str) -> bool:

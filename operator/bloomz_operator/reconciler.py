@@ -7,7 +7,7 @@ around the API calls, so the Kopf handlers stay one line each.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -20,6 +20,7 @@ from .latency import format_time
 from .ownership import Conflict, conflict, with_conflicts
 from .planning import Action, CreatePod, DeletePod, GroupFailure, find_broken_groups, plan_groups, plan_pods
 from .policy import violations
+from .protection import build_disruption_budget, build_network_policy
 from .settings import Settings
 from .spec import SpecError, parse_spec
 from .sshkeys import build_ssh_secret, generate_key_pair, ssh_secret_name
@@ -52,7 +53,7 @@ def reconcile(
         status = invalid_spec_status(str(error), generation, old_status, owner)
         return Outcome(status=status, events=status_events(old_status, status))
     current_hash = current_template_hash(parsed, settings)
-    conflicts = _ensure_objects(api, owner, parsed.multi_node, logger)
+    conflicts = _ensure_objects(api, settings, owner, parsed.multi_node, logger)
     failures: list[GroupFailure] = []
     observed = podview.owned_by(api.list_pods(owner.namespace), owner.uid)
     actions: list[Action] = []
@@ -98,13 +99,43 @@ def reconcile(
 
 
 def _ensure_objects(
-    api: KubeAPI, owner: Owner, multi_node: bool, logger: logging.Logger | logging.LoggerAdapter[Any]
+    api: KubeAPI,
+    settings: Settings,
+    owner: Owner,
+    multi_node: bool,
+    logger: logging.Logger | logging.LoggerAdapter[Any],
 ) -> list[Conflict]:
     """The resource's objects besides its pods; the ones with our names that are not ours, untouched."""
     found = [_ensure_service(api, owner, build_service(owner, leaders_only=multi_node), logger)]
     if multi_node:
         found += _ensure_group_plumbing(api, owner, logger)
+    if settings.network.enabled:
+        policy = build_network_policy(owner, settings.network)
+        found.append(
+            _ensure_created(api.read_network_policy, api.create_network_policy, owner, policy, logger)
+        )
+    budget = build_disruption_budget(owner)
+    found.append(
+        _ensure_created(api.read_disruption_budget, api.create_disruption_budget, owner, budget, logger)
+    )
     return [c for c in found if c is not None]
+
+
+def _ensure_created(
+    read: Callable[[str, str], dict[str, Any] | None],
+    create: Callable[[str, Mapping[str, Any]], bool],
+    owner: Owner,
+    desired: Mapping[str, Any],
+    logger: logging.Logger | logging.LoggerAdapter[Any],
+) -> Conflict | None:
+    """Create `desired` when absent; one of that name that is not ours is a conflict, left alone."""
+    kind, name = desired["kind"], desired["metadata"]["name"]
+    existing = read(owner.namespace, name)
+    if existing is not None:
+        return conflict(existing, owner.uid, kind, name)
+    if create(owner.namespace, desired):
+        logger.info(f"created {kind} {name}")
+    return None
 
 
 def _ensure_service(

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from .policy import PolicySettings
+from .policy import NetworkSettings, PolicySettings
 
 CONFIG_ENV = "BLOOMZ_OPERATOR_CONFIG"
 
@@ -79,6 +79,7 @@ class Settings:
     benchmark: BenchmarkSettings = field(default_factory=BenchmarkSettings)
     devices: Mapping[str, DeviceSettings] = field(default_factory=lambda: dict(DEFAULT_DEVICES))
     policy: PolicySettings = field(default_factory=PolicySettings)
+    network: NetworkSettings = field(default_factory=NetworkSettings)
 
     def device(self, name: str) -> DeviceSettings:
         return self.devices[name]
@@ -132,6 +133,14 @@ _TOP_KEYS = {
     "benchmark",
     "devices",
     "policy",
+    "network",
+}
+_NETWORK_KEYS = {
+    "enabled": "enabled",
+    "clientNamespaces": "client_namespaces",
+    "clientPodLabels": "client_pod_labels",
+    "monitoringNamespace": "monitoring_namespace",
+    "operatorNamespace": "operator_namespace",
 }
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -201,6 +210,25 @@ def _policy(data: Any) -> PolicySettings:
         if not prefix.startswith("/"):
             raise SettingsError(f"policy.hostPathPrefixes: {prefix!r} is not an absolute path")
     return replace(PolicySettings(), **changes)
+
+
+def _network(data: Any) -> NetworkSettings:
+    _expect(data, dict, "network")
+    _check_keys(data, _NETWORK_KEYS, "network")
+    changes: dict[str, Any] = {}
+    for key, value in data.items():
+        attr, at = _NETWORK_KEYS[key], f"network.{key}"
+        if key == "enabled":
+            changes[attr] = _expect(value, bool, at)
+        elif key == "clientNamespaces":
+            changes[attr] = _str_list(value, at)
+        elif key == "clientPodLabels":
+            changes[attr] = _str_map(value, at)
+        elif value is None:
+            changes[attr] = None  # none
+        else:
+            changes[attr] = str(_expect(value, str, at)) or None
+    return replace(NetworkSettings(), **changes)
 
 
 def _device(name: str, data: Any, base: DeviceSettings) -> DeviceSettings:
@@ -287,6 +315,8 @@ def parse_settings(data: Mapping[str, Any] | None) -> Settings:
         changes["devices"] = merged
     if "policy" in data:
         changes["policy"] = _policy(data["policy"])
+    if "network" in data:
+        changes["network"] = _network(data["network"])
     return replace(defaults, **changes)
 
 

@@ -469,6 +469,7 @@ class FakeAPI:
         self.pods: dict[str, dict[str, Any]] = {}
         self.services: dict[str, dict[str, Any]] = {}
         self.secrets: dict[str, dict[str, Any]] = {}
+        self.others: dict[tuple[str, str], dict[str, Any]] = {}  # NetworkPolicies, PodDisruptionBudgets
         self.calls: list[tuple[str, str]] = []
 
     def list_pods(self, namespace: str) -> list[dict[str, Any]]:
@@ -509,6 +510,23 @@ class FakeAPI:
         self.calls.append(("create_secret", body["metadata"]["name"]))
         self.secrets[body["metadata"]["name"]] = copy.deepcopy(body)
         return True
+
+    def read_network_policy(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.others.get(("NetworkPolicy", name))
+
+    def create_network_policy(self, namespace: str, body: dict[str, Any]) -> bool:
+        return self._create_other(body)
+
+    def read_disruption_budget(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.others.get(("PodDisruptionBudget", name))
+
+    def create_disruption_budget(self, namespace: str, body: dict[str, Any]) -> bool:
+        return self._create_other(body)
+
+    def _create_other(self, body: dict[str, Any]) -> bool:
+        self.calls.append((f"create_{body['kind']}", body["metadata"]["name"]))
+        key = (body["kind"], body["metadata"]["name"])
+        return self.others.setdefault(key, copy.deepcopy(body)) is not None
 
 
 def run_pass(api: FakeAPI, spec: dict[str, Any], old_status: dict[str, Any] | None = None) -> Any:
