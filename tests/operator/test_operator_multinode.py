@@ -385,7 +385,19 @@ def test_scale_down_removes_whole_groups() -> None:
     big = groups_of(SPEC_16, replicas=3)
     small = groups_of(SPEC_16, replicas=1)
     actions = plan_groups(small, [observed(p) for g in big for p in g])
-    assert sorted(deletes(actions)) == sorted(names(big[1]) + names(big[2])) and creates(actions) == []
+    # Leaders first: a leader drains its accepted requests while its workers still run its ranks.
+    assert sorted(deletes(actions)) == sorted([names(big[1])[0], names(big[2])[0]]) and creates(actions) == []
+    draining = [
+        observed(p, terminating=member == 0 and index > 0)
+        for index, g in enumerate(big)
+        for member, p in enumerate(g)
+    ]
+    assert plan_groups(small, draining) == []
+    # Once a leader is gone, its workers go.
+    leaders_gone = [
+        observed(p) for index, g in enumerate(big) for member, p in enumerate(g) if index == 0 or member > 0
+    ]
+    assert sorted(deletes(plan_groups(small, leaders_gone))) == sorted([names(big[1])[1], names(big[2])[1]])
 
 
 def test_switching_a_ready_single_node_replica_to_a_group_deletes_before_creating() -> None:
@@ -406,7 +418,9 @@ def test_rollout_with_surge_replaces_a_ready_group_only_once_the_new_one_serves(
     loading = old_pods + [observed(p, ready=False) for p in new[0]]
     assert plan_groups(new, loading, max_surge=1) == []
     serving = old_pods + [observed(p) for p in new[0]]
-    assert sorted(deletes(plan_groups(new, serving, max_surge=1))) == sorted(names(old[0]))
+    assert deletes(plan_groups(new, serving, max_surge=1)) == [names(old[0])[0]]  # the leader drains first
+    workers_left = old_pods[1:] + [observed(p) for p in new[0]]
+    assert deletes(plan_groups(new, workers_left, max_surge=1)) == names(old[0])[1:]
 
 
 # --- status ---------------------------------------------------------------------------------------------
