@@ -196,7 +196,7 @@ def plan_groups(
 ) -> list[Action]:
     """`plan_pods`' rules with a group of pods as the unit (devices counted per group): a broken group is
     deleted whole and re-created once all its pods are gone; a missing group is created whole; a serving
-    group that is scaled down or replaced loses its leader first (it drains) and its workers once it is gone."""
+    group that is scaled down or replaced loses its leader first (it drains), its workers once it is gone."""
     replicas = len(desired_groups)
     current_hash = podview.hash_of(desired_groups[0][0]) if desired_groups else None
     size = len(desired_groups[0]) if desired_groups else None
