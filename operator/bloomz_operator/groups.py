@@ -37,7 +37,7 @@ from .constants import (
 )
 from .settings import Settings
 from .spec import InferenceSpec
-from .sshkeys import SECRET_FILES, ssh_secret_name
+from .sshkeys import secret_files, ssh_secret_name
 
 SSH_VOLUME = "ssh"
 # Where the Secret's key pair is mounted in every pod of a group (the runtime's --ssh-dir).
@@ -87,7 +87,7 @@ def _ssh_volume() -> dict[str, Any]:
         "secret": {
             "secretName": "",  # filled in per owner
             "defaultMode": SSH_FILE_MODE,
-            "items": [{"key": key, "path": path} for key, path in SECRET_FILES.items()],
+            "items": [],  # filled in per template: its own key pair
         },
     }
 
@@ -141,6 +141,7 @@ def _member_pod(
     for volume in spec["volumes"]:
         if volume["name"] == SSH_VOLUME:
             volume["secret"]["secretName"] = ssh_secret_name(owner.name)
+            volume["secret"]["items"] = [{"key": k, "path": path} for k, path in secret_files(hash_).items()]
     group_selector = {LABEL_OWNER: owner.name, LABEL_TEMPLATE_HASH: hash_, LABEL_REPLICA_INDEX: str(index)}
     spec["affinity"] = {
         "podAntiAffinity": {

@@ -30,6 +30,7 @@ API_CALLS: frozenset[tuple[str, str, str]] = frozenset(
         # Multi-node replicas: the SSH key pair of a resource's groups.
         ("", "secrets", "get"),
         ("", "secrets", "create"),
+        ("", "secrets", "patch"),  # a key pair per group template, old ones dropped
         # Per resource: its NetworkPolicy and PodDisruptionBudget (read first: never reuse someone else's).
         ("networking.k8s.io", "networkpolicies", "get"),
         ("networking.k8s.io", "networkpolicies", "create"),
@@ -170,6 +171,9 @@ class KubeAPI:
                 namespace, dict(body), _preload_content=False
             )
         )
+
+    def patch_secret(self, namespace: str, name: str, patch: Mapping[str, Any]) -> None:
+        self.core.patch_namespaced_secret(name, namespace, dict(patch), _preload_content=False)
 
     def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
         """Merge `status` into the resource's status subresource."""

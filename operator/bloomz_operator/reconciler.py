@@ -23,7 +23,7 @@ from .policy import violations
 from .protection import build_disruption_budget, build_network_policy
 from .settings import Settings
 from .spec import SpecError, parse_spec
-from .sshkeys import build_ssh_secret, generate_key_pair, ssh_secret_name
+from .sshkeys import KeyPair, build_ssh_secret, generate_key_pair, ssh_secret_name, ssh_secret_patch
 from .status import StatusEvent, compute_status, status_events
 
 
@@ -53,9 +53,10 @@ def reconcile(
         status = invalid_spec_status(str(error), generation, old_status, owner)
         return Outcome(status=status, events=status_events(old_status, status))
     current_hash = current_template_hash(parsed, settings)
-    conflicts = _ensure_objects(api, settings, owner, parsed.multi_node, logger)
-    failures: list[GroupFailure] = []
     observed = podview.owned_by(api.list_pods(owner.namespace), owner.uid)
+    in_use = {h for pod in observed if (h := podview.hash_of(pod))}
+    conflicts = _ensure_objects(api, settings, owner, parsed.multi_node, current_hash, in_use, logger)
+    failures: list[GroupFailure] = []
     actions: list[Action] = []
     if conflicts:
         pass  # an object with our name is someone else's: create and delete nothing until it is resolved
@@ -103,12 +104,14 @@ def _ensure_objects(
     settings: Settings,
     owner: Owner,
     multi_node: bool,
+    current_hash: str,
+    in_use: set[str],
     logger: logging.Logger | logging.LoggerAdapter[Any],
 ) -> list[Conflict]:
     """The resource's objects besides its pods; the ones with our names that are not ours, untouched."""
     found = [_ensure_service(api, owner, build_service(owner, leaders_only=multi_node), logger)]
     if multi_node:
-        found += _ensure_group_plumbing(api, owner, logger)
+        found += _ensure_group_plumbing(api, owner, current_hash, in_use, logger)
     if settings.network.enabled:
         policy = build_network_policy(owner, settings.network)
         found.append(
@@ -163,19 +166,29 @@ def _ensure_service(
 
 
 def _ensure_group_plumbing(
-    api: KubeAPI, owner: Owner, logger: logging.Logger | logging.LoggerAdapter[Any]
+    api: KubeAPI,
+    owner: Owner,
+    current_hash: str,
+    in_use: set[str],
+    logger: logging.Logger | logging.LoggerAdapter[Any],
 ) -> list[Conflict]:
-    """What multi-node groups need besides their pods: the SSH key pair and the headless Service. A Secret
-    we did not create is never reused: its key would let its author into the workers."""
+    """What multi-node groups need besides their pods: the SSH key pairs (one per group template) and the
+    headless Service. A Secret we did not create is never reused: its key would let its author in."""
     found: list[Conflict] = []
     secret = ssh_secret_name(owner.name)
     existing = api.read_secret(owner.namespace, secret)
+
+    def new_keys() -> KeyPair:
+        return generate_key_pair(comment=f"bloomz-operator@{owner.namespace}/{owner.name}/{current_hash}")
+
     if (clash := conflict(existing, owner.uid, "Secret", secret)) is not None:
         found.append(clash)
     elif existing is None:
-        keys = generate_key_pair(comment=f"bloomz-operator@{owner.namespace}/{owner.name}")
-        if api.create_secret(owner.namespace, build_ssh_secret(owner, keys)):
+        if api.create_secret(owner.namespace, build_ssh_secret(owner, new_keys(), current_hash)):
             logger.info(f"created Secret {secret} (SSH key pair of the groups)")
+    elif (patch := ssh_secret_patch(existing, current_hash, in_use, new_keys)) is not None:
+        api.patch_secret(owner.namespace, secret, patch)
+        logger.info(f"updated Secret {secret}: a key pair for template {current_hash}, unused ones dropped")
     headless = headless_service_name(owner.name)
     existing = api.read_service(owner.namespace, headless)
     if (clash := conflict(existing, owner.uid, "Service", headless)) is not None:

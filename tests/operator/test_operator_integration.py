@@ -372,7 +372,10 @@ def test_multi_node_group_secret_services_failure_recreation_and_leader_latency(
             f"{p['metadata']['name']}.{name}-hosts" for p in (leader, worker)
         )
         secret = cluster.core.read_namespaced_secret(f"{name}-ssh", NS)
-        assert set(secret.data) == {"ssh-privatekey", "id_ed25519.pub", "authorized_keys"}
+        hash_ = leader["metadata"]["labels"][f"{GROUP}/template-hash"]
+        assert set(secret.data) == {"ssh-privatekey"} | {
+            f"{hash_}.{f}" for f in ("id_ed25519", "id_ed25519.pub", "authorized_keys")
+        }
         assert secret.type == "kubernetes.io/ssh-auth"
         assert secret.metadata.owner_references[0].name == name
         headless = cluster.core.read_namespaced_service(f"{name}-hosts", NS)

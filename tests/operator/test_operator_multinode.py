@@ -36,7 +36,7 @@ from bloomz_operator.planning import CreatePod, DeletePod, find_broken_groups, p
 from bloomz_operator.reconciler import reconcile
 from bloomz_operator.settings import Settings
 from bloomz_operator.spec import SpecError, parse_spec
-from bloomz_operator.sshkeys import SECRET_KEYS, build_ssh_secret, generate_key_pair, ssh_secret_name
+from bloomz_operator.sshkeys import build_ssh_secret, generate_key_pair, ssh_secret_name, template_hashes
 from bloomz_operator.status import compute_status
 from cryptography.hazmat.primitives import serialization
 
@@ -228,10 +228,11 @@ def test_every_pod_of_a_group_asks_for_one_nodes_cards_on_its_own_node() -> None
         secret = volumes["ssh"]["secret"]
         assert secret["secretName"] == ssh_secret_name("big") and secret["defaultMode"] == 0o400
         files = {item["key"]: item["path"] for item in secret["items"]}
+        hash_ = pod["metadata"]["labels"][LABEL_TEMPLATE_HASH]
         assert files == {
-            "ssh-privatekey": "id_ed25519",
-            "id_ed25519.pub": "id_ed25519.pub",
-            "authorized_keys": "authorized_keys",
+            f"{hash_}.id_ed25519": "id_ed25519",
+            f"{hash_}.id_ed25519.pub": "id_ed25519.pub",
+            f"{hash_}.authorized_keys": "authorized_keys",
         }
     cpu = groups_of({"model": "/models/tiny", "device": "cpu", "cards": 4, "cardsPerNode": 2})[0]
     assert container(cpu[1])["resources"]["requests"]["cpu"] == "2"
@@ -296,13 +297,14 @@ def test_key_pair_is_ed25519_in_openssh_format_and_matches(tmp_path: Path) -> No
 
 def test_secret_holds_the_key_pair_and_belongs_to_the_resource() -> None:
     keys = generate_key_pair("c")
-    secret = build_ssh_secret(OWNER, keys)
+    secret = build_ssh_secret(OWNER, keys, "h1")
     assert secret["metadata"]["name"] == "big-ssh" and secret["metadata"]["namespace"] == "ml"
     assert secret["metadata"]["ownerReferences"][0]["uid"] == "uid-big"
+    assert secret["type"] == "kubernetes.io/ssh-auth"
     data = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
-    assert set(data) == set(SECRET_KEYS)
-    assert data["ssh-privatekey"] == keys.private_openssh
-    assert data["id_ed25519.pub"] == data["authorized_keys"] == keys.public_openssh + "\n"
+    assert set(data) == {"ssh-privatekey", "h1.id_ed25519", "h1.id_ed25519.pub", "h1.authorized_keys"}
+    assert data["ssh-privatekey"] == data["h1.id_ed25519"] == keys.private_openssh
+    assert data["h1.id_ed25519.pub"] == data["h1.authorized_keys"] == keys.public_openssh + "\n"
 
 
 # --- planner --------------------------------------------------------------------------------------------
@@ -520,6 +522,15 @@ class FakeAPI:
     def read_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
         return self.secrets.get(name)
 
+    def patch_secret(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
+        self.calls.append(("patch_secret", name))
+        data = self.secrets[name]["data"]
+        for key, value in patch["data"].items():
+            if value is None:
+                data.pop(key, None)
+            else:
+                data[key] = value
+
     def create_secret(self, namespace: str, body: dict[str, Any]) -> bool:
         self.calls.append(("create_secret", body["metadata"]["name"]))
         self.secrets[body["metadata"]["name"]] = copy.deepcopy(body)
@@ -567,6 +578,27 @@ def test_reconciler_creates_key_secret_services_and_groups_once() -> None:
     again = run_pass(api, SPEC_16 | {"replicas": 2}, outcome.status)
     assert again.actions == [] and api.calls == []  # nothing twice, and the key pair is kept
     assert api.secrets["big-ssh"]["data"]["ssh-privatekey"] == key
+
+
+def test_a_group_from_a_new_template_gets_a_new_key_and_old_keys_go_with_their_pods() -> None:
+    api = FakeAPI()
+    run_pass(api, SPEC_16)
+    (first,) = template_hashes(api.secrets["big-ssh"])
+    old_key = api.secrets["big-ssh"]["data"][f"{first}.id_ed25519"]
+    changed = SPEC_16 | {"generation": {"maxBatchSize": 4}}
+    run_pass(api, changed)  # the old group still exists: both templates hold a key
+    held = template_hashes(api.secrets["big-ssh"])
+    (second,) = held - {first}
+    assert first in held and api.secrets["big-ssh"]["data"][f"{second}.id_ed25519"] != old_key
+    for name in [n for n, p in api.pods.items() if p["metadata"]["labels"][LABEL_TEMPLATE_HASH] == first]:
+        del api.pods[name]  # the old group is gone
+    run_pass(api, changed)
+    assert template_hashes(api.secrets["big-ssh"]) == {second}
+    # A new group mounts its own template's entries only.
+    pod = next(iter(api.pods.values()))
+    (volume,) = [v for v in pod["spec"]["volumes"] if v["name"] == "ssh"]
+    assert {item["key"] for item in volume["secret"]["items"]} <= set(api.secrets["big-ssh"]["data"])
+    assert all(item["key"].startswith(f"{second}.") for item in volume["secret"]["items"])
 
 
 def test_reconciler_recreates_a_broken_group_and_reports_the_member() -> None:

@@ -81,7 +81,7 @@ def built_objects() -> list[dict[str, Any]]:
         group_spec = parse_spec({"model": "bigscience/bloomz", "device": device, "cards": 16})
         objects += [pod for group in build_groups(OWNER, group_spec, settings) for pod in group]
     objects += [build_service(OWNER), build_service(OWNER, leaders_only=True), build_headless_service(OWNER)]
-    objects.append(build_ssh_secret(OWNER, generate_key_pair(comment="test")))
+    objects.append(build_ssh_secret(OWNER, generate_key_pair(comment="test"), "0123456789"))
     objects += [build_network_policy(OWNER, settings.network), build_disruption_budget(OWNER)]
     return objects
 
