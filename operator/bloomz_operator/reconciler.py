@@ -58,13 +58,12 @@ def reconcile(
     conflicts = _ensure_objects(api, settings, owner, parsed.multi_node, current_hash, in_use, logger)
     failures: list[GroupFailure] = []
     actions: list[Action] = []
-    if conflicts:
-        pass  # an object with our name is someone else's: create and delete nothing until it is resolved
-    elif parsed.multi_node:
+    # An object with one of our names is someone else's: create and delete no pod until that is resolved.
+    if not conflicts and parsed.multi_node:
         groups = build_groups(owner, parsed, settings)
         failures = find_broken_groups(groups, observed)
         actions = plan_groups(groups, observed, max_surge=parsed.max_surge)
-    else:
+    elif not conflicts:
         desired = build_pods(owner, parsed, settings)
         actions = plan_pods(desired, observed, max_surge=parsed.max_surge)
     for action in actions:
