@@ -122,6 +122,12 @@ class Cluster:
         return None
 
 
+def key_pairs(cluster: Cluster, name: str) -> int:
+    """How many group templates the resource's SSH Secret holds a key pair for."""
+    data = cluster.core.read_namespaced_secret(f"{name}-ssh", NS).data or {}
+    return sum(key.endswith(".id_ed25519") for key in data)
+
+
 def count_events(cluster: Cluster, reason: str) -> int:
     return sum(e.reason == reason for e in cluster.core.list_namespaced_event(NS).items)
 
@@ -439,6 +445,11 @@ def test_every_api_call_of_the_operator_is_granted_by_rbac(cluster: Cluster) -> 
         cluster.custom.create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, tiny_group_resource(multi))
         wait_for("the pod", lambda: cluster.pods(name))
         wait_for("the group", lambda: len(cluster.pods(multi)) == 2)
+        # A new group template gets a key pair of its own in the SSH Secret (a patch).
+        cluster.custom.patch_namespaced_custom_object(
+            GROUP, VERSION, NS, PLURAL, multi, {"spec": {"generation": {"maxBatchSize": 2}}}
+        )
+        wait_for("a second key pair", lambda: key_pairs(cluster, multi) == 2)
         for resource in (name, multi):
             wait_for("a status", lambda r=resource: cluster.resource(r).get("status", {}).get("phase"))
             cluster.custom.delete_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, resource)
