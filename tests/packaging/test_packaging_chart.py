@@ -189,7 +189,8 @@ def test_changed_settings_roll_the_operator(render: Render) -> None:
 def test_notes_tell_how_to_apply_the_example_and_read_the_latency() -> None:
     result = run([find_tool("helm"), "install", "--dry-run=client", "bloomz", str(CHART)])
     notes = result.stdout.split("NOTES:", 1)[1]
-    assert "kubectl apply -f examples/bloomz.yaml" in notes
+    # The example goes into a watched namespace: by default the release's own.
+    assert "kubectl apply -n default -f examples/bloomz.yaml" in notes
     assert "kubectl get bloomz" in notes
     assert "bloomz.v1.TextGeneration/Generate" in notes
 
