@@ -337,3 +337,17 @@ def test_sshd_listens_on_the_pod_address() -> None:
     assert sshd_listen_address({"POD_IP": "10.1.2.3"}) == "10.1.2.3"
     assert sshd_listen_address({"POD_IP": "10.1.2.3", "BLOOMZ_BIND_HOST": "127.0.0.7"}) == "127.0.0.7"
     assert sshd_listen_address({}) == ""
+
+
+@pytest.mark.skipif(
+    not Path("/usr/sbin/sshd").exists(), reason="needs openssh-server (the runtime images have it)"
+)
+def test_the_real_sshd_accepts_the_hardened_configuration(tmp_path: Path) -> None:
+    key = tmp_path / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    (tmp_path / "authorized_keys").write_text((tmp_path / "id_ed25519.pub").read_text())
+    cmd = sshd_command(str(tmp_path), 2222, {"PATH": "/usr/bin"}, listen_address="127.0.0.1")
+    # -t: check the configuration and keys, then exit (instead of -D -e: serve in the foreground).
+    check = [cmd[0], "-t", *[arg for arg in cmd[1:] if arg not in ("-D", "-e")]]
+    result = subprocess.run(check, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
