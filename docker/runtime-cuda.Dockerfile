@@ -21,7 +21,7 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends openssh-client openssh-server \
  && rm -rf /var/lib/apt/lists/*
 COPY docker/base-constraints.sh /usr/local/bin/base-constraints.sh
-COPY pyproject.toml README.md ./
+COPY docker/constraints-runtime.txt pyproject.toml README.md ./
 COPY runtime/ runtime/
 COPY api/ api/
 # Keep NVIDIA's torch, triton and numpy (base-constraints.sh pins them); DeepSpeed's setup.py imports
@@ -29,7 +29,7 @@ COPY api/ api/
 RUN sh /usr/local/bin/base-constraints.sh /opt/bloomz/base-constraints.txt \
  && pip install --constraint /opt/bloomz/base-constraints.txt --no-build-isolation \
       "deepspeed==${DEEPSPEED_VERSION}" \
- && pip install --constraint /opt/bloomz/base-constraints.txt ".[cuda]" \
+ && pip install --constraint /opt/bloomz/base-constraints.txt --constraint constraints-runtime.txt ".[cuda]" \
  && python3 -c "import bloomz_runtime.launch; from importlib.metadata import version as v; \
 print('torch', v('torch'), 'deepspeed', v('deepspeed'), 'transformers', v('transformers'))"
 ENV OMPI_ALLOW_RUN_AS_ROOT=1 \

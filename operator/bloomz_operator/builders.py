@@ -34,6 +34,7 @@ from .constants import (
     ROLE_LEADER,
     RUNTIME_APP_NAME,
 )
+from .ownership import owner_tag
 from .settings import Settings
 from .spec import InferenceSpec
 
@@ -212,11 +213,30 @@ def _volumes(spec: InferenceSpec) -> tuple[list[dict[str, Any]], list[dict[str, 
                 mount["subPath"] = storage.pvc_sub_path
             volumes.append({"name": MODELS_VOLUME, "persistentVolumeClaim": claim})
         else:
+            # A host directory (allowed by the operator's policy) is only ever read.
+            mount["readOnly"] = True
             volumes.append(
                 {"name": MODELS_VOLUME, "hostPath": {"path": storage.host_path, "type": "Directory"}}
             )
         mounts.append(mount)
     return volumes, mounts
+
+
+def security_contexts(spec: InferenceSpec, settings: Settings) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The pod's and the container's securityContext: least privilege (Pod Security Standards, see
+    podsecurity.py): the runtime's default seccomp profile, no privilege escalation, every capability
+    dropped and only the device's own added back (Gaudi: SYS_NICE), a fixed non-root uid where the image
+    has one (the CPU image)."""
+    device = settings.device(spec.device)
+    pod: dict[str, Any] = {"seccompProfile": {"type": "RuntimeDefault"}}
+    if device.run_as_user is not None:
+        uid = device.run_as_user
+        pod.update(runAsNonRoot=uid != 0, runAsUser=uid, runAsGroup=uid, fsGroup=uid)
+    capabilities: dict[str, Any] = {"drop": ["ALL"]}
+    if device.capabilities:
+        capabilities["add"] = list(device.capabilities)
+    container = {"allowPrivilegeEscalation": False, "capabilities": capabilities}
+    return pod, container
 
 
 def build_pod_spec(spec: InferenceSpec, settings: Settings) -> dict[str, Any]:
@@ -242,9 +262,10 @@ def build_pod_spec(spec: InferenceSpec, settings: Settings) -> dict[str, Any]:
         # Generous: a long batch must not get a busy pod killed.
         "livenessProbe": _grpc_probe(20, 6, timeout=10),
     }
-    if spec.device == "hpu":
-        container["securityContext"] = {"capabilities": {"add": ["SYS_NICE"]}}
+    pod_security, container["securityContext"] = security_contexts(spec, settings)
     pod_spec: dict[str, Any] = {
+        "automountServiceAccountToken": False,  # the runtime never calls the Kubernetes API
+        "securityContext": pod_security,
         "restartPolicy": "Always",
         "terminationGracePeriodSeconds": GRACE_PERIOD_S + 15,
         "containers": [container],
@@ -269,9 +290,11 @@ def template_hash(pod_spec: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:10]
 
 
-def pod_name(owner_name: str, hash_: str, index: int) -> str:
-    # Deterministic names make creation idempotent: an operator restart gets 409s, not twins.
-    return f"{owner_name[:40].rstrip('-')}-{hash_}-{index}"
+def pod_name(owner: Owner, hash_: str, index: int) -> str:
+    # Deterministic names make creation idempotent: an operator restart gets 409s, not twins. The owner's
+    # uid tag keeps two resources whose names share the first 33 characters apart; <= 63 characters (a DNS
+    # label: the pod's hostname) with a group member suffix and up to 4-digit replica indexes.
+    return f"{owner.name[:33].rstrip('-')}-{owner_tag(owner.uid)}-{hash_}-{index}"
 
 
 def build_pods(owner: Owner, spec: InferenceSpec, settings: Settings) -> list[dict[str, Any]]:
@@ -286,7 +309,7 @@ def build_pods(owner: Owner, spec: InferenceSpec, settings: Settings) -> list[di
                 "apiVersion": "v1",
                 "kind": "Pod",
                 "metadata": {
-                    "name": pod_name(owner.name, hash_, index),
+                    "name": pod_name(owner, hash_, index),
                     "namespace": owner.namespace,
                     "labels": labels,
                     "ownerReferences": [owner_reference(owner)],

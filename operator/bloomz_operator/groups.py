@@ -37,7 +37,7 @@ from .constants import (
 )
 from .settings import Settings
 from .spec import InferenceSpec
-from .sshkeys import SECRET_KEYS, ssh_secret_name
+from .sshkeys import secret_files, ssh_secret_name
 
 SSH_VOLUME = "ssh"
 # Where the Secret's key pair is mounted in every pod of a group (the runtime's --ssh-dir).
@@ -54,14 +54,14 @@ def headless_service_name(owner_name: str) -> str:
     return f"{owner_name[:56].rstrip('-')}-hosts"
 
 
-def member_name(owner_name: str, hash_: str, index: int, member: int) -> str:
-    return f"{pod_name(owner_name, hash_, index)}-{member}"
+def member_name(owner: Owner, hash_: str, index: int, member: int) -> str:
+    return f"{pod_name(owner, hash_, index)}-{member}"
 
 
 def group_hosts(owner: Owner, hash_: str, index: int, nodes: int) -> list[str]:
     """The DNS names of a group's pods, leader first (the hostfile's order: rank 0 lives on the leader)."""
     subdomain = headless_service_name(owner.name)
-    return [f"{member_name(owner.name, hash_, index, m)}.{subdomain}" for m in range(nodes)]
+    return [f"{member_name(owner, hash_, index, m)}.{subdomain}" for m in range(nodes)]
 
 
 def leader_args(spec: InferenceSpec, hosts: list[str]) -> list[str]:
@@ -87,7 +87,7 @@ def _ssh_volume() -> dict[str, Any]:
         "secret": {
             "secretName": "",  # filled in per owner
             "defaultMode": SSH_FILE_MODE,
-            "items": [{"key": key, "path": key} for key in SECRET_KEYS],
+            "items": [],  # filled in per template: its own key pair
         },
     }
 
@@ -101,6 +101,10 @@ def group_template(spec: InferenceSpec, settings: Settings) -> dict[str, dict[st
     worker = copy.deepcopy(base)
     (worker_container,) = worker["containers"]
     worker_container["args"] = worker_args()
+    # sshd listens on the pod's own address only (never on every interface of a shared network namespace).
+    worker_container["env"].append(
+        {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}
+    )
     worker_container["ports"] = [{"name": SSH_PORT_NAME, "containerPort": SSH_PORT, "protocol": "TCP"}]
     for probe in ("startupProbe", "livenessProbe"):
         worker_container.pop(probe, None)
@@ -123,7 +127,7 @@ def _member_pod(
     owner: Owner, pod_spec: dict[str, Any], *, hash_: str, index: int, member: int
 ) -> dict[str, Any]:
     role = ROLE_LEADER if member == 0 else ROLE_WORKER
-    name = member_name(owner.name, hash_, index, member)
+    name = member_name(owner, hash_, index, member)
     labels = {
         **common_labels(owner.name),
         LABEL_TEMPLATE_HASH: hash_,
@@ -137,6 +141,7 @@ def _member_pod(
     for volume in spec["volumes"]:
         if volume["name"] == SSH_VOLUME:
             volume["secret"]["secretName"] = ssh_secret_name(owner.name)
+            volume["secret"]["items"] = [{"key": k, "path": path} for k, path in secret_files(hash_).items()]
     group_selector = {LABEL_OWNER: owner.name, LABEL_TEMPLATE_HASH: hash_, LABEL_REPLICA_INDEX: str(index)}
     spec["affinity"] = {
         "podAntiAffinity": {

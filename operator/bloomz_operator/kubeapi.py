@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import kubernetes
@@ -34,6 +34,12 @@ API_CALLS: frozenset[tuple[str, str, str]] = frozenset(
         # Multi-node replicas: the SSH key pair of a resource's groups.
         ("", "secrets", "get"),
         ("", "secrets", "create"),
+        ("", "secrets", "patch"),  # a key pair per group template, old ones dropped
+        # Per resource: its NetworkPolicy and PodDisruptionBudget (read first: never reuse someone else's).
+        ("networking.k8s.io", "networkpolicies", "get"),
+        ("networking.k8s.io", "networkpolicies", "create"),
+        ("policy", "poddisruptionbudgets", "get"),
+        ("policy", "poddisruptionbudgets", "create"),
     }
 )
 
@@ -109,6 +115,8 @@ class KubeAPI:
         # Any: raw dict bodies and `_preload_content=False` responses are outside the client's typed models.
         self.core: Any = _Bounded(kubernetes.client.CoreV1Api(api_client), self._timeout)
         self.custom: Any = _Bounded(kubernetes.client.CustomObjectsApi(api_client), self._timeout)
+        self.networking: Any = _Bounded(kubernetes.client.NetworkingV1Api(api_client), self._timeout)
+        self.policy: Any = _Bounded(kubernetes.client.PolicyV1Api(api_client), self._timeout)
 
     def list_pods(self, namespace: str, owner_name: str | None = None) -> list[dict[str, Any]]:
         """The operator's pods in the namespace (of one resource, with `owner_name`). The label selector keeps
@@ -163,23 +171,28 @@ class KubeAPI:
             raise
         return True
 
-    def delete_service(self, namespace: str, name: str) -> bool:
+    def delete_service(self, namespace: str, name: str, uid: str) -> bool:
+        """Delete the Service whose uid is `uid` (the object the caller checked the owner of): the API
+        server refuses (409) if it was replaced meanwhile. False if gone or replaced."""
+        body = {"preconditions": {"uid": uid}}
         try:
-            self.core.delete_namespaced_service(name, namespace, _preload_content=False)
+            self.core.delete_namespaced_service(name, namespace, body=body, _preload_content=False)
         except ApiException as error:
-            if error.status == 404:
+            if error.status in (404, 409):
                 return False
             raise
         return True
 
-    def secret_exists(self, namespace: str, name: str) -> bool:
+    def read_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The Secret as a dict, or None if there is none (read to check its owner, never to log it)."""
         try:
-            self.core.read_namespaced_secret(name, namespace, _preload_content=False)
+            response = self.core.read_namespaced_secret(name, namespace, _preload_content=False)
         except ApiException as error:
             if error.status == 404:
-                return False
+                return None
             raise
-        return True
+        secret: dict[str, Any] = json.loads(response.data)
+        return secret
 
     def create_secret(self, namespace: str, body: Mapping[str, Any]) -> bool:
         """True if created, False if it exists already (made by an earlier pass: that key is kept)."""
@@ -191,8 +204,58 @@ class KubeAPI:
             raise
         return True
 
+    def read_network_policy(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return _read(
+            lambda: self.networking.read_namespaced_network_policy(name, namespace, _preload_content=False)
+        )
+
+    def create_network_policy(self, namespace: str, body: Mapping[str, Any]) -> bool:
+        return _created(
+            lambda: self.networking.create_namespaced_network_policy(
+                namespace, dict(body), _preload_content=False
+            )
+        )
+
+    def read_disruption_budget(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return _read(
+            lambda: self.policy.read_namespaced_pod_disruption_budget(name, namespace, _preload_content=False)
+        )
+
+    def create_disruption_budget(self, namespace: str, body: Mapping[str, Any]) -> bool:
+        return _created(
+            lambda: self.policy.create_namespaced_pod_disruption_budget(
+                namespace, dict(body), _preload_content=False
+            )
+        )
+
+    def patch_secret(self, namespace: str, name: str, patch: Mapping[str, Any]) -> None:
+        self.core.patch_namespaced_secret(name, namespace, dict(patch), _preload_content=False)
+
     def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
         """Merge `status` into the resource's status subresource."""
         self.custom.patch_namespaced_custom_object_status(
             GROUP, VERSION, namespace, PLURAL, name, {"status": dict(status)}, _preload_content=False
         )
+
+
+def _read(call: Callable[[], Any]) -> dict[str, Any] | None:
+    """The object `call` reads, as a dict, or None if there is none."""
+    try:
+        response = call()
+    except ApiException as error:
+        if error.status == 404:
+            return None
+        raise
+    found: dict[str, Any] = json.loads(response.data)
+    return found
+
+
+def _created(call: Callable[[], Any]) -> bool:
+    """True if `call` created the object, False if one of that name exists already."""
+    try:
+        call()
+    except ApiException as error:
+        if error.status == 409:
+            return False
+        raise
+    return True

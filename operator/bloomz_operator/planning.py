@@ -168,6 +168,17 @@ def find_broken_groups(
     return failures
 
 
+def leader_first(unit: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The pods of a group to delete now: its leader alone while it may still be draining requests (the
+    workers run its ranks; killing them first would fail what it accepted), the workers once it is gone or
+    ended. Pods already terminating are not deleted twice."""
+    leaders = [p for p in unit if podview.member_of(p) == 0]
+    draining = [p for p in leaders if not podview.is_finished(p)]
+    if draining:
+        return [p for p in draining if not podview.is_terminating(p)]
+    return [p for p in unit if not podview.is_terminating(p)]
+
+
 def _unit_ready(unit: Sequence[Mapping[str, Any]], size: int | None = None) -> bool:
     """Serving: complete, nothing going away or ended, and its leader (or only pod) ready."""
     if size is not None and len(unit) != size:
@@ -185,7 +196,8 @@ def plan_groups(
     max_surge: int = 0,
 ) -> list[Action]:
     """`plan_pods`' rules with a group of pods as the unit (devices counted per group): a broken group is
-    deleted whole and re-created once all its pods are gone; a missing group is created whole."""
+    deleted whole and re-created once all its pods are gone; a missing group is created whole; a serving
+    group that is scaled down or replaced loses its leader first (it drains), its workers once it is gone."""
     replicas = len(desired_groups)
     current_hash = podview.hash_of(desired_groups[0][0]) if desired_groups else None
     size = len(desired_groups[0]) if desired_groups else None
@@ -193,14 +205,22 @@ def plan_groups(
     actions: list[Action] = []
     deleted: set[GroupKey] = set()
 
-    def delete(key: GroupKey, reason: str) -> None:
-        for pod in units[key]:
+    def delete(key: GroupKey, reason: str, *, drain: bool = True) -> None:
+        # A broken group serves nothing: all of it goes at once. A serving one drains through its leader.
+        unit = leader_first(units[key]) if drain else units[key]
+        for pod in unit:
             if not podview.is_terminating(pod):
                 actions.append(DeletePod(podview.name_of(pod), reason))
         deleted.add(key)
 
     for failure in find_broken_groups(desired_groups, observed):
-        delete((current_hash, failure.group), f"group {failure.group}: {failure.message}, recreating it")
+        message = f"group {failure.group}: {failure.message}, recreating it"
+        delete((current_hash, failure.group), message, drain=False)
+    for key, unit in units.items():
+        # Workers whose leader is gone serve nothing (the leader went first on an earlier pass).
+        orphaned = podview.role_of(unit[0]) is not None and not any(podview.member_of(p) == 0 for p in unit)
+        if key not in deleted and orphaned and not all(podview.is_terminating(p) for p in unit):
+            delete(key, "its leader is gone")
     for key, unit in units.items():
         if key in deleted or all(podview.is_terminating(p) for p in unit):
             continue

@@ -10,7 +10,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -22,6 +22,7 @@ from .builders import Owner, build_pods, build_service, service_endpoint
 from .groups import build_groups, build_headless_service, current_template_hash, headless_service_name
 from .kubeapi import KubeAPI, describe_api_error
 from .latency import format_time
+from .ownership import Conflict, conflict, with_conflicts
 from .planning import (
     Action,
     CreatePod,
@@ -35,9 +36,11 @@ from .planning import (
     rollout_finished,
     settings_rollout,
 )
+from .policy import violations
+from .protection import build_disruption_budget, build_network_policy
 from .settings import Settings
 from .spec import SpecError, parse_spec
-from .sshkeys import build_ssh_secret, generate_key_pair, ssh_secret_name
+from .sshkeys import KeyPair, build_ssh_secret, generate_key_pair, ssh_secret_name, ssh_secret_patch
 from .status import StatusEvent, compute_status, status_events
 
 
@@ -68,22 +71,27 @@ def reconcile(
 ) -> Outcome:
     try:
         parsed = parse_spec(spec)
+        refused = violations(parsed, settings.policy)
+        if refused:
+            raise SpecError("; ".join(refused))
     except SpecError as error:
         status = invalid_spec_status(str(error), generation, old_status, owner)
         return Outcome(status=status, events=status_events(old_status, status))
     current_hash = current_template_hash(parsed, settings)
-    _ensure_service(api, build_service(owner, leaders_only=parsed.multi_node), logger)
+    observed = podview.owned_by(api.list_pods(owner.namespace, owner.name), owner.uid)
+    in_use = {h for pod in observed if (h := podview.hash_of(pod))}
+    conflicts = _ensure_objects(api, settings, owner, parsed.multi_node, current_hash, in_use, logger)
     failures: list[GroupFailure] = []
-    if parsed.multi_node:
-        _ensure_group_plumbing(api, owner, logger)
+    actions: list[Action] = []
+    units: list[list[dict[str, Any]]] = []
+    # An object with one of our names is someone else's: create and delete no pod until that is resolved.
+    if not conflicts and parsed.multi_node:
         units = build_groups(owner, parsed, settings)
-        observed = podview.owned_by(api.list_pods(owner.namespace, owner.name), owner.uid)
         failures = find_broken_groups(units, observed)
         actions = plan_groups(units, observed, max_surge=parsed.max_surge)
-    else:
+    elif not conflicts:
         desired = build_pods(owner, parsed, settings)
         units = [[pod] for pod in desired]
-        observed = podview.owned_by(api.list_pods(owner.namespace, owner.name), owner.uid)
         actions = plan_pods(desired, observed, max_surge=parsed.max_surge)
     status_hash = current_hash
     if gate is not None and settings_rollout(old_status, generation, current_hash):
@@ -100,17 +108,19 @@ def reconcile(
     if gate is not None and status_hash == current_hash and rollout_finished(observed, units):
         gate.finish(owner.uid)
     now = format_time(datetime.now(timezone.utc))
+    previous_conditions = (old_status or {}).get("conditions") or ()
     status = compute_status(
         replicas=parsed.replicas,
         observed=observed,
         current_hash=status_hash,
         endpoint=service_endpoint(owner),
         generation=generation,
-        previous_conditions=(old_status or {}).get("conditions") or (),
+        previous_conditions=previous_conditions,
         now=now,
         nodes=parsed.nodes,
     )
     status["conditions"].append(reconciled_condition(api_failure, old_status, now))
+    status = with_conflicts(status, conflicts, previous_conditions=previous_conditions, now=now)
     events = status_events(old_status, status)
     last_failure = (old_status or {}).get("lastGroupFailure")
     for failure in failures:
@@ -184,37 +194,103 @@ def failed_pass_status(error: BaseException, old_status: Mapping[str, Any] | Non
     return {"conditions": [*kept, reconciled_condition(failure, old_status, now)]}
 
 
+def _ensure_objects(
+    api: KubeAPI,
+    settings: Settings,
+    owner: Owner,
+    multi_node: bool,
+    current_hash: str,
+    in_use: set[str],
+    logger: logging.Logger | logging.LoggerAdapter[Any],
+) -> list[Conflict]:
+    """The resource's objects besides its pods; the ones with our names that are not ours, untouched."""
+    found = [_ensure_service(api, owner, build_service(owner, leaders_only=multi_node), logger)]
+    if multi_node:
+        found += _ensure_group_plumbing(api, owner, current_hash, in_use, logger)
+    if settings.network.enabled:
+        policy = build_network_policy(owner, settings.network)
+        found.append(
+            _ensure_created(api.read_network_policy, api.create_network_policy, owner, policy, logger)
+        )
+    budget = build_disruption_budget(owner)
+    found.append(
+        _ensure_created(api.read_disruption_budget, api.create_disruption_budget, owner, budget, logger)
+    )
+    return [c for c in found if c is not None]
+
+
+def _ensure_created(
+    read: Callable[[str, str], dict[str, Any] | None],
+    create: Callable[[str, Mapping[str, Any]], bool],
+    owner: Owner,
+    desired: Mapping[str, Any],
+    logger: logging.Logger | logging.LoggerAdapter[Any],
+) -> Conflict | None:
+    """Create `desired` when absent; one of that name that is not ours is a conflict, left alone."""
+    kind, name = desired["kind"], desired["metadata"]["name"]
+    existing = read(owner.namespace, name)
+    if existing is not None:
+        return conflict(existing, owner.uid, kind, name)
+    if create(owner.namespace, desired):
+        logger.info(f"created {kind} {name}")
+    return None
+
+
 def _ensure_service(
-    api: KubeAPI, desired: Mapping[str, Any], logger: logging.Logger | logging.LoggerAdapter[Any]
-) -> None:
-    """Create the client Service, or replace it when its selector is not the desired one (a resource that
+    api: KubeAPI,
+    owner: Owner,
+    desired: Mapping[str, Any],
+    logger: logging.Logger | logging.LoggerAdapter[Any],
+) -> Conflict | None:
+    """Create the Service, or replace ours when its selector is not the desired one (a resource that
     switched between single-node pods and multi-node groups). Read before writing: a steady state costs a
-    GET, not a refused POST on every pass."""
+    GET, not a refused POST on every pass. A Service of that name that we do not control is left alone."""
     meta = desired["metadata"]
     existing = api.read_service(meta["namespace"], meta["name"])
+    found = conflict(existing, owner.uid, "Service", meta["name"])
+    if found is not None:
+        return found
     if existing is not None:
         if (existing.get("spec") or {}).get("selector") == desired["spec"]["selector"]:
-            return
-        api.delete_service(meta["namespace"], meta["name"])
+            return None
+        api.delete_service(meta["namespace"], meta["name"], uid=existing["metadata"]["uid"])
         logger.info(f"deleted Service {meta['name']}: its selector changed")
     if api.create_service(meta["namespace"], desired):
         logger.info(f"created Service {meta['name']}")
+    return None
 
 
 def _ensure_group_plumbing(
-    api: KubeAPI, owner: Owner, logger: logging.Logger | logging.LoggerAdapter[Any]
-) -> None:
-    """What multi-node groups need besides their pods: the SSH key pair and the headless Service."""
+    api: KubeAPI,
+    owner: Owner,
+    current_hash: str,
+    in_use: set[str],
+    logger: logging.Logger | logging.LoggerAdapter[Any],
+) -> list[Conflict]:
+    """What multi-node groups need besides their pods: the SSH key pairs (one per group template) and the
+    headless Service. A Secret we did not create is never reused: its key would let its author in."""
+    found: list[Conflict] = []
     secret = ssh_secret_name(owner.name)
-    if not api.secret_exists(owner.namespace, secret):
-        keys = generate_key_pair(comment=f"bloomz-operator@{owner.namespace}/{owner.name}")
-        if api.create_secret(owner.namespace, build_ssh_secret(owner, keys)):
+    existing = api.read_secret(owner.namespace, secret)
+
+    def new_keys() -> KeyPair:
+        return generate_key_pair(comment=f"bloomz-operator@{owner.namespace}/{owner.name}/{current_hash}")
+
+    if (clash := conflict(existing, owner.uid, "Secret", secret)) is not None:
+        found.append(clash)
+    elif existing is None:
+        if api.create_secret(owner.namespace, build_ssh_secret(owner, new_keys(), current_hash)):
             logger.info(f"created Secret {secret} (SSH key pair of the groups)")
+    elif (patch := ssh_secret_patch(existing, current_hash, in_use, new_keys)) is not None:
+        api.patch_secret(owner.namespace, secret, patch)
+        logger.info(f"updated Secret {secret}: a key pair for template {current_hash}, unused ones dropped")
     headless = headless_service_name(owner.name)
-    if not api.service_exists(owner.namespace, headless) and api.create_service(
-        owner.namespace, build_headless_service(owner)
-    ):
+    existing = api.read_service(owner.namespace, headless)
+    if (clash := conflict(existing, owner.uid, "Service", headless)) is not None:
+        found.append(clash)
+    elif existing is None and api.create_service(owner.namespace, build_headless_service(owner)):
         logger.info(f"created headless Service {headless}")
+    return found
 
 
 def invalid_spec_status(
@@ -247,12 +323,18 @@ def invalid_spec_status(
 
 
 def clean_up(api: KubeAPI, owner: Owner, logger: logging.Logger | logging.LoggerAdapter[Any]) -> None:
-    """Delete every child (the API server's garbage collector would too, but not every cluster has one)."""
+    """Delete every child (the API server's garbage collector would too, but not every cluster has one);
+    Services with our names that this resource does not control stay."""
     for pod in podview.owned_by(api.list_pods(owner.namespace, owner.name), owner.uid):
         if api.delete_pod(owner.namespace, podview.name_of(pod)):
             logger.info(f"deleted pod {podview.name_of(pod)}")
-    if api.delete_service(owner.namespace, owner.name):
-        logger.info(f"deleted Service {owner.name}")
-    # Multi-node only (a 404 otherwise); the SSH Secret goes with its owner (garbage collection).
-    if api.delete_service(owner.namespace, headless_service_name(owner.name)):
-        logger.info(f"deleted Service {headless_service_name(owner.name)}")
+    # The headless Service exists for multi-node resources only; the SSH Secret goes with its owner
+    # (garbage collection).
+    for name in (owner.name, headless_service_name(owner.name)):
+        existing = api.read_service(owner.namespace, name)
+        if existing is None:
+            continue
+        if conflict(existing, owner.uid, "Service", name) is not None:
+            logger.info(f"left Service {name} alone: this resource does not control it")
+        elif api.delete_service(owner.namespace, name, uid=existing["metadata"]["uid"]):
+            logger.info(f"deleted Service {name}")

@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from .policy import NetworkSettings, PolicySettings
+
 CONFIG_ENV = "BLOOMZ_OPERATOR_CONFIG"
 
 # Intel's Gaudi PyTorch installer image the Gaudi runtime image is built on (docker/runtime-gaudi.Dockerfile):
@@ -59,6 +61,10 @@ class DeviceSettings:
     memory_per_card: str | None = None
     hugepages_2mi_per_card: str | None = None
     host_ipc: bool = False
+    # Least privilege: the uid the runtime runs as (None: the image's user, e.g. root in vendor images) and
+    # the Linux capabilities added back after dropping ALL (Gaudi: SYS_NICE, per Intel's pod recipe).
+    run_as_user: int | None = None
+    capabilities: tuple[str, ...] = ()
 
     def pod_memory(self, cards: int) -> str | None:
         return self.memory or scale_quantity(self.memory_per_card, cards)
@@ -129,6 +135,8 @@ class Settings:
     api: ApiSettings = field(default_factory=ApiSettings)
     rollout: RolloutSettings = field(default_factory=RolloutSettings)
     devices: Mapping[str, DeviceSettings] = field(default_factory=lambda: dict(DEFAULT_DEVICES))
+    policy: PolicySettings = field(default_factory=PolicySettings)
+    network: NetworkSettings = field(default_factory=NetworkSettings)
 
     def device(self, name: str) -> DeviceSettings:
         return self.devices[name]
@@ -141,9 +149,11 @@ DEFAULT_DEVICES: dict[str, DeviceSettings] = {
         memory_per_card=GAUDI_MEMORY_PER_CARD,
         hugepages_2mi_per_card=GAUDI_HUGEPAGES_2MI_PER_CARD,
         host_ipc=True,
+        capabilities=("SYS_NICE",),
     ),
     "cuda": DeviceSettings(image=DEFAULT_IMAGES["cuda"], resource_name="nvidia.com/gpu"),
-    "cpu": DeviceSettings(image=DEFAULT_IMAGES["cpu"]),
+    # The CPU runtime image's own user (docker/runtime-cpu.Dockerfile: USER 10001).
+    "cpu": DeviceSettings(image=DEFAULT_IMAGES["cpu"], run_as_user=10001),
 }
 
 _DEVICE_KEYS = {
@@ -157,6 +167,14 @@ _DEVICE_KEYS = {
     "memoryPerCard": "memory_per_card",
     "hugepages2MiPerCard": "hugepages_2mi_per_card",
     "hostIPC": "host_ipc",
+    "runAsUser": "run_as_user",
+    "capabilities": "capabilities",
+}
+_POLICY_KEYS = {
+    "hostPathPrefixes": "host_path_prefixes",
+    "allowedImagePrefixes": "allowed_image_prefixes",
+    "allowedTolerationKeys": "allowed_toleration_keys",
+    "allowEnvSecrets": "allow_env_secrets",
 }
 _PER_CARD_KEYS = ("memoryPerCard", "hugepages2MiPerCard")
 _QUANTITY_KEYS = ("memory", "hugepages2Mi", *_PER_CARD_KEYS)
@@ -177,6 +195,15 @@ _TOP_KEYS = {
     "api",
     "rollout",
     "devices",
+    "policy",
+    "network",
+}
+_NETWORK_KEYS = {
+    "enabled": "enabled",
+    "clientNamespaces": "client_namespaces",
+    "clientPodLabels": "client_pod_labels",
+    "monitoringNamespace": "monitoring_namespace",
+    "operatorNamespace": "operator_namespace",
 }
 _API_KEYS = {
     "requestTimeoutSeconds": "request_timeout_seconds",
@@ -236,6 +263,55 @@ def _port(value: Any, where: str) -> int:
     return int(port)
 
 
+def _uid(value: Any, where: str) -> int:
+    uid = int(_expect(value, int, where))
+    if uid < 0:
+        raise SettingsError(f"{where}: must be a uid >= 0, got {uid}")
+    return uid
+
+
+def _str_list(value: Any, where: str) -> tuple[str, ...]:
+    items = _expect(value, list, where)
+    return tuple(str(_expect(item, str, f"{where}[{i}]")) for i, item in enumerate(items))
+
+
+def _policy(data: Any) -> PolicySettings:
+    _expect(data, dict, "policy")
+    _check_keys(data, _POLICY_KEYS, "policy")
+    changes: dict[str, Any] = {}
+    for key, value in data.items():
+        attr, at = _POLICY_KEYS[key], f"policy.{key}"
+        if key == "allowEnvSecrets":
+            changes[attr] = _expect(value, bool, at)
+        elif key == "allowedTolerationKeys" and value is None:
+            changes[attr] = None  # any key
+        else:
+            changes[attr] = _str_list(value, at)
+    for prefix in changes.get("host_path_prefixes", ()):
+        if not prefix.startswith("/"):
+            raise SettingsError(f"policy.hostPathPrefixes: {prefix!r} is not an absolute path")
+    return replace(PolicySettings(), **changes)
+
+
+def _network(data: Any) -> NetworkSettings:
+    _expect(data, dict, "network")
+    _check_keys(data, _NETWORK_KEYS, "network")
+    changes: dict[str, Any] = {}
+    for key, value in data.items():
+        attr, at = _NETWORK_KEYS[key], f"network.{key}"
+        if key == "enabled":
+            changes[attr] = _expect(value, bool, at)
+        elif key == "clientNamespaces":
+            changes[attr] = _str_list(value, at)
+        elif key == "clientPodLabels":
+            changes[attr] = _str_map(value, at)
+        elif value is None:
+            changes[attr] = None  # none
+        else:
+            changes[attr] = str(_expect(value, str, at)) or None
+    return replace(NetworkSettings(), **changes)
+
+
 def _device(name: str, data: Any, base: DeviceSettings) -> DeviceSettings:
     where = f"devices.{name}"
     _expect(data, dict, where)
@@ -250,6 +326,10 @@ def _device(name: str, data: Any, base: DeviceSettings) -> DeviceSettings:
             changes[attr] = tuple(_expect(t, dict, f"{at}[{i}]") for i, t in enumerate(items))
         elif key == "hostIPC":
             changes[attr] = _expect(value, bool, at)
+        elif key == "runAsUser":
+            changes[attr] = None if value is None else _uid(value, at)
+        elif key == "capabilities":
+            changes[attr] = _str_list(value, at)
         elif value is None and key in (*_QUANTITY_KEYS, "resourceName"):
             changes[attr] = None  # explicitly switched off
         elif key in _PER_CARD_KEYS:
@@ -347,6 +427,10 @@ def parse_settings(data: Mapping[str, Any] | None) -> Settings:
         for name, device_data in devices.items():
             merged[name] = _device(name, device_data, merged[name])
         changes["devices"] = merged
+    if "policy" in data:
+        changes["policy"] = _policy(data["policy"])
+    if "network" in data:
+        changes["network"] = _network(data["network"])
     return replace(defaults, **changes)
 
 

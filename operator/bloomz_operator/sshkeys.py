@@ -10,6 +10,7 @@ leader's ssh; the private key doubles as the workers' host key, so no image carr
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,10 +19,26 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from .builders import Owner, common_labels, owner_reference
 
+# The Secret is of type kubernetes.io/ssh-auth: "ssh-privatekey" holds the newest private key (the type
+# requires it). Each group template has its own key pair under "<template hash>.<file>" entries, so a
+# group recreated from a new template never trusts the old one's key; entries of templates no pod uses
+# any more are removed.
+SECRET_TYPE = "kubernetes.io/ssh-auth"
+PRIVATE_KEY_ENTRY = "ssh-privatekey"
 PRIVATE_KEY = "id_ed25519"
 PUBLIC_KEY = "id_ed25519.pub"
 AUTHORIZED_KEYS = "authorized_keys"
-SECRET_KEYS = (PRIVATE_KEY, PUBLIC_KEY, AUTHORIZED_KEYS)
+SSH_FILES = (PRIVATE_KEY, PUBLIC_KEY, AUTHORIZED_KEYS)
+
+
+def secret_files(hash_: str) -> dict[str, str]:
+    """Secret key -> file name in the mounted directory, for the pods of template `hash_`."""
+    return {f"{hash_}.{name}": name for name in SSH_FILES}
+
+
+def template_hashes(secret: Mapping[str, Any]) -> set[str]:
+    """The templates the Secret holds a key pair for."""
+    return {key.split(".", 1)[0] for key in secret.get("data") or {} if key.endswith(f".{PRIVATE_KEY}")}
 
 
 @dataclass(frozen=True)
@@ -48,22 +65,40 @@ def _b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
 
 
-def build_ssh_secret(owner: Owner, keys: KeyPair) -> dict[str, Any]:
-    """The Secret (owned by the resource, so it goes with it) holding the group's SSH identity."""
-    public = keys.public_openssh.rstrip("\n") + "\n"
+def _entries(keys: KeyPair, hash_: str) -> dict[str, str]:
+    public = _b64(keys.public_openssh.rstrip("\n") + "\n")
+    files = secret_files(hash_)
+    by_name = {PRIVATE_KEY: _b64(keys.private_openssh), PUBLIC_KEY: public, AUTHORIZED_KEYS: public}
+    return {key: by_name[name] for key, name in files.items()}
+
+
+def build_ssh_secret(owner: Owner, keys: KeyPair, hash_: str) -> dict[str, Any]:
+    """The Secret (owned by the resource, so it goes with it) holding the group template's SSH identity."""
     return {
         "apiVersion": "v1",
         "kind": "Secret",
-        "type": "Opaque",
+        "type": SECRET_TYPE,
         "metadata": {
             "name": ssh_secret_name(owner.name),
             "namespace": owner.namespace,
             "labels": common_labels(owner.name),
             "ownerReferences": [owner_reference(owner)],
         },
-        "data": {
-            PRIVATE_KEY: _b64(keys.private_openssh),
-            PUBLIC_KEY: _b64(public),
-            AUTHORIZED_KEYS: _b64(public),
-        },
+        "data": {PRIVATE_KEY_ENTRY: _b64(keys.private_openssh), **_entries(keys, hash_)},
     }
+
+
+def ssh_secret_patch(
+    secret: Mapping[str, Any], hash_: str, in_use: Iterable[str], new_keys: Callable[[], KeyPair]
+) -> dict[str, Any] | None:
+    """A merge patch giving template `hash_` a key pair of its own (made by `new_keys` only when needed) and
+    dropping the pairs of templates no pod runs any more; None when the Secret is as it should be."""
+    held = template_hashes(secret)
+    keep = {hash_, *in_use}
+    data: dict[str, str | None] = {}
+    if hash_ not in held:
+        keys = new_keys()
+        data.update(_entries(keys, hash_), **{PRIVATE_KEY_ENTRY: _b64(keys.private_openssh)})
+    for old in held - keep:
+        data.update(dict.fromkeys(secret_files(old), None))
+    return {"data": data} if data else None

@@ -34,6 +34,7 @@ from bloomz_runtime.options import BIND_HOST_ENV
 
 ROLE_LEADER = "leader"
 ROLE_WORKER = "worker"
+POD_IP_ENV = "POD_IP"
 DEFAULT_SSH_PORT = 2222
 DEFAULT_SSH_DIR = "/etc/bloomz/ssh"
 DEFAULT_WORKERS_TIMEOUT_S = 600.0
@@ -216,6 +217,13 @@ def sshd_command(
         "-o", "StrictModes=no",
         "-o", "UsePAM=no",
         "-o", "PidFile=/tmp/bloomz-sshd.pid",
+        # Sessions only run the ranks: no forwarding, tunnels or agents through a worker.
+        "-o", "AllowTcpForwarding=no",
+        "-o", "AllowStreamLocalForwarding=no",
+        "-o", "AllowAgentForwarding=no",
+        "-o", "X11Forwarding=no",
+        "-o", "PermitTunnel=no",
+        "-o", "PermitUserEnvironment=no",
     ]  # fmt: skip
     if listen_address:
         cmd += ["-o", f"ListenAddress={listen_address}"]
@@ -312,6 +320,12 @@ def prepare_leader(
     return group
 
 
+def sshd_listen_address(environ: Mapping[str, str]) -> str:
+    """BLOOMZ_BIND_HOST where pods share one machine, else the pod's own address (the operator sets POD_IP);
+    "" (every address) only when neither is known."""
+    return environ.get(BIND_HOST_ENV) or environ.get(POD_IP_ENV, "")
+
+
 def run_worker(opts: MultiNodeOptions, environ: Mapping[str, str] | None = None) -> int:
     """Become sshd (exec): the pod lives as long as sshd does, and the leader starts the ranks."""
     env = dict(os.environ if environ is None else environ)
@@ -319,7 +333,7 @@ def run_worker(opts: MultiNodeOptions, environ: Mapping[str, str] | None = None)
     # it, and only root may create it: a non-root worker goes on without.
     with contextlib.suppress(PermissionError):
         Path("/run/sshd").mkdir(mode=0o755, parents=True, exist_ok=True)
-    listen = env.get(BIND_HOST_ENV, "")
+    listen = sshd_listen_address(env)
     cmd = sshd_command(opts.ssh_dir, opts.ssh_port, worker_session_env(env), listen_address=listen)
     print("launch: worker:", " ".join(cmd[:12]), "...", file=sys.stderr, flush=True)
     os.execvp(cmd[0], cmd)

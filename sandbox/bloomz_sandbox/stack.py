@@ -160,6 +160,8 @@ class Sandbox:
             "logLevel": self.options.operator_log_level,
             "livenessPort": free_port(),
             "devices": {"cpu": {"image": SANDBOX_CPU_IMAGE}},
+            # The examples read the model from the node's /var/lib/bloomz (hostPath is off by default).
+            "policy": {"hostPathPrefixes": ["/var/lib/bloomz/"]},
         }
         self.settings_path.write_text(yaml.safe_dump(settings, sort_keys=False))
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PYTHONUNBUFFERED": "1"}

@@ -27,6 +27,7 @@ from bloomz_operator.planning import (
 from bloomz_operator.reconciler import api_error_reason, failed_pass_status, reconcile
 from bloomz_operator.settings import DeviceSettings, Settings, SettingsError, parse_settings
 from bloomz_operator.spec import BenchmarkSpec, parse_spec
+from fake_kubeapi import FakeAPI
 from kubernetes.client.rest import ApiException
 
 LOG = logging.getLogger("test")
@@ -164,37 +165,6 @@ def test_api_errors_are_described_with_the_servers_own_message() -> None:
 
 
 OWNER = Owner(name="b", namespace="ns", uid="u")
-
-
-class FakeAPI:
-    def __init__(self, refuse: ApiException | None = None) -> None:
-        self.pods: dict[str, dict[str, Any]] = {}
-        self.refuse = refuse
-
-    def list_pods(self, namespace: str, owner_name: str | None = None) -> list[dict[str, Any]]:
-        return [copy.deepcopy(p) for p in self.pods.values()]
-
-    def create_pod(self, namespace: str, body: dict[str, Any]) -> bool:
-        if self.refuse is not None:
-            raise self.refuse
-        self.pods[body["metadata"]["name"]] = copy.deepcopy(body)
-        return True
-
-    def delete_pod(self, namespace: str, name: str) -> bool:
-        return self.pods.pop(name, None) is not None
-
-    def read_service(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return {
-            "spec": {
-                "selector": {"app.kubernetes.io/name": "bloomz-runtime", "app.kubernetes.io/instance": name}
-            }
-        }
-
-    def create_service(self, namespace: str, body: dict[str, Any]) -> bool:
-        return True
-
-    def delete_service(self, namespace: str, name: str) -> bool:
-        return True
 
 
 def run_pass(api: FakeAPI, old_status: dict[str, Any] | None = None, **kwargs: Any) -> Any:

@@ -20,6 +20,7 @@ from bloomz_operator.builders import (
     startup_budget_seconds,
     template_hash,
 )
+from bloomz_operator.ownership import owner_tag
 from bloomz_operator.settings import Settings, parse_settings
 from bloomz_operator.spec import parse_spec
 from bloomz_runtime.options import ServeOptions, parse_options
@@ -50,7 +51,10 @@ def test_gaudi_pod_follows_intels_recipe() -> None:
         "memory": "418816Mi",
         "hugepages-2Mi": "94992Mi",
     }
-    assert c["securityContext"] == {"capabilities": {"add": ["SYS_NICE"]}}
+    assert c["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"], "add": ["SYS_NICE"]},
+    }
     assert pod["spec"]["hostIPC"] is True
     assert pod["spec"]["restartPolicy"] == "Always"
     volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
@@ -155,7 +159,7 @@ def test_cuda_pod_asks_for_gpus_only() -> None:
     assert len(pods) == 2
     c = container(pods[0])
     assert c["resources"]["limits"] == {"nvidia.com/gpu": "2"}
-    assert "securityContext" not in c and "hostIPC" not in pods[0]["spec"]
+    assert "add" not in c["securityContext"]["capabilities"] and "hostIPC" not in pods[0]["spec"]
     assert "PT_HPU_LAZY_MODE" not in env_of(c)
     assert pods[0]["spec"]["tolerations"] == [
         {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
@@ -168,7 +172,7 @@ def test_cpu_pod_sizes_cpu_and_memory_from_cards_and_mounts_host_path() -> None:
     assert c["resources"] == {"limits": {"memory": "8Gi"}, "requests": {"cpu": "2", "memory": "4Gi"}}
     volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
     assert volumes["models"]["hostPath"] == {"path": "/var/lib/bloomz/models", "type": "Directory"}
-    assert {"name": "models", "mountPath": "/models"} in c["volumeMounts"]
+    assert {"name": "models", "mountPath": "/models", "readOnly": True} in c["volumeMounts"]
     assert "HF_HOME" not in env_of(c)  # a local path needs no Hub cache
     assert c["args"][:6] == ["--model", "/models/bloomz-tiny", "--device", "cpu", "--world-size", "2"]
     assert "--dtype" in c["args"] and c["args"][c["args"].index("--dtype") + 1] == "float32"
@@ -224,7 +228,9 @@ def test_pods_names_labels_and_owner() -> None:
     spec = parse_spec({**example_spec("bloomz.yaml"), "replicas": 3})
     pods = build_pods(OWNER, spec, Settings())
     hash_ = template_hash(build_pod_spec(spec, Settings()))
-    assert [p["metadata"]["name"] for p in pods] == [f"bloomz-7b1-{hash_}-{i}" for i in range(3)]
+    assert [p["metadata"]["name"] for p in pods] == [
+        f"bloomz-7b1-{owner_tag(OWNER.uid)}-{hash_}-{i}" for i in range(3)
+    ]
     for index, pod in enumerate(pods):
         meta = pod["metadata"]
         assert meta["namespace"] == "ml"

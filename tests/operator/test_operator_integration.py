@@ -27,6 +27,7 @@ from bloomz_operator import rbac
 from bloomz_operator.constants import GROUP, PLURAL, VERSION
 from bloomz_operator.handlers import FINALIZER, register_handlers
 from bloomz_operator.kubeapi import USER_AGENT
+from bloomz_operator.policy import PolicySettings
 from bloomz_operator.settings import BenchmarkSettings, Settings
 from bloomz_sandbox.apiserver import SandboxAPIServer
 from helpers import free_port, run_runtime
@@ -121,6 +122,12 @@ class Cluster:
         return None
 
 
+def key_pairs(cluster: Cluster, name: str) -> set[str]:
+    """The group templates the resource's SSH Secret holds a key pair for."""
+    data = cluster.core.read_namespaced_secret(f"{name}-ssh", NS).data or {}
+    return {key.split(".", 1)[0] for key in data if key.endswith(".id_ed25519")}
+
+
 def count_events(cluster: Cluster, reason: str) -> int:
     return sum(e.reason == reason for e in cluster.core.list_namespaced_event(NS).items)
 
@@ -190,6 +197,8 @@ def operator_settings(runtime_port: int) -> Settings:
         # Long on purpose: the tests see the operator react to pod and spec changes, not to its timer.
         reconcile_interval_seconds=300.0,
         benchmark=BenchmarkSettings(port=runtime_port, check_interval_seconds=1.0, timeout_seconds=120.0),
+        # The CPU example mounts the model from the node (hostPath is off by default).
+        policy=PolicySettings(host_path_prefixes=("/var/lib/bloomz/",)),
     )
 
 
@@ -369,7 +378,11 @@ def test_multi_node_group_secret_services_failure_recreation_and_leader_latency(
             f"{p['metadata']['name']}.{name}-hosts" for p in (leader, worker)
         )
         secret = cluster.core.read_namespaced_secret(f"{name}-ssh", NS)
-        assert set(secret.data) == {"id_ed25519", "id_ed25519.pub", "authorized_keys"}
+        hash_ = leader["metadata"]["labels"][f"{GROUP}/template-hash"]
+        assert set(secret.data) == {"ssh-privatekey"} | {
+            f"{hash_}.{f}" for f in ("id_ed25519", "id_ed25519.pub", "authorized_keys")
+        }
+        assert secret.type == "kubernetes.io/ssh-auth"
         assert secret.metadata.owner_references[0].name == name
         headless = cluster.core.read_namespaced_service(f"{name}-hosts", NS)
         assert headless.spec.cluster_ip == "None" and headless.spec.publish_not_ready_addresses
@@ -432,6 +445,12 @@ def test_every_api_call_of_the_operator_is_granted_by_rbac(cluster: Cluster) -> 
         cluster.custom.create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, tiny_group_resource(multi))
         wait_for("the pod", lambda: cluster.pods(name))
         wait_for("the group", lambda: len(cluster.pods(multi)) == 2)
+        # A new group template gets a key pair of its own in the SSH Secret (a patch), the old one goes.
+        first = key_pairs(cluster, multi)
+        cluster.custom.patch_namespaced_custom_object(
+            GROUP, VERSION, NS, PLURAL, multi, {"spec": {"generation": {"maxBatchSize": 2}}}
+        )
+        wait_for("a new key pair only", lambda: (pairs := key_pairs(cluster, multi)) and not pairs & first)
         for resource in (name, multi):
             wait_for("a status", lambda r=resource: cluster.resource(r).get("status", {}).get("phase"))
             cluster.custom.delete_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, resource)
@@ -458,7 +477,10 @@ def test_python_m_bloomz_operator_serves_liveness_and_reconciles(cluster: Cluste
     """The operator as images run it: a process, settings from a file, Kopf's /healthz."""
     name = "tiny-process"
     config = tmp_path / "operator.yaml"
-    config.write_text("logLevel: INFO\nreconcileIntervalSeconds: 300\nbenchmark: {enabled: false}\n")
+    config.write_text(
+        "logLevel: INFO\nreconcileIntervalSeconds: 300\nbenchmark: {enabled: false}\n"
+        "policy: {hostPathPrefixes: [/var/lib/bloomz/]}\n"
+    )
     port = free_port()
     env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig), "BLOOMZ_BIND_HOST": "127.0.0.1"}
     log_path = tmp_path / "operator.log"

@@ -31,13 +31,15 @@ from bloomz_operator.groups import (
     headless_service_name,
 )
 from bloomz_operator.kubeapi import KubeAPI
+from bloomz_operator.ownership import owner_tag
 from bloomz_operator.planning import CreatePod, DeletePod, find_broken_groups, plan_groups
 from bloomz_operator.reconciler import reconcile
 from bloomz_operator.settings import Settings
 from bloomz_operator.spec import SpecError, parse_spec
-from bloomz_operator.sshkeys import SECRET_KEYS, build_ssh_secret, generate_key_pair, ssh_secret_name
+from bloomz_operator.sshkeys import build_ssh_secret, generate_key_pair, ssh_secret_name, template_hashes
 from bloomz_operator.status import compute_status
 from cryptography.hazmat.primitives import serialization
+from fake_kubeapi import FakeAPI
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD_PATH = ROOT / "crds" / "bloomzinferences.inference.bloomz.dev.yaml"
@@ -158,7 +160,8 @@ def test_a_group_is_a_leader_and_workers_with_stable_dns_names() -> None:
     hash_ = group_template_hash(parse_spec(SPEC_16 | {"replicas": 2}), Settings())
     for index, group in enumerate(groups):
         names = [p["metadata"]["name"] for p in group]
-        assert names == [f"big-{hash_}-{index}-0", f"big-{hash_}-{index}-1"]
+        tag = owner_tag(OWNER.uid)
+        assert names == [f"big-{tag}-{hash_}-{index}-0", f"big-{tag}-{hash_}-{index}-1"]
         roles = [p["metadata"]["labels"][LABEL_ROLE] for p in group]
         assert roles == ["leader", "worker"]
         for member, pod in enumerate(group):
@@ -208,9 +211,8 @@ def test_every_pod_of_a_group_asks_for_one_nodes_cards_on_its_own_node() -> None
     for pod in groups_of(SPEC_16)[0]:
         c = container(pod)
         assert c["resources"]["limits"]["habana.ai/gaudi"] == "8"
-        assert pod["spec"]["hostIPC"] is True and c["securityContext"] == {
-            "capabilities": {"add": ["SYS_NICE"]}
-        }
+        assert pod["spec"]["hostIPC"] is True
+        assert c["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": ["SYS_NICE"]}
         (term,) = pod["spec"]["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
         assert term["topologyKey"] == "kubernetes.io/hostname"
         assert term["labelSelector"]["matchLabels"] == {
@@ -226,7 +228,13 @@ def test_every_pod_of_a_group_asks_for_one_nodes_cards_on_its_own_node() -> None
         volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
         secret = volumes["ssh"]["secret"]
         assert secret["secretName"] == ssh_secret_name("big") and secret["defaultMode"] == 0o400
-        assert [item["key"] for item in secret["items"]] == list(SECRET_KEYS)
+        files = {item["key"]: item["path"] for item in secret["items"]}
+        hash_ = pod["metadata"]["labels"][LABEL_TEMPLATE_HASH]
+        assert files == {
+            f"{hash_}.id_ed25519": "id_ed25519",
+            f"{hash_}.id_ed25519.pub": "id_ed25519.pub",
+            f"{hash_}.authorized_keys": "authorized_keys",
+        }
     cpu = groups_of({"model": "/models/tiny", "device": "cpu", "cards": 4, "cardsPerNode": 2})[0]
     assert container(cpu[1])["resources"]["requests"]["cpu"] == "2"
     assert "HCCL_SOCKET_IFNAME" not in {e["name"] for e in container(cpu[0])["env"]}
@@ -290,13 +298,14 @@ def test_key_pair_is_ed25519_in_openssh_format_and_matches(tmp_path: Path) -> No
 
 def test_secret_holds_the_key_pair_and_belongs_to_the_resource() -> None:
     keys = generate_key_pair("c")
-    secret = build_ssh_secret(OWNER, keys)
+    secret = build_ssh_secret(OWNER, keys, "h1")
     assert secret["metadata"]["name"] == "big-ssh" and secret["metadata"]["namespace"] == "ml"
     assert secret["metadata"]["ownerReferences"][0]["uid"] == "uid-big"
+    assert secret["type"] == "kubernetes.io/ssh-auth"
     data = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
-    assert set(data) == set(SECRET_KEYS)
-    assert data["id_ed25519"] == keys.private_openssh
-    assert data["id_ed25519.pub"] == data["authorized_keys"] == keys.public_openssh + "\n"
+    assert set(data) == {"ssh-privatekey", "h1.id_ed25519", "h1.id_ed25519.pub", "h1.authorized_keys"}
+    assert data["ssh-privatekey"] == data["h1.id_ed25519"] == keys.private_openssh
+    assert data["h1.id_ed25519.pub"] == data["h1.authorized_keys"] == keys.public_openssh + "\n"
 
 
 # --- planner --------------------------------------------------------------------------------------------
@@ -379,7 +388,19 @@ def test_scale_down_removes_whole_groups() -> None:
     big = groups_of(SPEC_16, replicas=3)
     small = groups_of(SPEC_16, replicas=1)
     actions = plan_groups(small, [observed(p) for g in big for p in g])
-    assert sorted(deletes(actions)) == sorted(names(big[1]) + names(big[2])) and creates(actions) == []
+    # Leaders first: a leader drains its accepted requests while its workers still run its ranks.
+    assert sorted(deletes(actions)) == sorted([names(big[1])[0], names(big[2])[0]]) and creates(actions) == []
+    draining = [
+        observed(p, terminating=member == 0 and index > 0)
+        for index, g in enumerate(big)
+        for member, p in enumerate(g)
+    ]
+    assert plan_groups(small, draining) == []
+    # Once a leader is gone, its workers go.
+    leaders_gone = [
+        observed(p) for index, g in enumerate(big) for member, p in enumerate(g) if index == 0 or member > 0
+    ]
+    assert sorted(deletes(plan_groups(small, leaders_gone))) == sorted([names(big[1])[1], names(big[2])[1]])
 
 
 def test_switching_a_ready_single_node_replica_to_a_group_deletes_before_creating() -> None:
@@ -400,7 +421,9 @@ def test_rollout_with_surge_replaces_a_ready_group_only_once_the_new_one_serves(
     loading = old_pods + [observed(p, ready=False) for p in new[0]]
     assert plan_groups(new, loading, max_surge=1) == []
     serving = old_pods + [observed(p) for p in new[0]]
-    assert sorted(deletes(plan_groups(new, serving, max_surge=1))) == sorted(names(old[0]))
+    assert deletes(plan_groups(new, serving, max_surge=1)) == [names(old[0])[0]]  # the leader drains first
+    workers_left = old_pods[1:] + [observed(p) for p in new[0]]
+    assert deletes(plan_groups(new, workers_left, max_surge=1)) == names(old[0])[1:]
 
 
 # --- status ---------------------------------------------------------------------------------------------
@@ -456,51 +479,6 @@ def test_a_running_worker_waiting_for_sshd_is_not_loading_a_model() -> None:
 # --- reconciler (a recording fake of KubeAPI) -------------------------------------------------------------
 
 
-class FakeAPI:
-    """The KubeAPI surface the reconciler uses, over dicts."""
-
-    def __init__(self) -> None:
-        self.pods: dict[str, dict[str, Any]] = {}
-        self.services: dict[str, dict[str, Any]] = {}
-        self.secrets: dict[str, dict[str, Any]] = {}
-        self.calls: list[tuple[str, str]] = []
-
-    def list_pods(self, namespace: str, owner_name: str | None = None) -> list[dict[str, Any]]:
-        return [copy.deepcopy(p) for p in self.pods.values()]
-
-    def create_pod(self, namespace: str, body: dict[str, Any]) -> bool:
-        self.calls.append(("create_pod", body["metadata"]["name"]))
-        pod = copy.deepcopy(body)
-        pod["metadata"]["uid"] = f"pod-{len(self.calls)}"
-        return self.pods.setdefault(body["metadata"]["name"], pod) is pod
-
-    def delete_pod(self, namespace: str, name: str) -> bool:
-        self.calls.append(("delete_pod", name))
-        return self.pods.pop(name, None) is not None
-
-    def read_service(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return self.services.get(name)
-
-    def service_exists(self, namespace: str, name: str) -> bool:
-        return name in self.services
-
-    def create_service(self, namespace: str, body: dict[str, Any]) -> bool:
-        self.calls.append(("create_service", body["metadata"]["name"]))
-        return self.services.setdefault(body["metadata"]["name"], copy.deepcopy(body)) is not None
-
-    def delete_service(self, namespace: str, name: str) -> bool:
-        self.calls.append(("delete_service", name))
-        return self.services.pop(name, None) is not None
-
-    def secret_exists(self, namespace: str, name: str) -> bool:
-        return name in self.secrets
-
-    def create_secret(self, namespace: str, body: dict[str, Any]) -> bool:
-        self.calls.append(("create_secret", body["metadata"]["name"]))
-        self.secrets[body["metadata"]["name"]] = copy.deepcopy(body)
-        return True
-
-
 def run_pass(api: FakeAPI, spec: dict[str, Any], old_status: dict[str, Any] | None = None) -> Any:
     return reconcile(
         cast(KubeAPI, api),
@@ -520,11 +498,32 @@ def test_reconciler_creates_key_secret_services_and_groups_once() -> None:
     assert set(api.services) == {"big", "big-hosts"}
     assert api.services["big"]["spec"]["selector"][LABEL_ROLE] == "leader"
     assert len(api.pods) == 4 and len(creates(outcome.actions)) == 4
-    key = api.secrets["big-ssh"]["data"]["id_ed25519"]
+    key = api.secrets["big-ssh"]["data"]["ssh-privatekey"]
     api.calls.clear()
     again = run_pass(api, SPEC_16 | {"replicas": 2}, outcome.status)
     assert again.actions == [] and api.calls == []  # nothing twice, and the key pair is kept
-    assert api.secrets["big-ssh"]["data"]["id_ed25519"] == key
+    assert api.secrets["big-ssh"]["data"]["ssh-privatekey"] == key
+
+
+def test_a_group_from_a_new_template_gets_a_new_key_and_old_keys_go_with_their_pods() -> None:
+    api = FakeAPI()
+    run_pass(api, SPEC_16)
+    (first,) = template_hashes(api.secrets["big-ssh"])
+    old_key = api.secrets["big-ssh"]["data"][f"{first}.id_ed25519"]
+    changed = SPEC_16 | {"generation": {"maxBatchSize": 4}}
+    run_pass(api, changed)  # the old group still exists: both templates hold a key
+    held = template_hashes(api.secrets["big-ssh"])
+    (second,) = held - {first}
+    assert first in held and api.secrets["big-ssh"]["data"][f"{second}.id_ed25519"] != old_key
+    for name in [n for n, p in api.pods.items() if p["metadata"]["labels"][LABEL_TEMPLATE_HASH] == first]:
+        del api.pods[name]  # the old group is gone
+    run_pass(api, changed)
+    assert template_hashes(api.secrets["big-ssh"]) == {second}
+    # A new group mounts its own template's entries only.
+    pod = next(iter(api.pods.values()))
+    (volume,) = [v for v in pod["spec"]["volumes"] if v["name"] == "ssh"]
+    assert {item["key"] for item in volume["secret"]["items"]} <= set(api.secrets["big-ssh"]["data"])
+    assert all(item["key"].startswith(f"{second}.") for item in volume["secret"]["items"])
 
 
 def test_reconciler_recreates_a_broken_group_and_reports_the_member() -> None:

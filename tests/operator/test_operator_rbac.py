@@ -17,6 +17,11 @@ CORE_METHODS = {
     "patch_namespaced_custom_object_status": ("inference.bloomz.dev", "bloomzinferences/status", "patch"),
     "read_namespaced_secret": ("", "secrets", "get"),
     "create_namespaced_secret": ("", "secrets", "create"),
+    "patch_namespaced_secret": ("", "secrets", "patch"),
+    "read_namespaced_network_policy": ("networking.k8s.io", "networkpolicies", "get"),
+    "create_namespaced_network_policy": ("networking.k8s.io", "networkpolicies", "create"),
+    "read_namespaced_pod_disruption_budget": ("policy", "poddisruptionbudgets", "get"),
+    "create_namespaced_pod_disruption_budget": ("policy", "poddisruptionbudgets", "create"),
 }
 
 
@@ -43,10 +48,10 @@ def test_rules_are_well_formed_and_sorted() -> None:
 def test_exactly_the_declared_calls_are_granted() -> None:
     assert granted(rbac.NAMESPACED_RULES) == kubeapi.API_CALLS | rbac.KOPF_NAMESPACED_CALLS
     assert granted(rbac.CLUSTER_RULES) == rbac.KOPF_CLUSTER_CALLS
-    # Nothing that writes outside the operator's own objects; secrets only to create and read back the SSH
-    # key pair of multi-node groups (never list/watch: the operator sees no other secret).
+    # Nothing that writes outside the operator's own objects; secrets only to create, read back, rotate
+    # the SSH key pairs of multi-node groups (no list/watch; get reads any Secret of a watched namespace).
     everything = granted(rbac.NAMESPACED_RULES) | granted(rbac.CLUSTER_RULES)
-    assert {verb for _, resource, verb in everything if resource == "secrets"} == {"create", "get"}
+    assert {verb for _, resource, verb in everything if resource == "secrets"} == {"create", "get", "patch"}
     assert not any(resource == "secrets" for _, resource, _ in granted(rbac.CLUSTER_RULES))
     assert not any(verb in ("update", "deletecollection", "escalate", "bind") for *_, verb in everything)
 
@@ -59,7 +64,7 @@ def test_kubeapi_declares_every_client_method_it_calls() -> None:
         if isinstance(node, ast.Call)
         and isinstance(node.func, ast.Attribute)
         and isinstance(node.func.value, ast.Attribute)
-        and node.func.value.attr in ("core", "custom")
+        and node.func.value.attr in ("core", "custom", "networking", "policy")
     }
     assert called == set(CORE_METHODS)
     assert {CORE_METHODS[m] for m in called} == kubeapi.API_CALLS

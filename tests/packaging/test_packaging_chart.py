@@ -190,11 +190,13 @@ def test_changed_settings_roll_the_operator(render: Render) -> None:
 def test_notes_tell_how_to_apply_a_resource_and_read_the_latency() -> None:
     result = run([find_tool("helm"), "install", "--dry-run=client", "bloomz", str(CHART)])
     notes = result.stdout.split("NOTES:", 1)[1]
-    # A packaged chart has no examples/ folder: the notes carry the resource themselves, as valid JSON.
+    # A packaged chart has no examples/ folder: the notes carry the resource themselves, as valid JSON,
+    # applied into a watched namespace (by default the release's own).
     assert "examples/" not in notes
     start = notes.index("echo '") + len("echo '")
     resource = json.loads(notes[start : notes.index("' |", start)])
     assert resource["kind"] == "BloomzInference" and resource["spec"]["device"] == "hpu"
+    assert "kubectl apply -n default -f -" in notes
     assert "kubectl get bloomz" in notes and "TPOT-MS" in notes
     assert "bloomz.v1.TextGeneration/Generate" in notes
 

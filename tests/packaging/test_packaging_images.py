@@ -95,8 +95,10 @@ def test_gaudi_image_versions_move_together() -> None:
     synapse, torch = image.arg("SYNAPSE_VERSION"), image.arg("GAUDI_TORCH_VERSION")
     assert image.stages[0].base == "${GAUDI_BASE_IMAGE}"
     assert image.arg("GAUDI_BASE_IMAGE") == (
-        f"vault.habana.ai/gaudi-docker/{synapse}/ubuntu22.04/habanalabs/pytorch-installer-{torch}:latest"
+        f"vault.habana.ai/gaudi-docker/{synapse}/ubuntu22.04/habanalabs/pytorch-installer-{torch}"
+        f":{synapse}-{image.arg('SYNAPSE_BUILD')}"
     )
+    assert re.fullmatch(r"\d+", image.arg("SYNAPSE_BUILD"))  # Intel's release build, never :latest
     # optimum-habana's pin is inside the range the package's gaudi extra allows.
     extras = pyproject()["project"]["optional-dependencies"]
     (optimum,) = [Requirement(r) for r in extras["gaudi"] if r.startswith("optimum-habana")]
@@ -104,7 +106,9 @@ def test_gaudi_image_versions_move_together() -> None:
     # DeepSpeed is Habana's fork at a release tag, never PyPI's deepspeed.
     assert re.fullmatch(r"\d+\.\d+\.\d+", image.arg("DEEPSPEED_FORK_TAG"))
     installs = " ".join(image.final.all("RUN"))
-    assert "git+https://github.com/HabanaAI/DeepSpeed.git@${DEEPSPEED_FORK_TAG}" in installs
+    # ... installed from the commit the tag points at (a tag can move); the build refuses to run without it.
+    assert "git+https://github.com/HabanaAI/DeepSpeed.git@${DEEPSPEED_FORK_COMMIT}" in installs
+    assert "expr \"${DEEPSPEED_FORK_COMMIT}\" : '[0-9a-f]\\{40\\}$'" in installs
     assert not any(r.startswith("deepspeed") for r in extras["gaudi"])
     # Every pip install runs under the constraints that keep the base image's torch and habana packages.
     assert installs.count("pip install --constraint /opt/bloomz/base-constraints.txt") == installs.count(
@@ -354,3 +358,27 @@ def test_cluster_guide_names_the_versions_the_images_are_built_with() -> None:
         f"CPU torch `{cpu.arg('TORCH_VERSION')}`",
     ):
         assert fact in guide, f"docs/cluster.md does not mention {fact!r}"
+
+
+def test_no_base_image_floats_on_latest() -> None:
+    for image in ("operator", "runtime-cpu", "runtime-cuda", "runtime-gaudi"):
+        text = (REPO / "docker" / f"{image}.Dockerfile").read_text()
+        assert ":latest" not in text, image
+
+
+def test_device_images_pin_the_runtimes_python_packages() -> None:
+    pins = {}
+    for line in (REPO / "docker" / "constraints-runtime.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, version = line.split("==")
+            pins[name.lower().replace("_", "-")] = version
+    # Every direct dependency of the runtime extra except torch (the base image's) has an exact pin.
+    extras = pyproject()["project"]["optional-dependencies"]
+    wanted = {Requirement(r).name.lower() for r in extras["runtime"]} - {"torch"}
+    assert wanted <= set(pins)
+    cpu = constraint_pins()
+    for name in ("transformers", "accelerate", "grpcio", "grpcio-reflection", "prometheus-client"):
+        assert pins[name] == cpu[name], name
+    for image in ("runtime-gaudi", "runtime-cuda"):
+        text = (REPO / "docker" / f"{image}.Dockerfile").read_text()
+        assert "--constraint constraints-runtime.txt" in text and "docker/constraints-runtime.txt" in text

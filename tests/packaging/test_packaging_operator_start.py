@@ -61,7 +61,12 @@ def operator(api: SandboxAPIServer, tmp_path_factory: pytest.TempPathFactory) ->
     port = free_port()
     objects = documents(
         helm_template(
-            "--set", f"config.livenessPort={port}", "--set", f"config.devices.cpu.image={CPU_IMAGE}"
+            "--set",
+            f"config.livenessPort={port}",
+            "--set",
+            f"config.devices.cpu.image={CPU_IMAGE}",
+            "--set",
+            "watchNamespaces={default}",  # the chart's default is its own namespace only
         ).stdout
     )
     deployment, configmap = single(objects, "Deployment"), single(objects, "ConfigMap")

@@ -77,7 +77,7 @@ def _binding_subject(binding: dict[str, Any], role: dict[str, Any], service_acco
 
 
 def test_cluster_wide_install_grants_exactly_the_operator_rules(render: Render) -> None:
-    objects = render()
+    objects = render("--set", "watchAllNamespaces=true")
     service_account = single(objects, "ServiceAccount")["metadata"]["name"]
     role = single(objects, "ClusterRole")
     assert role["rules"] == CLUSTER_RULES + NAMESPACED_RULES
@@ -119,7 +119,7 @@ def _settings_file(objects: list[dict[str, Any]], tmp_path: Path) -> Path:
 
 def test_default_settings_file_loads_and_keeps_operator_defaults(render: Render, tmp_path: Path) -> None:
     settings = load_settings(str(_settings_file(render(), tmp_path)))
-    assert settings.namespaces == ()
+    assert settings.namespaces == ("bloomz-system",)  # the release namespace unless told otherwise
     assert settings.log_level == "INFO"
     assert settings.liveness_port == 8080
     assert settings.benchmark.enabled is True

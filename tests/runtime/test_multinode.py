@@ -25,6 +25,7 @@ from bloomz_runtime.multinode import (
     split_args,
     ssh_options,
     sshd_command,
+    sshd_listen_address,
     wait_for_workers,
     worker_session_env,
 )
@@ -171,6 +172,13 @@ def test_sshd_runs_in_the_foreground_with_the_mounted_keys_only() -> None:
     options = [cmd[i + 1] for i, a in enumerate(cmd) if a == "-o"]
     assert "AuthorizedKeysFile=/etc/bloomz/ssh/authorized_keys" in options
     assert "PasswordAuthentication=no" in options and "PermitRootLogin=prohibit-password" in options
+    for hardening in (
+        "AllowTcpForwarding=no",
+        "PermitTunnel=no",
+        "AllowAgentForwarding=no",
+        "X11Forwarding=no",
+    ):
+        assert hardening in options
     assert options[-1] == 'SetEnv PATH="/usr/bin" HABANA_VISIBLE_DEVICES="all"'
     assert not any(o.startswith("SetEnv") for o in sshd_command("/k", 22, {}))
 
@@ -324,3 +332,23 @@ def test_sshd_listens_on_the_bind_host_only_when_one_is_given() -> None:
     assert "ListenAddress=127.0.0.7" in options
     assert options[-1].startswith("SetEnv ")  # the session env stays last
     assert not any(o.startswith("ListenAddress") for o in sshd_command("/k", 2222, {}))
+
+
+def test_sshd_listens_on_the_pod_address() -> None:
+    assert sshd_listen_address({"POD_IP": "10.1.2.3"}) == "10.1.2.3"
+    assert sshd_listen_address({"POD_IP": "10.1.2.3", "BLOOMZ_BIND_HOST": "127.0.0.7"}) == "127.0.0.7"
+    assert sshd_listen_address({}) == ""
+
+
+@pytest.mark.skipif(
+    not Path("/usr/sbin/sshd").exists(), reason="needs openssh-server (the runtime images have it)"
+)
+def test_the_real_sshd_accepts_the_hardened_configuration(tmp_path: Path) -> None:
+    key = tmp_path / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    (tmp_path / "authorized_keys").write_text((tmp_path / "id_ed25519.pub").read_text())
+    cmd = sshd_command(str(tmp_path), 2222, {"PATH": "/usr/bin"}, listen_address="127.0.0.1")
+    # -t: check the configuration and keys, then exit (instead of -D -e: serve in the foreground).
+    check = [cmd[0], "-t", *[arg for arg in cmd[1:] if arg not in ("-D", "-e")]]
+    result = subprocess.run(check, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr

@@ -72,8 +72,12 @@ memoryPerCard / hugepages2MiPerCard becomes null (not requested).
 {{- end }}
 {{- $_ := set $devices $device $out }}
 {{- end }}
+{{- $network := merge (dict "operatorNamespace" .Release.Namespace) (omit $config.network "monitoringNamespace") }}
+{{- $_ := set $network "monitoringNamespace" ($config.network.monitoringNamespace | default nil) }}
 {{- $settings := dict
-  "namespaces" .Values.watchNamespaces
+  "namespaces" (include "bloomz-operator.watchNamespaces" . | fromJsonArray)
+  "policy" $config.policy
+  "network" $network
   "logLevel" $config.logLevel
   "livenessPort" $config.livenessPort
   "imagePullPolicy" $config.imagePullPolicy
@@ -82,4 +86,57 @@ memoryPerCard / hugepages2MiPerCard becomes null (not requested).
   "rollout" $config.rollout
   "devices" $devices }}
 {{- toYaml $settings }}
+{{- end }}
+
+{{/*
+The namespaces the operator watches, as a JSON list: [] means all namespaces (watchAllNamespaces, an
+explicit choice); otherwise watchNamespaces, or the release namespace when that list is empty.
+*/}}
+{{- define "bloomz-operator.watchNamespaces" -}}
+{{- if .Values.watchAllNamespaces }}
+{{- if .Values.watchNamespaces }}
+{{- fail "watchAllNamespaces: true and a watchNamespaces list exclude each other" }}
+{{- end }}
+{{- list | toJson }}
+{{- else if .Values.watchNamespaces }}
+{{- .Values.watchNamespaces | toJson }}
+{{- else }}
+{{- list .Release.Namespace | toJson }}
+{{- end }}
+{{- end }}
+
+{{/*
+The admission policy's CEL validations, one per rule of bloomz_operator.policy.violations (same values,
+same decisions; tests/packaging evaluates them against the Python rules).
+*/}}
+{{- define "bloomz-operator.admissionValidations" -}}
+{{- $policy := .Values.config.policy }}
+{{- $noHostPath := "!has(object.spec.storage) || !has(object.spec.storage.hostPath)" }}
+{{- if $policy.hostPathPrefixes }}
+{{- $bases := list }}
+{{- range $policy.hostPathPrefixes }}{{ $bases = append $bases (trimSuffix "/" .) }}{{ end }}
+{{- $path := "object.spec.storage.hostPath.path" }}
+- expression: {{ printf "%s || (!%s.matches('(^|/)[.][.](/|$)') && %s.exists(b, %s == b || %s.startsWith(b + '/')))" $noHostPath $path (toJson $bases) $path $path | toJson }}
+  message: {{ printf "spec.storage.hostPath.path must be under one of %s (the operator's policy)" (join ", " $policy.hostPathPrefixes) | toJson }}
+  reason: Forbidden
+{{- else }}
+- expression: {{ $noHostPath | toJson }}
+  message: "spec.storage.hostPath is not allowed by the operator's policy (use a PVC)"
+  reason: Forbidden
+{{- end }}
+{{- if $policy.allowedImagePrefixes }}
+- expression: {{ printf "!has(object.spec.image) || %s.exists(p, object.spec.image.startsWith(p))" (toJson $policy.allowedImagePrefixes) | toJson }}
+  message: {{ printf "spec.image must start with one of %s (the operator's policy)" (join ", " $policy.allowedImagePrefixes) | toJson }}
+  reason: Forbidden
+{{- end }}
+{{- if kindIs "slice" $policy.allowedTolerationKeys }}
+- expression: {{ printf "!has(object.spec.tolerations) || object.spec.tolerations.all(t, has(t.key) && t.key in %s)" (toJson $policy.allowedTolerationKeys) | toJson }}
+  message: {{ printf "spec.tolerations may only use the keys %s (the operator's policy)" (join ", " $policy.allowedTolerationKeys) | toJson }}
+  reason: Forbidden
+{{- end }}
+{{- if not $policy.allowEnvSecrets }}
+- expression: "!has(object.spec.env) || object.spec.env.all(e, !has(e.valueFrom) || !has(e.valueFrom.secretKeyRef))"
+  message: "spec.env may not read Secrets (the operator's policy)"
+  reason: Forbidden
+{{- end }}
 {{- end }}
