@@ -71,6 +71,8 @@ class CudaBackend:
         )
         if isinstance(runner, CudaBloomRunner):
             runner.configure_static_decode(opts)
+            # nccl collectives inside a captured graph are untried here: several ranks step eagerly.
+            runner.capture_graphs = ctx.world_size == 1
         return runner
 
 
@@ -78,8 +80,11 @@ class CudaBloomRunner(BloomRunner):
     """BLOOM on CUDA; with static decode each (batch, length) bucket's step is one CUDA graph."""
 
     cache_chunk = CUDA_LENGTH_BUCKET
+    capture_graphs: bool = True
 
-    def step_graphs(self, shape: SlotShape) -> GraphFactory:
+    def step_graphs(self, shape: SlotShape) -> GraphFactory | None:
+        if not self.capture_graphs:
+            return None
         # The last cache position is only written by a row's final possible token: the warm-up
         # run before a capture may scribble there.
         return cuda_graphs(self.device, scratch_position=shape.length - 1)

@@ -94,7 +94,8 @@ def decode_step(
     mask = mask.masked_fill(blocked, torch.finfo(hidden.dtype).min)
     # Flat row of (slot b, head h, position pos[b]) in the [slots * heads * length, head_dim] cache.
     head_rows = torch.arange(batch * heads, device=ids.device) * shape.length
-    flat = head_rows + pos.repeat_interleave(heads)
+    # expand, not repeat_interleave: that one reads its output size back to the host (no capture).
+    flat = head_rows + pos[:, None].expand(batch, heads).reshape(-1)
     for i, block in enumerate(tr.h):
         attn = block.self_attention
         post_ln_residual = block.apply_residual_connection_post_layernorm
