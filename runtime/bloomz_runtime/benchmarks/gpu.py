@@ -238,7 +238,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     log("machine: " + ", ".join(f"{k} {v}" for k, v in facts.items()))
     log(f"building a {args.shape}-shaped BLOOM in {args.dtype} on {args.device}")
     setup = build_model(args.shape, args.device, args.dtype)
-    log(f"{setup.parameters / 1e9:.2f} B parameters in {time.monotonic() - began:.1f} s")
+    log(f"{setup.parameters / 1e6:,.1f} M parameters in {time.monotonic() - began:.1f} s")
     vocab = SHAPES[args.shape]["vocab_size"]
     single = prompts(1, args.prompt_tokens, vocab)
     many = prompts(args.clients, args.prompt_tokens, vocab, seed=2)
