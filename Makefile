@@ -45,11 +45,19 @@ chart-test: setup
 	$(PY) -m pytest -q tests/packaging
 
 # --- benchmarks (docs/client.md, BENCHMARKS.md) ---
-.PHONY: bench bench-vllm
+.PHONY: bench bench-vllm bench-gpu
 BENCH_ARGS ?=
 ## bench: our runtime vs plain transformers, vLLM-CPU and the roofline; appends to BENCHMARKS.md (BENCH_ARGS=...)
 bench: setup
 	$(PY) -m bloomz_runtime.benchmarks $(BENCH_ARGS)
+## bench-gpu: on a CUDA machine (one H200): 7B1-shaped BLOOM, plain transformers vs ours (static decode, CUDA graphs)
+# Batch 1 and 16 clients, 100 tokens, bf16 random weights built on the GPU; prints ratios and the HBM roofline,
+# JSON in bench-results/. Uses the machine's own CUDA torch and transformers 4.55 (GPU_PY), never .venv's CPU torch.
+GPU_PY ?= python3
+BENCH_GPU_ARGS ?=
+bench-gpu:
+	PYTHONPATH=$(CURDIR)/runtime:$(CURDIR)/api$${PYTHONPATH:+:$$PYTHONPATH} timeout 540 \
+		$(GPU_PY) -m bloomz_runtime.benchmarks.gpu $(BENCH_GPU_ARGS)
 ## bench-vllm: install the vLLM-CPU peer into .cache/vllm-venv (about 3.4 GB; `make bench` does it on first use)
 bench-vllm:
 	bash scripts/setup-vllm.sh

@@ -25,6 +25,8 @@ class BatchEngine:
         self.mask = torch.zeros((0, 0), dtype=torch.long)
         # Without a KV cache every step re-reads the whole sequence, so keep the token ids.
         self.ids = torch.zeros((0, 0), dtype=torch.long)
+        # Static decode: rows live in the fixed slots of a preallocated cache instead (backends/static.py).
+        self.slots = runner.slot_batch() if kv_cache else None
 
     def apply(self, step: Step) -> StepScores | None:
         """Run one step; returns the last position's scores in row order (None if no rows)."""
@@ -40,7 +42,11 @@ class BatchEngine:
     def _drop(self, drop: tuple[str, ...]) -> None:
         gone = set(drop)
         keep = [i for i, row in enumerate(self.rows) if row not in gone]
+        if self.slots is not None:
+            self.slots.release([row for row in self.rows if row in gone])
         self.rows = [self.rows[i] for i in keep]
+        if self.slots is not None:
+            return
         if not self.rows:
             self.cache, self.mask, self.ids = None, self.mask[:0, :0], self.ids[:0, :0]
             return
@@ -54,6 +60,8 @@ class BatchEngine:
     def _decode(self, tokens: tuple[int, ...], logits: bool) -> StepScores:
         if len(tokens) != len(self.rows):
             raise RuntimeError(f"decode got {len(tokens)} tokens for {len(self.rows)} rows")
+        if self.slots is not None:
+            return self.slots.decode(self.rows, tokens, logits)
         new = torch.tensor(tokens, dtype=torch.long).unsqueeze(1)
         self.mask = ones_column(self.mask)
         if self.kv_cache:
@@ -64,6 +72,10 @@ class BatchEngine:
         return scores
 
     def _prefill(self, admit: tuple[tuple[str, tuple[int, ...]], ...], logits: bool) -> StepScores:
+        if self.slots is not None:
+            scores: StepScores = self.slots.admit(admit, logits)
+            self.rows.extend(row for row, _ in admit)
+            return scores
         prompts = [list(ids) for _, ids in admit]
         length = self.runner.prompt_length(max(len(p) for p in prompts))
         ids, mask = left_pad_prompts(prompts, self.runner.pad_id, length)

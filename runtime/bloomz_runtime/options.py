@@ -37,6 +37,8 @@ class ServeOptions:
     hpu_graphs: bool = True
     # None: where it pays off (CPUs with AVX-512); True: wherever it can run; False: never.
     screened_greedy: bool | None = None
+    # None: on for hpu and cuda (graphs need it), off on cpu; see docs/runtime.md "Gaudi and CUDA".
+    static_decode: bool | None = None
     warmup: bool = True
     served_model_name: str | None = None
     grace_period_s: float = 30.0
@@ -48,6 +50,10 @@ class ServeOptions:
         if self.dtype:
             return self.dtype
         return "float32" if self.device == "cpu" else "bfloat16"
+
+    @property
+    def uses_static_decode(self) -> bool:
+        return self.device != "cpu" if self.static_decode is None else self.static_decode
 
     @property
     def model_name(self) -> str:
@@ -96,6 +102,13 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         default=None,
         help="cpu, 1 rank, float32: exact greedy ids from an int8-screened lm_head (see docs/runtime.md); "
         "default: on CPUs with AVX-512, where it is faster than the float32 head",
+    )
+    p.add_argument(
+        "--static-decode",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="BLOOM: decode in fixed slots of a preallocated cache, shapes bucketed, so HPU/CUDA graphs "
+        "are captured once per bucket (default: on for hpu and cuda, off for cpu)",
     )
     p.add_argument("--no-warmup", dest="warmup", action="store_false", help="skip the warm-up generation")
     p.add_argument("--served-model-name", default=None, help="model name reported by Info (default: --model)")

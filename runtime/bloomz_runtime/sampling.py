@@ -1,4 +1,9 @@
-"""Choosing the next token of each row: greedy (batched argmax) or sampling per request."""
+"""Choosing the next token of each row: greedy (batched argmax) or sampling per request.
+
+Logits stay where the model computed them: penalty, temperature, top-k and top-p run there, and
+off the CPU the draw is an inverse-CDF lookup with a uniform from the request's host generator,
+so one token id crosses to the host, not the vocabulary.
+"""
 
 from __future__ import annotations
 
@@ -35,14 +40,27 @@ class RowSampler:
         p = self.params
         scores = logits
         if self.seen is not None:
-            scores = apply_repetition_penalty(scores, self.seen, p.repetition_penalty)
+            scores = apply_repetition_penalty(scores, self.seen.to(scores.device), p.repetition_penalty)
         if not p.do_sample:
             return int(torch.argmax(scores))
         scores = scores / p.temperature
         scores = filter_top_k(scores, p.top_k)
         scores = filter_top_p(scores, p.top_p)
         probs = torch.softmax(scores, dim=-1)
-        return int(torch.multinomial(probs, 1, generator=self.generator))
+        if probs.device.type == "cpu":
+            return int(torch.multinomial(probs, 1, generator=self.generator))
+        return draw_on_device(probs, self.generator)
+
+
+def draw_on_device(probs: torch.Tensor, generator: torch.Generator | None) -> int:
+    """A token drawn from ``probs`` [vocab] where they are: the first index whose cumulative
+    probability exceeds a uniform from the (host, seeded) ``generator``; one id is copied back."""
+    cdf = probs.double().cumsum(dim=-1)
+    uniform = torch.rand((1,), generator=generator, dtype=torch.float64).to(probs.device)
+    index = torch.searchsorted(cdf, uniform * cdf[-1], right=True)
+    # Rounding can put the uniform past the last bin; zero-probability tokens are never chosen.
+    index = torch.where(index >= cdf.shape[0], torch.argmax(probs).reshape(1), index)
+    return int(index[0])
 
 
 def apply_repetition_penalty(scores: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:

@@ -22,9 +22,10 @@ def torch_dtype(name: str) -> torch.dtype:
 class StepScores:
     """What one forward pass gives the token choice, per row of the batch.
 
-    ``greedy`` (always): the argmax of the row's float32 logits. ``logits`` [B, vocab] float32:
-    only when the step asked for them (a row samples or penalizes repetition); greedy-only steps
-    may skip the full projection (see ``greedy_head``).
+    ``greedy`` (always, on the host): the argmax of the row's float32 logits. ``logits`` [B, vocab]
+    float32, on the model's device (never copied to the host whole): only when the step asked for
+    them (a row samples or penalizes repetition); greedy-only steps may skip the full projection
+    (see ``greedy_head``).
     """
 
     greedy: torch.Tensor
@@ -34,7 +35,8 @@ class StepScores:
 
     @staticmethod
     def from_logits(logits: torch.Tensor) -> StepScores:
-        return StepScores(greedy=torch.argmax(logits, dim=-1), logits=logits)
+        """The argmax is taken where the logits are; only the ids cross to the host."""
+        return StepScores(greedy=torch.argmax(logits, dim=-1).cpu(), logits=logits)
 
     @staticmethod
     def cat(parts: list[StepScores]) -> StepScores:
@@ -110,7 +112,7 @@ class ModelRunner:
             hidden = out.last_hidden_state[:, -1:, :]
             projected = self.model.lm_head(hidden)[:, -1, :].float()
             self.after_forward()
-        return StepScores.from_logits(projected.cpu()), (cache if use_cache else None)
+        return StepScores.from_logits(projected), (cache if use_cache else None)
 
     @staticmethod
     def cache_tensors(cache: Any) -> KV:
@@ -124,6 +126,10 @@ class ModelRunner:
 
     def after_forward(self) -> None:
         """Hook for lazy-mode devices (HPU: mark_step)."""
+
+    def slot_batch(self) -> Any:
+        """A ``static.SlotBatch`` when this runner decodes with static shapes, else None."""
+        return None
 
     @property
     def greedy_head_name(self) -> str:

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from bloomz_runtime.backends.base import ModelRunner, StepScores
 from bloomz_runtime.backends.greedy_head import ScreenedGreedyHead
 from bloomz_runtime.kvcache import KV
+from bloomz_runtime.options import ServeOptions
 
 
 def supports_lean_forward(model: Any) -> bool:
@@ -183,6 +184,11 @@ class BloomRunner(ModelRunner):
     cache_chunk: int = GrowingCache.CHUNK
     # Exact greedy ids without the full float32 projection (CPU, one rank); None: always project.
     greedy_head: ScreenedGreedyHead | None = None
+    # Static decode (static.py): rows in the slots of a cache preallocated for this many rows and
+    # positions (the backend sets them from --max-batch-size and the token limits).
+    static_decode: bool = False
+    slot_rows: int = 8
+    slot_length: int = 3072
 
     def forward(
         self,
@@ -201,17 +207,47 @@ class BloomRunner(ModelRunner):
                 past.reserve(input_ids.shape[1])
                 mask = F.pad(mask, (0, past.capacity - mask.shape[1]))
             last, new_past = bloom_forward(self.model, input_ids.to(self.device), mask, past, static)
-            if not logits and self.greedy_head is not None:
-                tokens = self.greedy_head.argmax(last)
-                scores = StepScores(greedy=tokens, rescored=self.greedy_head.last_rescored)
-            else:
-                # [B, 1, hidden]: DeepSpeed's tensor-parallel lm_head slices the last dim of a 3D input.
-                projected = self.model.lm_head(last.unsqueeze(1))[:, -1, :].float()
-                scores = StepScores.from_logits(projected.cpu())
+            scores = self.head(last, logits)
             self.after_forward()
         if not use_cache:
             return scores, None
         return scores, (past if past is not None else GrowingCache(new_past, self.cache_chunk))
+
+    def head(self, last: torch.Tensor, logits: bool) -> StepScores:
+        """Scores of the last hidden states [B, hidden]: the greedy ids come to the host, the float32
+        logits (when asked for) stay on the device."""
+        if not logits and self.greedy_head is not None:
+            tokens = self.greedy_head.argmax(last)
+            return StepScores(greedy=tokens, rescored=self.greedy_head.last_rescored)
+        # [B, 1, hidden]: DeepSpeed's tensor-parallel lm_head slices the last dim of a 3D input.
+        projected = self.model.lm_head(last.unsqueeze(1))[:, -1, :].float()
+        return StepScores.from_logits(projected)
+
+    def slot_batch(self) -> Any:
+        """With ``static_decode``, the engine keeps its rows in a ``SlotBatch`` (static.py)."""
+        if not self.static_decode:
+            return None
+        from bloomz_runtime.backends.static import SlotBatch
+
+        batch = SlotBatch(
+            self,
+            slots=self.slot_rows,
+            max_length=self.slot_length,
+            length_bucket=self.cache_chunk,
+            pad_prefill_batch=self.static_shapes,
+        )
+        batch.graphs = self.step_graphs(batch.shape)
+        return batch
+
+    def step_graphs(self, shape: Any) -> Any:
+        """How static decode steps run per bucket pair (None: eagerly); graph devices override it."""
+        return None
+
+    def configure_static_decode(self, opts: ServeOptions) -> None:
+        """Slots for every row a batch may hold, positions for the longest prompt plus its new tokens."""
+        self.static_decode = opts.uses_static_decode
+        self.slot_rows = opts.max_batch_size
+        self.slot_length = opts.max_input_tokens + opts.max_new_tokens
 
     @property
     def greedy_head_name(self) -> str:

@@ -130,6 +130,7 @@ class CpuBackend:
         )
         if isinstance(runner, BloomRunner):
             runner.greedy_head = greedy_head
+            runner.configure_static_decode(opts)
         return runner
 
 

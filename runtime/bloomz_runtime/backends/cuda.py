@@ -11,13 +11,19 @@ import torch
 
 from bloomz_runtime.backends.base import ModelRunner, count_parameters, torch_dtype
 from bloomz_runtime.backends.bloom import BloomRunner, supports_lean_forward
+from bloomz_runtime.backends.capture import GraphFactory, cuda_graphs
 from bloomz_runtime.backends.loading import (
     ds_inference_kwargs,
     load_for_deepspeed,
     model_dir_for,
 )
+from bloomz_runtime.backends.static import SlotShape
 from bloomz_runtime.dist import DistContext
 from bloomz_runtime.options import ServeOptions
+
+# Attention reads the cache up to a multiple of this many positions: one CUDA graph per batch
+# bucket covers 128 tokens (a 7B1 step reads ~14 GB of weights; 128 extra key columns are noise).
+CUDA_LENGTH_BUCKET = 128
 
 
 class CudaBackend:
@@ -53,8 +59,8 @@ class CudaBackend:
             versions["deepspeed"] = str(deepspeed.__version__)
             backend = "cuda-deepspeed-autotp"
         # The lean BLOOM pass matters most here: per-step Python overhead is a GPU decode step's bulk.
-        runner_class = BloomRunner if supports_lean_forward(model) else ModelRunner
-        return runner_class(
+        runner_class = CudaBloomRunner if supports_lean_forward(model) else ModelRunner
+        runner = runner_class(
             model=model,
             tokenizer=tokenizer,
             device=device,
@@ -63,3 +69,22 @@ class CudaBackend:
             parameters=parameters,
             versions=versions,
         )
+        if isinstance(runner, CudaBloomRunner):
+            runner.configure_static_decode(opts)
+            # nccl collectives inside a captured graph are untried here: several ranks step eagerly.
+            runner.capture_graphs = ctx.world_size == 1
+        return runner
+
+
+class CudaBloomRunner(BloomRunner):
+    """BLOOM on CUDA; with static decode each (batch, length) bucket's step is one CUDA graph."""
+
+    cache_chunk = CUDA_LENGTH_BUCKET
+    capture_graphs: bool = True
+
+    def step_graphs(self, shape: SlotShape) -> GraphFactory | None:
+        if not self.capture_graphs:
+            return None
+        # The last cache position is only written by a row's final possible token: the warm-up
+        # run before a capture may scribble there.
+        return cuda_graphs(self.device, scratch_position=shape.length - 1)

@@ -4,8 +4,9 @@
 - 1 card: the model on ``hpu``, wrapped in HPU graphs (``wrap_in_hpu_graph``);
 - N cards: Habana's DeepSpeed fork, model built on the meta device and filled from a checkpoints
   json, ``init_inference`` with BLOOM's injection policy and ``enable_cuda_graph`` = HPU graphs;
-- static shapes: prompts are left-padded up to a bucket and (BLOOM) decode steps attend over
-  cache buffers that grow a bucket at a time, so graphs are reused, not recompiled per token.
+- static shapes: prompts are left-padded up to a bucket; BLOOM decodes with static.py's slots
+  (cache preallocated, position a device tensor, ``index_copy_`` writes), one HPU graph per
+  (batch bucket, length bucket), so graphs are reused, not recompiled per token.
 
 habana_frameworks and optimum-habana exist only in Intel's images: everything is imported lazily.
 """
@@ -19,28 +20,20 @@ import torch
 
 from bloomz_runtime.backends.base import ModelRunner, count_parameters, torch_dtype
 from bloomz_runtime.backends.bloom import BloomRunner, supports_lean_forward
+from bloomz_runtime.backends.capture import GraphFactory, hpu_graphs
 from bloomz_runtime.backends.loading import (
     bloom_injection_policy,
     ds_inference_kwargs,
     load_for_deepspeed,
     model_dir_for,
 )
+from bloomz_runtime.backends.static import SlotShape, bucket_length
 from bloomz_runtime.dist import DistContext, hpu_environment
 from bloomz_runtime.options import ServeOptions
 
 # Prompt lengths are padded up to a multiple of this (optimum-habana's --bucket_size default is
 # per model; 128 keeps a 2048-token limit to 16 graph shapes).
 PROMPT_BUCKET = 128
-
-
-def bucket_length(length: int, bucket: int = PROMPT_BUCKET, limit: int | None = None) -> int:
-    """Smallest multiple of ``bucket`` >= length (never beyond ``limit`` if it is larger than length)."""
-    if length <= 0:
-        return bucket
-    padded = -(-length // bucket) * bucket
-    if limit is not None and length <= limit < padded:
-        return limit
-    return padded
 
 
 class HpuModelRunner(ModelRunner):
@@ -60,17 +53,23 @@ class HpuModelRunner(ModelRunner):
 
 
 class HpuBloomRunner(BloomRunner):
-    """BLOOM on HPU with static shapes: prompts padded to buckets, decode steps attending over
-    cache buffers that grow a bucket at a time, so the graph of a step is compiled once per
-    (batch, bucket) and then reused."""
+    """BLOOM on HPU with static shapes: prompts (and prefill batches) padded to buckets; with
+    static decode (the default) rows decode in the slots of a preallocated cache and each
+    (batch bucket, length bucket) step is one HPU graph (``--hpu-graphs``); without it, decode
+    steps attend over cache buffers that grow a bucket at a time."""
 
     static_shapes = True
     cache_chunk = PROMPT_BUCKET
     bucket: int = PROMPT_BUCKET
     max_input_tokens: int | None = None
+    hpu_graphs: bool = True
 
     def prompt_length(self, longest: int) -> int:
         return bucket_length(longest, self.bucket, self.max_input_tokens)
+
+    def step_graphs(self, shape: SlotShape) -> GraphFactory | None:
+        # Without graphs a static step still has one lazy-mode graph per bucket pair (cached).
+        return hpu_graphs() if self.hpu_graphs else None
 
     def after_forward(self) -> None:
         import habana_frameworks.torch.core as htcore
@@ -140,4 +139,7 @@ class HpuBackend:
             versions=versions,
         )
         runner.max_input_tokens = opts.max_input_tokens
+        if isinstance(runner, HpuBloomRunner):
+            runner.hpu_graphs = opts.hpu_graphs
+            runner.configure_static_decode(opts)
         return runner
