@@ -20,12 +20,14 @@ from bloomz_runtime.coordinator import Coordinator, worker_loop
 from bloomz_runtime.dist import DistContext, init_distributed
 from bloomz_runtime.engine import BatchEngine
 from bloomz_runtime.launch import LEADER_PIDFILE_ENV
+from bloomz_runtime.lifetime import die_with_parent
 from bloomz_runtime.metrics import RuntimeMetrics
 from bloomz_runtime.options import ServeOptions, parse_options
 from bloomz_runtime.scheduler import RequestQueue
 from bloomz_runtime.server import TextGenerationService, set_health, start_grpc_server
 
 log = logging.getLogger("bloomz_runtime.serve")
+MPI_RANK_ENV = "OMPI_COMM_WORLD_RANK"  # set by Open MPI in every rank it starts
 
 
 def _load_engine(opts: ServeOptions, ctx: DistContext) -> BatchEngine:
@@ -96,6 +98,9 @@ async def run_leader(opts: ServeOptions, ctx: DistContext) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if MPI_RANK_ENV in os.environ:
+        # Started by mpirun (or an orted): a killed mpirun must not leave this rank running.
+        die_with_parent(signal.SIGKILL, os.getppid())
     opts = parse_options(argv)
     logging.basicConfig(
         level=logging.INFO,
