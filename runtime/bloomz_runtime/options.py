@@ -35,6 +35,12 @@ class ServeOptions:
     warmup: bool = True
     served_model_name: str | None = None
     grace_period_s: float = 30.0
+    # A step (forward pass + collectives) longer than this is a hang: NOT_SERVING, exit non-zero.
+    step_timeout_s: float = 120.0
+    # Prompt tokens (padded) one step may prefill; a lone longer prompt still goes alone.
+    max_prefill_tokens: int = 8192
+    # Prompt + new tokens of one request (None: max_input_tokens + max_new_tokens).
+    max_total_tokens: int | None = None
     bind_host: str = field(default="0.0.0.0")
 
     @property
@@ -45,6 +51,10 @@ class ServeOptions:
         return "float32" if self.device == "cpu" else "bfloat16"
 
     @property
+    def total_tokens_limit(self) -> int:
+        return self.max_total_tokens or self.max_input_tokens + self.max_new_tokens
+
+    @property
     def model_name(self) -> str:
         return self.served_model_name or self.model
 
@@ -53,6 +63,13 @@ def _positive(value: str) -> int:
     number = int(value)
     if number < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {number}")
+    return number
+
+
+def _seconds(value: str) -> float:
+    number = float(value)
+    if not number >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0 seconds, got {value}")
     return number
 
 
@@ -94,6 +111,25 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument(
         "--grace-period-s", type=float, default=30.0, help="SIGTERM: time to finish in-flight work"
     )
+    p.add_argument(
+        "--step-timeout-s",
+        type=_seconds,
+        default=120.0,
+        help="a step running longer (a hung collective, a stopped rank) -> NOT_SERVING and exit 3 so the "
+        "pod restarts; also the collective timeout once loaded (0: no watchdog)",
+    )
+    p.add_argument(
+        "--max-prefill-tokens",
+        type=_positive,
+        default=8192,
+        help="padded prompt tokens prefilled in one step (a single longer prompt still runs alone)",
+    )
+    p.add_argument(
+        "--max-total-tokens",
+        type=_positive,
+        default=None,
+        help="prompt + max_new_tokens of one request (default: max input + max new tokens)",
+    )
     return p
 
 
@@ -120,7 +156,11 @@ def to_argv(opts: ServeOptions) -> list[str]:
         "--kv-cache" if opts.kv_cache else "--no-kv-cache",
         "--hpu-graphs" if opts.hpu_graphs else "--no-hpu-graphs",
         "--grace-period-s", str(opts.grace_period_s),
+        "--step-timeout-s", str(opts.step_timeout_s),
+        "--max-prefill-tokens", str(opts.max_prefill_tokens),
     ]  # fmt: skip
+    if opts.max_total_tokens is not None:
+        argv += ["--max-total-tokens", str(opts.max_total_tokens)]
     if opts.dtype:
         argv += ["--dtype", opts.dtype]
     if opts.screened_greedy is not None:
