@@ -180,6 +180,8 @@ class Coordinator:
             self.metrics.greedy_rescored.observe(scores.rescored)
         self.metrics.tokens_generated.inc(len(rows))
         for req, token in zip(rows, tokens, strict=True):
+            if req.done:  # answered meanwhile (the watchdog): nothing more goes to its caller
+                continue
             if isinstance(token, BaseException):
                 log.warning("sampling failed for %s: %s", req.id, token)
                 req.fail(token, now)
