@@ -87,6 +87,15 @@ class Coordinator:
         waiting = [w for w in self.queue.take_all() if isinstance(w, GenerationRequest)]
         return [*self.active, *self.admitting, *waiting]
 
+    def warm_up_largest(self, rows: int, prompt: tuple[int, ...]) -> None:
+        """Before start(): one prefill of `rows` copies of `prompt` and one decode step over them, then
+        drop them; every rank runs the same steps. Running out of memory here fails the start-up."""
+        names = tuple(f"warmup-largest-{i}" for i in range(rows))
+        scores = self._run_step(Step(admit=tuple((name, prompt) for name in names), logits=True))
+        assert scores is not None
+        self._run_step(Step(decode=tuple(int(t) for t in scores.greedy.tolist()), logits=True))
+        self._run_step(Step(drop=names))
+
     def _send(self, command: Step | Heartbeat | Shutdown) -> None:
         self.step_started = time.monotonic()
         try:

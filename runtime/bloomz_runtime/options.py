@@ -33,6 +33,8 @@ class ServeOptions:
     # None: where it pays off (CPUs with AVX-512); True: wherever it can run; False: never.
     screened_greedy: bool | None = None
     warmup: bool = True
+    # Warm up once at the largest prefill shape (None: on hpu/cuda, where memory runs out; off on cpu).
+    warmup_largest: bool | None = None
     served_model_name: str | None = None
     grace_period_s: float = 30.0
     # A step (forward pass + collectives) longer than this is a hang: NOT_SERVING, exit non-zero.
@@ -49,6 +51,12 @@ class ServeOptions:
         if self.dtype:
             return self.dtype
         return "float32" if self.device == "cpu" else "bfloat16"
+
+    @property
+    def warms_up_largest(self) -> bool:
+        if self.warmup_largest is None:
+            return self.warmup and self.device != "cpu"
+        return self.warmup and self.warmup_largest
 
     @property
     def total_tokens_limit(self) -> int:
@@ -107,6 +115,13 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         "default: on CPUs with AVX-512, where it is faster than the float32 head",
     )
     p.add_argument("--no-warmup", dest="warmup", action="store_false", help="skip the warm-up generation")
+    p.add_argument(
+        "--warmup-largest",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also run one prefill (and a decode step) at the largest shape the limits allow, so running "
+        "out of device memory shows at start-up, not under load (default: on for hpu/cuda)",
+    )
     p.add_argument("--served-model-name", default=None, help="model name reported by Info (default: --model)")
     p.add_argument(
         "--grace-period-s", type=float, default=30.0, help="SIGTERM: time to finish in-flight work"
@@ -167,6 +182,8 @@ def to_argv(opts: ServeOptions) -> list[str]:
         argv.append("--screened-greedy" if opts.screened_greedy else "--no-screened-greedy")
     if not opts.warmup:
         argv.append("--no-warmup")
+    if opts.warmup_largest is not None:
+        argv.append("--warmup-largest" if opts.warmup_largest else "--no-warmup-largest")
     if opts.served_model_name:
         argv += ["--served-model-name", opts.served_model_name]
     return argv

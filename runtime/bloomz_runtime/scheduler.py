@@ -58,6 +58,12 @@ def fits_prefill_budget(lengths: Sequence[int], budget: int | None) -> bool:
     return len(lengths) * max(lengths) <= budget
 
 
+def largest_prefill(max_batch_size: int, max_input_tokens: int, prefill_budget: int) -> tuple[int, int]:
+    """(rows, tokens per row) of the largest prefill step the limits allow: full-length prompts, as
+    many as both the batch and the prefill budget take (at least one)."""
+    return max(1, min(max_batch_size, prefill_budget // max_input_tokens)), max_input_tokens
+
+
 def split_admissible(
     waiting: Sequence[Waiting],
     slots: int,

@@ -24,8 +24,8 @@ from bloomz_runtime.launch import LEADER_PIDFILE_ENV
 from bloomz_runtime.lifetime import die_with_parent
 from bloomz_runtime.metrics import RuntimeMetrics
 from bloomz_runtime.options import ServeOptions, parse_options
-from bloomz_runtime.scheduler import RequestQueue
-from bloomz_runtime.server import TextGenerationService, set_health, start_grpc_server
+from bloomz_runtime.scheduler import RequestQueue, largest_prefill
+from bloomz_runtime.server import SEED_PROMPT, TextGenerationService, set_health, start_grpc_server
 from bloomz_runtime.watchdog import FLUSH_S, exit_stuck, fail_all, overdue, stuck_error
 
 log = logging.getLogger("bloomz_runtime.serve")
@@ -36,6 +36,17 @@ def _load_engine(opts: ServeOptions, ctx: DistContext) -> BatchEngine:
     runner = get_backend(opts.device).load(opts, ctx)
     shorten_collective_timeout(ctx, opts.step_timeout_s)
     return BatchEngine(runner, kv_cache=opts.kv_cache)
+
+
+def _warm_up_largest(opts: ServeOptions, coordinator: Coordinator) -> None:
+    rows, length = largest_prefill(opts.max_batch_size, opts.max_input_tokens, opts.max_prefill_tokens)
+    seed = coordinator.engine.runner.tokenizer(SEED_PROMPT, add_special_tokens=False).input_ids
+    prompt = tuple(seed[i % len(seed)] for i in range(length))
+    started = time.monotonic()
+    coordinator.warm_up_largest(rows, prompt)
+    log.info(
+        "warm-up at the largest prefill (%d x %d tokens) in %.1f s", rows, length, time.monotonic() - started
+    )
 
 
 async def _give_up_if_stuck(coordinator: Coordinator, health: Any, limit_s: float) -> None:
@@ -79,6 +90,8 @@ async def run_leader(opts: ServeOptions, ctx: DistContext) -> int:
     coordinator = Coordinator(
         engine, ControlChannel(ctx), queue, metrics, opts.max_batch_size, opts.batch_wait_ms / 1000.0
     )
+    if opts.warms_up_largest and not stopping.is_set():
+        await asyncio.to_thread(_warm_up_largest, opts, coordinator)
     coordinator.start()
     service.attach(runner, coordinator, queue)
     if opts.warmup and not stopping.is_set():

@@ -50,6 +50,7 @@ def greedy(prompt: str, new_tokens: int) -> pb.GenerateRequest:
 @pytest.fixture(scope="module")
 def runtime(tiny_checkpoint: Path) -> Iterator[RuntimeProcess]:
     args = [*LIMITS, "--max-queue-size", "64", "--max-batch-size", "8", "--step-timeout-s", "60"]
+    args.append("--warmup-largest")  # 8 x 64 tokens: an OOM would show here, at start-up
     with run_runtime(tiny_checkpoint, extra_args=args) as rt:
         yield rt
 

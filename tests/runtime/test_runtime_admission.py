@@ -23,7 +23,7 @@ from bloomz_runtime.errors import Cancelled, DeadlineExceeded, InvalidArgument, 
 from bloomz_runtime.metrics import RuntimeMetrics
 from bloomz_runtime.options import parse_options, to_argv
 from bloomz_runtime.requests import Event, FailedEvent, FinishedEvent, GenerationRequest, TokenEvent
-from bloomz_runtime.scheduler import RequestQueue, fits_prefill_budget, split_admissible
+from bloomz_runtime.scheduler import RequestQueue, fits_prefill_budget, largest_prefill, split_admissible
 from bloomz_runtime.validation import (
     Limits,
     SamplingParams,
@@ -63,6 +63,12 @@ def test_split_admissible_stops_at_the_first_request_over_the_budget() -> None:
     assert admit == [long_] and keep == [later]
     admit, _, _ = split_admissible([short, later], slots=8, now=0.0, prefill_budget=1000)
     assert admit == [short, later]
+
+
+def test_largest_prefill_shape_fills_the_budget_with_full_length_prompts() -> None:
+    assert largest_prefill(max_batch_size=8, max_input_tokens=2048, prefill_budget=8192) == (4, 2048)
+    assert largest_prefill(max_batch_size=8, max_input_tokens=64, prefill_budget=8192) == (8, 64)
+    assert largest_prefill(max_batch_size=8, max_input_tokens=4096, prefill_budget=1024) == (1, 4096)
 
 
 def test_queue_room_is_checked_before_any_work_and_again_on_put() -> None:
@@ -127,12 +133,14 @@ class ScriptedEngine:
 
     hold: threading.Event = field(default_factory=threading.Event)
     rows: int = 0
+    steps: list[Step] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.hold.set()
 
     def apply(self, step: Step) -> StepScores | None:
         self.hold.wait()
+        self.steps.append(step)
         self.rows += len(step.admit) - len(step.drop)
         return StepScores(greedy=torch.full((self.rows,), 7)) if self.rows else None
 
@@ -154,6 +162,16 @@ def coordinator_with(engine: ScriptedEngine, queue: RequestQueue) -> Coordinator
 def request(tokenizer: Any, sink: Any, new_tokens: int = 3) -> GenerationRequest:
     params = ValidatedParams(max_new_tokens=new_tokens, sampling=SamplingParams(), ignore_eos=True)
     return GenerationRequest([5, 6], params, tokenizer, None, sink)
+
+
+def test_warm_up_at_the_largest_shape_prefills_decodes_and_leaves_an_empty_batch() -> None:
+    engine = ScriptedEngine()
+    channel = ControlChannel(DistContext(rank=0, world_size=1, local_rank=0))
+    coordinator = Coordinator(engine, channel, RequestQueue(8), RuntimeMetrics(), 4, 0.0)  # type: ignore[arg-type]
+    coordinator.warm_up_largest(3, (5,) * 40)
+    prefill, decode, drop = engine.steps
+    assert [len(ids) for _, ids in prefill.admit] == [40, 40, 40] and prefill.logits
+    assert decode.decode == (7, 7, 7) and len(drop.drop) == 3 and engine.rows == 0
 
 
 def test_an_error_in_one_rows_token_handling_fails_that_request_alone(tokenizer: Any) -> None:
