@@ -11,7 +11,7 @@ import datetime
 import json
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, NamedTuple
 
 import yaml
@@ -72,6 +72,8 @@ class ApiHttpHandler:
         self.streams = Streams(store, bookmark_interval_s=bookmark_interval_s)
         self.address = ""  # host:port for /api's serverAddressByClientCIDRs, set once listening
         self.request_log: list[RequestRecord] | None = None  # a list records every request
+        # Fault injection (tests): may answer a request itself (an error) or delay it (a stall).
+        self.fault: Callable[[web.BaseRequest], Awaitable[web.StreamResponse | None]] | None = None
 
     def open(self) -> None:
         """Serve streams again (a restarted server)."""
@@ -85,6 +87,11 @@ class ApiHttpHandler:
         if self.request_log is not None:
             agent = request.headers.get("User-Agent", "")
             self.request_log.append(RequestRecord(request.method, request.path, request.query_string, agent))
+        fault = self.fault
+        if fault is not None:
+            injected = await fault(request)
+            if injected is not None:
+                return injected
         try:
             return await self._dispatch(request)
         except errors.ApiError as error:

@@ -26,6 +26,8 @@ Usage::
         # record_requests=False -> requests: list[RequestRecord(method, path, query, user_agent)]
         def serve_pod_logs(self, provider)    # provider(namespace, pod, container) -> Path | None
                                               # serves pods/log from that file: kubectl logs [-f] [--tail N]
+        def inject_fault(self, fault)         # async fault(request) -> response | None, run first on
+                                              # every request: errors and stalls (fault-injection tests)
 
     python -m bloomz_operator.sandbox.apiserver [--host H] [--port N] [--crd FILE ...] [--namespace NS ...]
                                                 [--kubeconfig OUT]     # serves until Ctrl-C / SIGTERM
@@ -101,7 +103,7 @@ import contextlib
 import logging
 import signal
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -253,6 +255,13 @@ class SandboxAPIServer:
             self._handler.close_watches()
             await asyncio.sleep(0)  # let the watch streams see the end before connections close
             await runner.cleanup()
+
+    def inject_fault(
+        self, fault: Callable[[web.BaseRequest], Awaitable[web.StreamResponse | None]] | None
+    ) -> None:
+        """From now on `fault(request)` runs first on the server's loop for every request: it may
+        answer (an error), wait (a stall) or return None to let the request through. None: off."""
+        self._handler.fault = fault
 
     @property
     def requests(self) -> list[RequestRecord]:
