@@ -266,6 +266,12 @@ class Sandbox:
             raise RuntimeError("the sandbox is not started")
         return self._api_client
 
+    def restart_operator(self) -> None:
+        """Start the operator again (after it was killed), like its Deployment would; kills a live one."""
+        if self.operator is not None and self.operator.poll() is None:
+            stop_group(self.operator.pid, 0.0)
+        self._start_operator()
+
     def operator_alive(self) -> bool:
         return self.operator is not None and self.operator.poll() is None
 
