@@ -23,6 +23,8 @@ class FaultRow:
     def markdown(self) -> str:
         failed = ", ".join(f"{n} {code}" for code, n in sorted(self.codes.items()) if code != "OK") or "none"
         recover = f"{self.recover_s:.1f} s" if self.recover_s is not None else "-"
+        if not self.sent:  # a fault of the control plane: no client requests in this row
+            return f"| {self.fault} | {self.happened} | - | - | - | - | {recover} |"
         return (
             f"| {self.fault} | {self.happened} | {self.sent} | {self.accepted} | {self.codes.get('OK', 0)} "
             f"| {failed} | {recover} |"
