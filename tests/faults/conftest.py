@@ -24,6 +24,9 @@ def fault_report(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultRepo
     target = Path(os.environ.get("BLOOMZ_FAULTS_REPORT") or tmp_path_factory.mktemp("faults") / "faults.md")
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(report.markdown() + "\n")
-    rows = [{**asdict(r), "codes": dict(r.codes), "accepted": r.accepted} for r in report.rows]
+    rows = [
+        {**asdict(r), "codes": dict(r.codes), "refused": sorted(r.refused), "accepted": r.accepted}
+        for r in report.rows
+    ]
     target.with_suffix(".json").write_text(json.dumps(rows, indent=1) + "\n")
     print(f"\nfault figures ({target}):\n{report.markdown()}")

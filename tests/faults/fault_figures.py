@@ -13,12 +13,13 @@ class FaultRow:
     sent: int = 0
     codes: Counter[str] = field(default_factory=Counter)  # OK or a gRPC status code name, per request
     recover_s: float | None = None  # fault -> detected and answered (or serving again)
+    # Codes that mean "refused at the door" (never accepted) in this row.
+    refused: frozenset[str] = frozenset({"RESOURCE_EXHAUSTED", "INVALID_ARGUMENT"})
 
     @property
     def accepted(self) -> int:
         """Taken into the queue: ended with a result or a code other than the refusals at the door."""
-        refused = {"RESOURCE_EXHAUSTED", "INVALID_ARGUMENT"}
-        return sum(n for code, n in self.codes.items() if code not in refused)
+        return sum(n for code, n in self.codes.items() if code not in self.refused)
 
     def markdown(self) -> str:
         failed = ", ".join(f"{n} {code}" for code, n in sorted(self.codes.items()) if code != "OK") or "none"

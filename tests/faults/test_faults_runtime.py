@@ -59,6 +59,8 @@ def test_malformed_and_oversized_requests_are_refused_and_serving_goes_on(
     runtime: RuntimeProcess, fault_report: FaultReport
 ) -> None:
     row = fault_report.row("malformed and oversized gRPC requests")
+    # gRPC answers a body that does not parse as the request message UNKNOWN, before our handler runs.
+    row.refused = row.refused | {"UNKNOWN"}
     with grpc.insecure_channel(runtime.target) as channel:
         stub = pb_grpc.TextGenerationStub(channel)
         raw = channel.unary_unary("/bloomz.v1.TextGeneration/Generate")  # bytes in, bytes out
@@ -87,7 +89,7 @@ def test_malformed_and_oversized_requests_are_refused_and_serving_goes_on(
     row.codes = Counter([*cases.values(), after])
     row.happened = "; ".join(f"{what}: {code}" for what, code in cases.items()) + "; then a valid request: OK"
     assert "OK" not in cases.values(), cases
-    assert set(cases.values()) <= {"INVALID_ARGUMENT", "RESOURCE_EXHAUSTED", "INTERNAL"}, cases
+    assert set(cases.values()) <= {"INVALID_ARGUMENT", "RESOURCE_EXHAUSTED", "UNKNOWN"}, cases
     assert cases["3 MB prompt"] == "INVALID_ARGUMENT" and cases["300-token prompt"] == "INVALID_ARGUMENT"
     assert cases["prompt + max_new over max_total"] == "INVALID_ARGUMENT"
     assert after == "OK"
