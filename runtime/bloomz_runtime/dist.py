@@ -88,9 +88,9 @@ def init_distributed(device: str, expected_world_size: int) -> DistContext:
 
 
 def shorten_collective_timeout(ctx: DistContext, seconds: float) -> bool:
-    """Once the model is loaded no collective may take anywhere near DEFAULT_TIMEOUT_S: set the
-    default group's timeout to `seconds` (the step limit), so a lost peer fails a collective in that
-    time instead of half an hour. Every rank calls it for itself; False where it could not be set."""
+    """Once the model is loaded and warmed up no collective may take anywhere near DEFAULT_TIMEOUT_S:
+    set this rank's default-group timeout to `seconds` (the step limit), so a lost peer fails a
+    collective in that time instead of half an hour. False where it was not set."""
     if ctx.world_size == 1 or seconds <= 0:
         return False
     from torch.distributed import distributed_c10d

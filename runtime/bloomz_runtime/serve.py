@@ -34,7 +34,6 @@ MPI_RANK_ENV = "OMPI_COMM_WORLD_RANK"  # set by Open MPI in every rank it starts
 
 def _load_engine(opts: ServeOptions, ctx: DistContext) -> BatchEngine:
     runner = get_backend(opts.device).load(opts, ctx)
-    shorten_collective_timeout(ctx, opts.step_timeout_s)
     return BatchEngine(runner, kv_cache=opts.kv_cache)
 
 
@@ -97,6 +96,10 @@ async def run_leader(opts: ServeOptions, ctx: DistContext) -> int:
     if opts.warmup and not stopping.is_set():
         await service.warmup()
     log.info("model loaded in %.1f s", time.monotonic() - started)
+    # Loading and warm-up (graph compiles) may keep a collective waiting for long; serving steps may
+    # not. Rank 0's side is enough: its failed collective ends the job, and the other ranks wait on
+    # the control channel, which has its own shorter timeout.
+    shorten_collective_timeout(ctx, opts.step_timeout_s)
     if not stopping.is_set():
         await set_health(health, serving=True)
         log.info("SERVING")
