@@ -7,6 +7,7 @@ DeepSpeed want RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT.
 from __future__ import annotations
 
 import datetime
+import logging
 import os
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
@@ -118,6 +119,22 @@ def init_distributed(device: str, expected_world_size: int) -> DistContext:
         control_group=control,
         download_group=download,
     )
+
+
+def shorten_collective_timeout(ctx: DistContext, seconds: float) -> bool:
+    """Once the model is loaded and warmed up no collective may take anywhere near DEFAULT_TIMEOUT_S:
+    set this rank's default-group timeout to `seconds` (the step limit), so a lost peer fails a
+    collective in that time instead of half an hour. False where it was not set."""
+    if ctx.world_size == 1 or seconds <= 0:
+        return False
+    from torch.distributed import distributed_c10d
+
+    try:
+        distributed_c10d._set_pg_timeout(datetime.timedelta(seconds=seconds), None)
+    except Exception as error:  # a backend without per-group timeouts keeps its own
+        logging.getLogger(__name__).warning("collective timeout left unchanged: %s", error)
+        return False
+    return True
 
 
 SHM_DIR = Path("/dev/shm")

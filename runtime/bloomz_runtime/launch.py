@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from bloomz_runtime.dist import SHM_DIR, deepspeed_shm_prefix, hpu_environment
+from bloomz_runtime.lifetime import preexec_die_with_parent
 from bloomz_runtime.mpijob import DEFAULT_MPI_MAJOR, MpiJob, detect_mpi_major, device_binding, render
 from bloomz_runtime.multinode import ROLE_LEADER, ROLE_WORKER, prepare_leader, run_worker, split_args
 from bloomz_runtime.options import BIND_HOST_ENV, ServeOptions, parse_options, to_argv
@@ -158,7 +159,10 @@ class _Supervisor:
         self.kill_at: float | None = None
         self.signals = 0
         # Own process group: a Ctrl-C in a terminal reaches only us, and we decide what the ranks get.
-        self.proc = subprocess.Popen(list(cmd), env=env, start_new_session=True)
+        # It dies with us even when we are SIGKILLed (no handler of ours runs then).
+        self.proc = subprocess.Popen(
+            list(cmd), env=env, start_new_session=True, preexec_fn=preexec_die_with_parent()
+        )
 
     def _leader_pid(self) -> int | None:
         if self.pidfile is None:

@@ -40,8 +40,16 @@ class ServeOptions:
     # None: on for hpu and cuda (graphs need it), off on cpu; see docs/runtime.md "Gaudi and CUDA".
     static_decode: bool | None = None
     warmup: bool = True
+    # Warm up once at the largest prefill shape (None: on hpu/cuda, where memory runs out; off on cpu).
+    warmup_largest: bool | None = None
     served_model_name: str | None = None
     grace_period_s: float = 30.0
+    # A step (forward pass + collectives) longer than this is a hang: NOT_SERVING, exit non-zero.
+    step_timeout_s: float = 120.0
+    # Prompt tokens (padded) one step may prefill; a lone longer prompt still goes alone.
+    max_prefill_tokens: int = 8192
+    # Prompt + new tokens of one request (None: max_input_tokens + max_new_tokens).
+    max_total_tokens: int | None = None
     bind_host: str = field(default="0.0.0.0")
 
     @property
@@ -56,6 +64,16 @@ class ServeOptions:
         return self.device != "cpu" if self.static_decode is None else self.static_decode
 
     @property
+    def warms_up_largest(self) -> bool:
+        if self.warmup_largest is None:
+            return self.warmup and self.device != "cpu"
+        return self.warmup and self.warmup_largest
+
+    @property
+    def total_tokens_limit(self) -> int:
+        return self.max_total_tokens or self.max_input_tokens + self.max_new_tokens
+
+    @property
     def model_name(self) -> str:
         return self.served_model_name or self.model
 
@@ -64,6 +82,13 @@ def _positive(value: str) -> int:
     number = int(value)
     if number < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {number}")
+    return number
+
+
+def _seconds(value: str) -> float:
+    number = float(value)
+    if not number >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0 seconds, got {value}")
     return number
 
 
@@ -111,9 +136,35 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         "are captured once per bucket (default: on for hpu and cuda, off for cpu)",
     )
     p.add_argument("--no-warmup", dest="warmup", action="store_false", help="skip the warm-up generation")
+    p.add_argument(
+        "--warmup-largest",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also run one prefill (and a decode step) at the largest shape the limits allow, so running "
+        "out of device memory shows at start-up, not under load (default: on for hpu/cuda)",
+    )
     p.add_argument("--served-model-name", default=None, help="model name reported by Info (default: --model)")
     p.add_argument(
         "--grace-period-s", type=float, default=30.0, help="SIGTERM: time to finish in-flight work"
+    )
+    p.add_argument(
+        "--step-timeout-s",
+        type=_seconds,
+        default=120.0,
+        help="a step running longer (a hung collective, a stopped rank) -> NOT_SERVING and exit 3 so the "
+        "pod restarts; also the collective timeout once loaded (0: no watchdog)",
+    )
+    p.add_argument(
+        "--max-prefill-tokens",
+        type=_positive,
+        default=8192,
+        help="padded prompt tokens prefilled in one step (a single longer prompt still runs alone)",
+    )
+    p.add_argument(
+        "--max-total-tokens",
+        type=_positive,
+        default=None,
+        help="prompt + max_new_tokens of one request (default: max input + max new tokens)",
     )
     return p
 

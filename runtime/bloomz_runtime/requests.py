@@ -78,6 +78,8 @@ class GenerationRequest:
         self.finish_reason: str | None = None
         # Set from the event loop when the caller goes away; read by the engine thread.
         self.cancelled = False
+        # Set with `cancelled` when a drain ends before the request did: answered UNAVAILABLE.
+        self.shut_down = False
 
     @property
     def done(self) -> bool:

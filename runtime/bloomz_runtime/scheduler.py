@@ -8,7 +8,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from bloomz_runtime.errors import QueueFull, Unavailable
@@ -16,6 +16,7 @@ from bloomz_runtime.errors import QueueFull, Unavailable
 
 class Waiting(Protocol):
     cancelled: bool
+    shut_down: bool  # cancelled because the server stopped (answered UNAVAILABLE, not CANCELLED)
     urgent: bool
     deadline: float | None
 
@@ -45,26 +46,56 @@ def should_gather(
     return oldest_wait_s < batch_wait_s
 
 
+def prompt_length(w: Waiting) -> int:
+    return len(getattr(w, "prompt_ids", ()))
+
+
+def fits_prefill_budget(lengths: Sequence[int], budget: int | None) -> bool:
+    """Whether prompts of these lengths fit one prefill step: they are left-padded to the longest,
+    so the step costs rows x longest tokens. A lone prompt always fits (else it would never run)."""
+    if budget is None or len(lengths) <= 1:
+        return True
+    return len(lengths) * max(lengths) <= budget
+
+
+def largest_prefill(max_batch_size: int, max_input_tokens: int, prefill_budget: int) -> tuple[int, int]:
+    """(rows, tokens per row) of the largest prefill step the limits allow: full-length prompts, as
+    many as both the batch and the prefill budget take (at least one)."""
+    return max(1, min(max_batch_size, prefill_budget // max_input_tokens)), max_input_tokens
+
+
 def split_admissible(
-    waiting: Sequence[Waiting], slots: int, now: float
+    waiting: Sequence[Waiting],
+    slots: int,
+    now: float,
+    prefill_budget: int | None = None,
+    length: Callable[[Waiting], int] = prompt_length,
 ) -> tuple[list[Waiting], list[Waiting], list[Waiting]]:
-    """(admit, still waiting, gone): cancelled or expired requests never reach the model."""
+    """(admit, still waiting, gone): cancelled or expired requests never reach the model. First come,
+    first served: once the next request does not fit the slots or the prefill budget, the rest wait."""
     admit: list[Waiting] = []
     keep: list[Waiting] = []
     gone: list[Waiting] = []
+    full = False
     for w in waiting:
         if w.cancelled or w.expired(now):
             gone.append(w)
-        elif len(admit) < slots:
+        elif (
+            not full
+            and len(admit) < slots
+            and fits_prefill_budget([*(length(a) for a in admit), length(w)], prefill_budget)
+        ):
             admit.append(w)
         else:
+            full = True
             keep.append(w)
     return admit, keep, gone
 
 
 class RequestQueue:
-    def __init__(self, max_size: int) -> None:
+    def __init__(self, max_size: int, prefill_budget: int | None = None) -> None:
         self.max_size = max_size
+        self.prefill_budget = prefill_budget
         self._items: deque[Waiting] = deque()
         self._arrived: deque[float] = deque()
         self._cond = threading.Condition()
@@ -74,23 +105,47 @@ class RequestQueue:
         with self._cond:
             if self._closed:
                 raise Unavailable("server is shutting down")
-            if len(self._items) >= self.max_size:
-                raise QueueFull(f"queue is full ({self.max_size} waiting requests)")
+            self._check_room()
             self._items.append(item)
             self._arrived.append(time.monotonic())
             self._cond.notify_all()
+
+    def _check_room(self) -> None:
+        if len(self._items) >= self.max_size:
+            raise QueueFull(f"queue is full ({self.max_size} waiting requests)")
+
+    def check_room(self) -> None:
+        """Raise what put() would for a full or closed queue: checked before the costly work of a
+        request (tokenizing), and again by put()."""
+        with self._cond:
+            if self._closed:
+                raise Unavailable("server is shutting down")
+            self._check_room()
 
     def close(self) -> None:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
 
-    def cancel_all(self) -> None:
-        """Mark every waiting request cancelled (the engine answers them CANCELLED when it takes them)."""
+    def cancel_all(self, shut_down: bool = False) -> None:
+        """Mark every waiting request cancelled; the engine answers them CANCELLED when it takes them,
+        or UNAVAILABLE with `shut_down` (the server stopped before them: clients retry)."""
         with self._cond:
             for item in self._items:
                 item.cancelled = True
+                if shut_down:
+                    item.shut_down = True
             self._cond.notify_all()
+
+    def take_all(self) -> list[Waiting]:
+        """Empty the queue and close it (the watchdog answers these itself)."""
+        with self._cond:
+            items = list(self._items)
+            self._items.clear()
+            self._arrived.clear()
+            self._closed = True
+            self._cond.notify_all()
+            return items
 
     def __len__(self) -> int:
         with self._cond:
@@ -115,7 +170,9 @@ class RequestQueue:
     def take(self, slots: int) -> tuple[list[Waiting], list[Waiting]]:
         """(requests to admit now, requests that left while waiting)."""
         with self._cond:
-            admit, keep, gone = split_admissible(list(self._items), slots, time.monotonic())
+            admit, keep, gone = split_admissible(
+                list(self._items), slots, time.monotonic(), self.prefill_budget
+            )
             arrived = dict(zip(map(id, self._items), self._arrived, strict=True))
             self._items = deque(keep)
             self._arrived = deque(arrived[id(k)] for k in keep)

@@ -13,24 +13,54 @@ import os
 import signal
 import sys
 import time
+from typing import Any
+
+from bloomz_api.constants import BENCHMARK_PROMPT
 
 from bloomz_runtime.backends import get_backend
 from bloomz_runtime.commands import ControlChannel
 from bloomz_runtime.coordinator import Coordinator, worker_loop
-from bloomz_runtime.dist import DistContext, init_distributed
+from bloomz_runtime.dist import DistContext, init_distributed, shorten_collective_timeout
 from bloomz_runtime.engine import BatchEngine
 from bloomz_runtime.launch import LEADER_PIDFILE_ENV
+from bloomz_runtime.lifetime import die_with_parent
 from bloomz_runtime.metrics import RuntimeMetrics
 from bloomz_runtime.options import ServeOptions, parse_options
-from bloomz_runtime.scheduler import RequestQueue
+from bloomz_runtime.scheduler import RequestQueue, largest_prefill
 from bloomz_runtime.server import TextGenerationService, set_health, start_grpc_server
+from bloomz_runtime.watchdog import FLUSH_S, exit_stuck, fail_all, overdue, stuck_error
 
 log = logging.getLogger("bloomz_runtime.serve")
+MPI_RANK_ENV = "OMPI_COMM_WORLD_RANK"  # set by Open MPI in every rank it starts
 
 
 def _load_engine(opts: ServeOptions, ctx: DistContext) -> BatchEngine:
     runner = get_backend(opts.device).load(opts, ctx)
     return BatchEngine(runner, kv_cache=opts.kv_cache)
+
+
+def _warm_up_largest(opts: ServeOptions, coordinator: Coordinator) -> None:
+    rows, length = largest_prefill(opts.max_batch_size, opts.max_input_tokens, opts.max_prefill_tokens)
+    seed = coordinator.engine.runner.tokenizer(BENCHMARK_PROMPT, add_special_tokens=False).input_ids
+    prompt = tuple(seed[i % len(seed)] for i in range(length))
+    started = time.monotonic()
+    coordinator.warm_up_largest(rows, prompt)
+    log.info(
+        "warm-up at the largest prefill (%d x %d tokens) in %.1f s", rows, length, time.monotonic() - started
+    )
+
+
+async def _give_up_if_stuck(coordinator: Coordinator, health: Any, limit_s: float) -> None:
+    """The watchdog: a step over the limit -> NOT_SERVING, every accepted request UNAVAILABLE, exit."""
+    if not overdue(coordinator.step_started, time.monotonic(), limit_s):
+        return
+    await set_health(health, serving=False)
+    failed = fail_all(coordinator.unanswered(), stuck_error(limit_s))
+    log.error(
+        "engine stuck: a step ran over %.0f s; %d request(s) answered UNAVAILABLE; exiting", limit_s, failed
+    )
+    await asyncio.sleep(FLUSH_S)  # let those answers go out
+    exit_stuck()
 
 
 async def run_leader(opts: ServeOptions, ctx: DistContext) -> int:
@@ -57,15 +87,21 @@ async def run_leader(opts: ServeOptions, ctx: DistContext) -> int:
         {"model": opts.model_name, "device": opts.device, "dtype": opts.torch_dtype_name,
          "world_size": str(opts.world_size), "backend": runner.backend}
     )  # fmt: skip
-    queue = RequestQueue(opts.max_queue_size)
+    queue = RequestQueue(opts.max_queue_size, opts.max_prefill_tokens)
     coordinator = Coordinator(
         engine, ControlChannel(ctx), queue, metrics, opts.max_batch_size, opts.batch_wait_ms / 1000.0
     )
+    if opts.warms_up_largest and not stopping.is_set():
+        await asyncio.to_thread(_warm_up_largest, opts, coordinator)
     coordinator.start()
     service.attach(runner, coordinator, queue)
     if opts.warmup and not stopping.is_set():
         await service.warmup()
     log.info("model loaded in %.1f s", time.monotonic() - started)
+    # Loading and warm-up (graph compiles) may keep a collective waiting for long; serving steps may
+    # not. Rank 0's side is enough: its failed collective ends the job, and the other ranks wait on
+    # the control channel, which has its own shorter timeout.
+    shorten_collective_timeout(ctx, opts.step_timeout_s)
     if not stopping.is_set():
         await set_health(health, serving=True)
         log.info("SERVING")
@@ -73,6 +109,7 @@ async def run_leader(opts: ServeOptions, ctx: DistContext) -> int:
     while not stopping.is_set() and coordinator.failure is None:
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(stopping.wait(), timeout=0.5)
+        await _give_up_if_stuck(coordinator, health, opts.step_timeout_s)
     if coordinator.failure is not None:
         log.error("engine failed: %s", coordinator.failure)
         return 1
@@ -84,10 +121,9 @@ async def run_leader(opts: ServeOptions, ctx: DistContext) -> int:
     drain_deadline = time.monotonic() + opts.grace_period_s
     while coordinator.busy and time.monotonic() < drain_deadline and coordinator.failure is None:
         await asyncio.sleep(0.05)
-    # Past the grace period: whatever is left is cancelled, running or waiting.
-    queue.cancel_all()
-    for req in coordinator.active:
-        req.cancelled = True
+        await _give_up_if_stuck(coordinator, health, opts.step_timeout_s)
+    # Past the grace period: whatever is left, running or waiting, is answered UNAVAILABLE (retry).
+    coordinator.shut_down_all()
     coordinator.stop()
     await asyncio.to_thread(coordinator.thread.join, 30.0)
     await server.stop(grace=1.0)
@@ -96,6 +132,9 @@ async def run_leader(opts: ServeOptions, ctx: DistContext) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if MPI_RANK_ENV in os.environ:
+        # Started by mpirun (or an orted): a killed mpirun must not leave this rank running.
+        die_with_parent(signal.SIGKILL, os.getppid())
     opts = parse_options(argv)
     logging.basicConfig(
         level=logging.INFO,

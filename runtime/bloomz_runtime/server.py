@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import functools
 import statistics
 import time
@@ -38,9 +39,12 @@ from bloomz_runtime.validation import (
     Limits,
     SamplingParams,
     ValidatedParams,
+    longest_token_bytes,
     validate_parameters,
     validate_prompt,
+    validate_prompt_size,
     validate_prompt_tokens,
+    validate_total_tokens,
 )
 
 SERVICE_NAME = "bloomz.v1.TextGeneration"
@@ -110,11 +114,20 @@ class TextGenerationService(pb_grpc.TextGenerationServicer):
     def __init__(self, opts: ServeOptions, metrics: RuntimeMetrics) -> None:
         self.opts = opts
         self.metrics = metrics
-        self.limits = Limits(max_input_tokens=opts.max_input_tokens, max_new_tokens=opts.max_new_tokens)
+        self.limits = Limits(
+            max_input_tokens=opts.max_input_tokens,
+            max_new_tokens=opts.max_new_tokens,
+            max_total_tokens=opts.total_tokens_limit,
+        )
         self.attached: Attached | None = None
         self.draining = False
+        # Tokenizing runs here, off the event loop that also answers health checks (one thread:
+        # a tokenizer object is not shared between concurrent calls).
+        self._tokenizing = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tokenize")
+        self._token_bytes = 1
 
     def attach(self, runner: ModelRunner, coordinator: Coordinator, queue: RequestQueue) -> None:
+        self._token_bytes = longest_token_bytes(runner.tokenizer.get_vocab())
         self.attached = Attached(runner, coordinator, queue)
 
     def _ready(self) -> Attached:
@@ -148,17 +161,29 @@ class TextGenerationService(pb_grpc.TextGenerationServicer):
         self.metrics.queue_depth.set(len(att.queue))
         return req, events
 
-    def _prepare(self, request: pb.GenerateRequest) -> tuple[list[int], ValidatedParams]:
+    async def _prepare(self, request: pb.GenerateRequest) -> tuple[list[int], ValidatedParams]:
+        """Admission, cheapest checks first: loaded and not draining, room in the queue, parameters,
+        prompt size in bytes; only then tokenizing (in a worker thread), then the token limits."""
         att = self._ready()
+        att.queue.check_room()
         validate_prompt(request.prompt)
         params = validate_parameters(
             request.parameters if request.HasField("parameters") else None, self.limits
         )
-        ids = list(att.runner.tokenizer(request.prompt, add_special_tokens=False).input_ids)
+        truncated = params.truncate_prompt_tokens is not None
+        validate_prompt_size(request.prompt, self.limits, self._token_bytes, truncated)
+        ids = await asyncio.get_running_loop().run_in_executor(
+            self._tokenizing, self._tokenize, att.runner.tokenizer, request.prompt
+        )
         if params.truncate_prompt_tokens is not None:
             ids = ids[: params.truncate_prompt_tokens]
         validate_prompt_tokens(len(ids), self.limits)
+        validate_total_tokens(len(ids), params, self.limits)
         return ids, params
+
+    @staticmethod
+    def _tokenize(tokenizer: Any, text: str) -> list[int]:
+        return list(tokenizer(text, add_special_tokens=False).input_ids)
 
     async def run_to_end(self, req: GenerationRequest, events: asyncio.Queue[Event]) -> tuple[str, str]:
         """(text, finish reason) once the request ends; cancels it if the caller goes away."""
@@ -182,7 +207,7 @@ class TextGenerationService(pb_grpc.TextGenerationServicer):
     async def Generate(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> pb.GenerateResponse:
-        ids, params = self._prepare(request)
+        ids, params = await self._prepare(request)
         req, events = self.submit(ids, params, context.time_remaining(), label=request.request_id)
         text, reason = await self.run_to_end(req, events)
         return pb.GenerateResponse(
@@ -205,7 +230,7 @@ class TextGenerationService(pb_grpc.TextGenerationServicer):
         method = "GenerateStream"
         req: GenerationRequest | None = None
         try:
-            ids, params = self._prepare(request)
+            ids, params = await self._prepare(request)
             req, events = self.submit(ids, params, context.time_remaining(), label=request.request_id)
             while True:
                 event = await events.get()

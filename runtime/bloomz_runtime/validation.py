@@ -20,6 +20,8 @@ class Limits:
     max_stop_length: int = MAX_STOP_LENGTH
     # Server default when a request does not say; capped by max_new_tokens.
     default_new_tokens: int = 64
+    # Prompt + new tokens of one request (None: no limit beyond the two above).
+    max_total_tokens: int | None = None
 
 
 @dataclass(frozen=True)
@@ -118,3 +120,33 @@ def validate_prompt_tokens(count: int, limits: Limits) -> None:
         raise InvalidArgument("prompt has no tokens")
     if count > limits.max_input_tokens:
         raise InvalidArgument(f"prompt has {count} tokens, the limit is {limits.max_input_tokens}")
+
+
+def longest_token_bytes(vocabulary: Any) -> int:
+    """An upper bound on the UTF-8 bytes of prompt text one token covers: the longest vocabulary
+    string in UTF-8 (byte-level BPE writes each byte as one character of 1-2 UTF-8 bytes, and
+    SentencePiece's space marker takes 3 bytes for 1), doubled against normalizers."""
+    return 2 * max((len(str(token).encode("utf-8")) for token in vocabulary), default=1)
+
+
+def validate_prompt_size(prompt: str, limits: Limits, token_bytes: int, truncated: bool) -> None:
+    """Before tokenizing: a prompt longer than max_input_tokens x token_bytes bytes has more tokens
+    than allowed whatever they are, so it is refused without the cost of tokenizing it."""
+    if truncated:
+        return
+    size = len(prompt.encode("utf-8"))
+    if size > limits.max_input_tokens * token_bytes:
+        raise InvalidArgument(
+            f"prompt of {size} bytes is over {limits.max_input_tokens} tokens (the limit) in any tokenization"
+        )
+
+
+def validate_total_tokens(prompt_tokens: int, params: ValidatedParams, limits: Limits) -> None:
+    if (
+        limits.max_total_tokens is not None
+        and prompt_tokens + params.max_new_tokens > limits.max_total_tokens
+    ):
+        raise InvalidArgument(
+            f"prompt tokens ({prompt_tokens}) + max_new_tokens ({params.max_new_tokens}) exceed the "
+            f"server limit of {limits.max_total_tokens} tokens per request"
+        )

@@ -14,9 +14,12 @@ deletes everything, checks that no process is left and exits 0).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,7 +33,7 @@ from bloomz_sandbox import progress
 from bloomz_sandbox.node.addresses import port_listening
 from bloomz_sandbox.node.process_spec import host_path_on_node
 from bloomz_sandbox.node.scheduling import parse_amounts
-from bloomz_sandbox.stack import Sandbox, SandboxOptions, repository_root
+from bloomz_sandbox.stack import STOP_LIMIT_S, Sandbox, SandboxOptions, repository_root
 
 
 class Console:
@@ -245,6 +248,21 @@ def delete_and_check(sandbox: Sandbox, example: Path, names: list[str], console:
     console.say("deleted: no pod, no runtime process, no listening port left")
 
 
+def last_resort_exit(after_s: float) -> None:
+    """Should the stop overrun `after_s` anyway, exit with 1: every child was started with
+    PR_SET_PDEATHSIG, so the kernel SIGKILLs them as this process ends."""
+
+    def expire() -> None:
+        with contextlib.suppress(OSError):  # never block on a full pipe here
+            os.set_blocking(2, False)
+            os.write(2, f"stop overran {after_s:.0f} s: exiting; the kernel kills every child\n".encode())
+        os._exit(1)
+
+    timer = threading.Timer(after_s, expire)
+    timer.daemon = True
+    timer.start()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     console = Console()
@@ -262,10 +280,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     sandbox = Sandbox(options)
 
-    def interrupt(_signum: int, _frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
+    # A signal raises KeyboardInterrupt once, during start-up and the demo only. Once the job waits
+    # for Ctrl-C or stops, it is a flag: an exception raised at an arbitrary point of the stop could
+    # leave it half done (a lock held, the operator never signalled).
+    signals: list[int] = []
+    interruptible = [True]
+
+    def interrupt(signum: int, _frame: FrameType | None) -> None:
+        signals.append(signum)
+        if interruptible[0]:
+            interruptible[0] = False
+            raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGINT, interrupt)
     code = 0
     try:
         for resource in resources:
@@ -280,15 +308,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             console.say("the sandbox keeps running; press Ctrl-C to stop it. In another terminal:")
             print(f"    export KUBECONFIG={sandbox.kubeconfig}\n    kubectl get bloomz,pods\n", flush=True)
-            while sandbox.operator_alive():
-                time.sleep(1.0)
-            raise RuntimeError(f"the operator exited:\n{sandbox.log_tail()}")
+            interruptible[0] = False
+            while sandbox.operator_alive() and not signals:
+                time.sleep(0.2)
+            if not signals:
+                raise RuntimeError(f"the operator exited:\n{sandbox.log_tail()}")
+            raise KeyboardInterrupt
     except KeyboardInterrupt:
         console.say("interrupted")
     except Exception as error:  # a failed demo must say why and still clean up
         console.say(f"FAILED: {error}")
         code = 1
     finally:
+        interruptible[0] = False
+        last_resort_exit(STOP_LIMIT_S)
         runner = sandbox.runner
         console.say("stopping the operator, the pod runner and the API emulator")
         sandbox.stop()

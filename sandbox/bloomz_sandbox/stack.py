@@ -16,10 +16,10 @@ import json
 import logging
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -33,8 +33,45 @@ from kubernetes import client
 
 from bloomz_sandbox.node import cluster_dns
 from bloomz_sandbox.node.podrunner import PodRunner, RunnerConfig, default_capacity
+from bloomz_sandbox.node.processes import kill_group_now, spawn, stop_group
 
 SANDBOX_CPU_IMAGE = "sandbox.local/bloomz-runtime-cpu:dev"  # never pulled: the runner runs the command
+# Time limits of the stop stages (seconds). The whole stop stays under STOP_LIMIT_S (defaults: 15 s
+# pod grace -> 25 + 35 + 5 + 35 = 100), which the main job enforces with a last-resort exit.
+OPERATOR_GRACE_S = 20.0  # Kopf finishes its handlers, then SIGKILL
+RUNNER_MARGIN_S = 20.0  # on top of the pods' grace period: SIGKILL of what is left, reaping
+APISERVER_STOP_S = 30.0  # SandboxAPIServer.stop joins its thread this long
+STAGE_MARGIN_S = 5.0
+STOP_LIMIT_S = 110.0
+
+log = logging.getLogger(__name__)
+
+
+def run_stage(
+    name: str, stop: Callable[[], None], limit_s: float, kill: Callable[[], None] = lambda: None
+) -> bool:
+    """Run one stop stage in a daemon thread for at most `limit_s`; past that, `kill` its processes
+    (SIGKILL, no waiting) and carry on. True when the stage finished in time."""
+    errors: list[BaseException] = []
+
+    def body() -> None:
+        try:
+            stop()
+        except BaseException as error:  # reported below; the next stage still runs
+            errors.append(error)
+
+    thread = threading.Thread(target=body, name=f"sandbox-stop-{name}", daemon=True)
+    thread.start()
+    thread.join(limit_s)
+    if thread.is_alive():
+        log.error("sandbox: stopping the %s took over %.0f s: killing its processes", name, limit_s)
+        kill()
+        return False
+    if errors:
+        log.error("sandbox: stopping the %s failed: %s", name, errors[0])
+        kill()
+        return False
+    return True
 
 
 def repository_root() -> Path:
@@ -178,7 +215,7 @@ class Sandbox:
         with self.operator_log.open("ab") as log:
             # Its own session: a Ctrl-C in the terminal reaches the main job only, which then stops the
             # operator before the pods (it would otherwise recreate them while they are stopped).
-            self.operator = subprocess.Popen(
+            self.operator = spawn(
                 command,
                 env=env,
                 stdout=log,
@@ -188,24 +225,28 @@ class Sandbox:
             )
 
     def stop(self) -> None:
-        """Operator first (it would recreate pods), then the pods' processes, then the API server."""
-        if self.operator is not None:
-            if self.operator.poll() is None:
-                self.operator.send_signal(signal.SIGTERM)
-                try:
-                    self.operator.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    self.operator.kill()
-                    self.operator.wait()
-            self.operator = None
-        if self.runner is not None:
-            self.runner.stop()
-        if self._api_client is not None:
-            self._api_client.close()
-            self._api_client = None
-        if self.apiserver is not None:
-            self.apiserver.stop()
-            self.apiserver = None
+        """Operator first (it would recreate pods), then the pods' processes, then the API server.
+        Each stage runs in its own thread with its own time limit; a stage that overruns has its
+        processes SIGKILLed and the next stage starts anyway, so stop() always returns."""
+        operator, self.operator = self.operator, None
+        if operator is not None:
+            run_stage(
+                "operator",
+                lambda: stop_group(operator.pid, OPERATOR_GRACE_S),
+                OPERATOR_GRACE_S + STAGE_MARGIN_S,
+                lambda: kill_group_now(operator.pid),
+            )
+        runner, self.runner = self.runner, None
+        if runner is not None:
+            run_stage(
+                "pod runner", runner.stop, self.options.max_grace_seconds + RUNNER_MARGIN_S, runner.kill_now
+            )
+        api_client, self._api_client = self._api_client, None
+        if api_client is not None:
+            run_stage("API client", api_client.close, STAGE_MARGIN_S)
+        apiserver, self.apiserver = self.apiserver, None
+        if apiserver is not None:
+            run_stage("API emulator", apiserver.stop, APISERVER_STOP_S + STAGE_MARGIN_S)
         if self._log_handler is not None:
             logging.getLogger("bloomz_sandbox.node.podrunner").removeHandler(self._log_handler)
             self._log_handler.close()
@@ -224,6 +265,12 @@ class Sandbox:
         if self._api_client is None:
             raise RuntimeError("the sandbox is not started")
         return self._api_client
+
+    def restart_operator(self) -> None:
+        """Start the operator again (after it was killed), like its Deployment would; kills a live one."""
+        if self.operator is not None and self.operator.poll() is None:
+            stop_group(self.operator.pid, 0.0)
+        self._start_operator()
 
     def operator_alive(self) -> bool:
         return self.operator is not None and self.operator.poll() is None

@@ -54,6 +54,10 @@ class MainJob:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
+            errors="replace",
+            # As when `make test` runs from a non-interactive shell's background job: SIGINT starts out
+            # ignored, so Python installs no KeyboardInterrupt handler; the job must set its own.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
         )
         self.lines: list[str] = []
         self.descendants: dict[int, psutil.Process] = {}

@@ -178,7 +178,7 @@ class Kubelet:
         now: float,
     ) -> None:
         process.kill_leftovers()  # ranks orphaned by the launcher die with it, like a container's cgroup
-        self._kill_escaped(record)
+        self.kill_escaped(record)
         exit_code, signal_number = pod_status.termination_exit_code(returncode)
         termination = pod_status.Termination(exit_code, process.started_at, now, signal_number)
         container.process = None
@@ -233,7 +233,7 @@ class Kubelet:
                 stopper.start()
             for stopper in stoppers:
                 stopper.join()
-            self._kill_escaped(record)
+            self.kill_escaped(record)
             if record.pod_ip:
                 self.addresses.release(record.pod_ip)
             record.stopped = True
@@ -242,7 +242,7 @@ class Kubelet:
         record.stopping = threading.Thread(target=stop_all, name=f"sandbox-stop-{record.name}", daemon=True)
         record.stopping.start()
 
-    def _kill_escaped(self, record: PodRecord) -> None:
+    def kill_escaped(self, record: PodRecord) -> None:
         """Kill what the pod's processes started outside their process tree (an SSH session's daemonized
         orted and its ranks on a worker): every process with this pod's DNS identity in its environment."""
         if self.config.nss_wrapper is None or cluster_dns.pod_address(record.pod, record.pod_ip) is None:

@@ -131,6 +131,17 @@ class PodRunner:
             if record.stopping is not None:
                 record.stopping.join()
 
+    def kill_now(self) -> None:
+        """SIGKILL every process this runner started, without waiting or taking the lock (which a hung
+        stop may hold): the last resort when stop() overran its time."""
+        records = list(self._records.copy().values())
+        for record in records:
+            for container in list(record.containers.values()):
+                if container.process is not None:
+                    container.process.kill_now()
+            with contextlib.suppress(Exception):
+                self.kubelet.kill_escaped(record)
+
     def __enter__(self) -> PodRunner:
         return self.start()
 

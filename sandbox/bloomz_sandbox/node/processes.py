@@ -1,18 +1,85 @@
 """A pod container as a local process group, stopped the way a container runtime stops one:
-SIGTERM to the main process, a grace period, then SIGKILL to everything it started."""
+SIGTERM to the main process, a grace period, then SIGKILL to everything it started.
+
+Every process the sandbox starts (pod containers, the operator) is forked by one spawner thread that
+lives as long as the sandbox, with PR_SET_PDEATHSIG: a sandbox killed with SIGKILL takes them along."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import os
+import queue
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
+from bloomz_runtime.lifetime import preexec_die_with_parent
 
 from bloomz_sandbox.node.process_spec import ProcessSpec
+
+
+class _Spawner:
+    """Forks every child from one thread that never ends before the process does: the kernel sends a
+    PR_SET_PDEATHSIG signal when the forking *thread* ends, so forking from a pod-runner thread would
+    kill pods whenever that thread stops."""
+
+    def __init__(self) -> None:
+        self._requests: queue.SimpleQueue[tuple[concurrent.futures.Future[Any], list[str], dict[str, Any]]]
+        self._requests = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def popen(self, argv: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._serve, name="sandbox-spawner", daemon=True)
+                self._thread.start()
+        result: concurrent.futures.Future[subprocess.Popen[bytes]] = concurrent.futures.Future()
+        self._requests.put((result, argv, kwargs))
+        return result.result()
+
+    def _serve(self) -> None:
+        while True:
+            result, argv, kwargs = self._requests.get()
+            try:
+                result.set_result(subprocess.Popen(argv, preexec_fn=preexec_die_with_parent(), **kwargs))
+            except BaseException as error:  # handed to the caller, which raises it
+                result.set_exception(error)
+
+
+_spawner = _Spawner()
+
+
+def spawn(argv: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+    """subprocess.Popen(argv, **kwargs) for a child that dies (SIGKILL) when the sandbox process ends."""
+    return _spawner.popen(argv, **kwargs)
+
+
+def kill_group_now(pid: int) -> None:
+    """SIGKILL a process group without waiting: the last resort of a stop that overran its time."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+def stop_group(pid: int, grace_seconds: float) -> None:
+    """SIGTERM to a group leader started with start_new_session, up to `grace_seconds` for it to exit,
+    then SIGKILL to its group; reaped with os.waitpid (through psutil), never through Popen's lock."""
+    try:
+        process = psutil.Process(pid)
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=grace_seconds)
+    except psutil.TimeoutExpired:
+        pass
+    except psutil.Error:
+        pass
+    kill_group_now(pid)
+    with contextlib.suppress(psutil.Error):
+        psutil.Process(pid).wait(timeout=10)
 
 
 def processes_with_env(wanted: dict[str, str]) -> list[psutil.Process]:
@@ -56,8 +123,8 @@ class LocalProcess:
         with self.log_path.open("ab") as log:
             log.write(f"--- sandbox: starting {' '.join(self.spec.argv)}\n".encode())
             log.flush()
-            self._popen = subprocess.Popen(
-                self.spec.argv,
+            self._popen = spawn(
+                list(self.spec.argv),
                 env=self.spec.env,
                 cwd=self.spec.cwd,
                 stdin=subprocess.DEVNULL,
@@ -129,3 +196,12 @@ class LocalProcess:
         with contextlib.suppress(subprocess.TimeoutExpired):
             self._popen.wait(timeout=10)
         psutil.wait_procs(list(self._descendants.values()), timeout=5)
+
+    def kill_now(self) -> None:
+        """SIGKILL the group and every remembered descendant without waiting (a stop that overran)."""
+        if self._popen is None:
+            return
+        kill_group_now(self._popen.pid)
+        for process in list(self._descendants.values()):
+            with contextlib.suppress(psutil.Error):
+                process.kill()
