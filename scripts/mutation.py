@@ -1,0 +1,237 @@
+"""Mutation score of the pure modules (`make mutation`; not part of `make test`: it takes tens of minutes).
+
+mutmut 3 imports mutated code from `mutants/`, `mutants/src` or `mutants/source` only, and names a
+mutant after the file's path with a leading `src.` removed. The packages live under two roots
+(`operator/`, `runtime/`), so each module is run in a staged copy of the tree (under
+`.cache/mutation/<module>/`) where every package sits in `src/`. There mutmut mutates that one
+module and runs only its fast unit tests (the table below); `[tool.mutmut]` in pyproject.toml holds
+the settings shared by all modules.
+
+    python scripts/mutation.py                 # every module, one after another
+    python scripts/mutation.py text sampling   # some of them
+    python scripts/mutation.py --list          # the table: module, source, tests
+
+Per module it prints mutants, killed (a timeout or a type-check catch counts as killed), survived,
+the score, and each surviving mutant's diff, marked when docs/testing.md lists it as equivalent.
+The exit status is 1 when a module scores under the target. Run it under
+`flock /tmp/bloomz-heavy.lock nice -n 10` on shared machines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import fnmatch
+import os
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import tomllib
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCE_ROOTS = ("operator", "runtime", "sandbox", "api")  # folders that hold top-level packages
+STAGE_ROOT = ROOT / ".cache" / "mutation"
+TESTING_DOC = ROOT / "docs" / "testing.md"
+TARGET = 0.90
+KILLED = {"killed", "timeout", "caught by type check"}
+
+
+@dataclass(frozen=True)
+class Module:
+    name: str
+    source: str  # path under a source root, e.g. bloomz_operator/spec.py
+    tests: tuple[str, ...]
+    functions: tuple[str, ...] = ()  # only these functions' mutants (empty: the whole module)
+
+
+OP, RT = "tests/operator/test_", "tests/runtime/test_"
+MODULES = (
+    Module("spec", "bloomz_operator/spec.py", (OP + "operator_crd.py", OP + "spec_fields.py")),
+    Module(
+        "builders",
+        "bloomz_operator/builders.py",
+        (OP + "operator_builders.py", OP + "operator_multinode.py", OP + "spec_fields.py"),
+    ),
+    Module("groups", "bloomz_operator/groups.py", (OP + "operator_multinode.py",)),
+    Module(
+        "planning",
+        "bloomz_operator/planning.py",
+        (OP + "operator_planning.py", OP + "operator_multinode.py", OP + "planning_rollout_sim.py"),
+    ),
+    Module(
+        "status",
+        "bloomz_operator/status.py",
+        (OP + "operator_status.py", OP + "operator_multinode.py", OP + "status_members.py"),
+    ),
+    Module("pods", "bloomz_operator/pods.py", (OP + "operator_status.py", OP + "operator_multinode.py")),
+    Module("settings", "bloomz_operator/settings.py", (OP + "operator_settings.py",)),
+    Module(
+        "validation",
+        "bloomz_runtime/validation.py",
+        (RT + "runtime_validation.py", RT + "validation_bounds.py"),
+    ),
+    Module(
+        "sampling", "bloomz_runtime/sampling.py", (RT + "runtime_batching.py", RT + "sampling_warpers.py")
+    ),
+    Module(
+        "scheduler", "bloomz_runtime/scheduler.py", (RT + "runtime_batching.py", RT + "runtime_requests.py")
+    ),
+    Module("requests", "bloomz_runtime/requests.py", (RT + "runtime_requests.py",)),
+    Module("text", "bloomz_runtime/text.py", (RT + "runtime_text.py",)),
+    Module("greedy_head", "bloomz_runtime/backends/greedy_head.py", (RT + "greedy_head.py",)),
+    Module("options", "bloomz_runtime/options.py", (RT + "runtime_launch.py", RT + "multinode.py")),
+    Module(
+        "launch",
+        "bloomz_runtime/launch.py",
+        (RT + "runtime_launch.py", RT + "multinode.py"),
+        # the command rendering; the supervisor and the shm clean-up are side effects, run by other tests
+        (
+            "threads_per_rank",
+            "mpirun_binding_flags",
+            "forwarded_env_names",
+            "rank_environment",
+            "build_command",
+        ),
+    ),
+)
+BY_NAME = {m.name: m for m in MODULES}
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {value!r} as TOML")
+
+
+def mutmut_config(module: Module, shared: dict[str, object]) -> str:
+    """The [tool.mutmut] table for one module's staged run: the shared settings plus its file and tests."""
+    config = dict(shared)
+    config["source_paths"] = ["src"]
+    config["only_mutate"] = ["src/" + module.source]
+    config["pytest_add_cli_args_test_selection"] = [*module.tests]
+    config["use_git_change_detection"] = False  # the staged copy is no git checkout
+    return "[tool.mutmut]\n" + "".join(f"{k} = {_toml_value(v)}\n" for k, v in config.items())
+
+
+def without_table(pyproject: str, table: str) -> str:
+    """pyproject.toml's text with one top-level table (its header up to the next header) removed."""
+    out, skipping = [], False
+    for line in pyproject.splitlines(keepends=True):
+        if line.startswith("["):
+            skipping = line.strip() == f"[{table}]"
+        if not skipping:
+            out.append(line)
+    return "".join(out)
+
+
+def stage(module: Module) -> Path:
+    """A fresh copy of the packages (under src/), tests and pyproject.toml for one module's run."""
+    where = STAGE_ROOT / module.name
+    shutil.rmtree(where, ignore_errors=True)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for root in SOURCE_ROOTS:
+        for package in sorted((ROOT / root).glob("*/__init__.py")) if (ROOT / root).is_dir() else []:
+            shutil.copytree(package.parent, where / "src" / package.parent.name, ignore=ignore)
+    shutil.copytree(ROOT / "tests", where / "tests", ignore=ignore)
+    text = (ROOT / "pyproject.toml").read_text()
+    shared = tomllib.loads(text).get("tool", {}).get("mutmut", {})
+    staged = without_table(text, "tool.mutmut") + "\n" + mutmut_config(module, shared)
+    (where / "pyproject.toml").write_text(staged)
+    return where
+
+
+def mutant_globs(module: Module) -> list[str]:
+    """The mutant names to run: the module's functions, or all of its mutants."""
+    dotted = module.source.removesuffix(".py").replace("/", ".")
+    if not module.functions:
+        return [f"{dotted}.*"]
+    return [f"{dotted}.x_{f}__mutmut_*" for f in module.functions]
+
+
+def parse_results(output: str) -> dict[str, str]:
+    """`mutmut results --all true` lines (`    name: status`) as {name: status}."""
+    found = {}
+    for line in output.splitlines():
+        name, sep, status = line.strip().rpartition(": ")
+        if sep and "__mutmut_" in name:
+            found[name] = status
+    return found
+
+
+def listed_equivalent(doc: str) -> set[str]:
+    """Mutant names docs/testing.md lists (in backticks) as equivalent."""
+    return set(re.findall(r"`([\w.ǁ]+__mutmut_\d+)`", doc))
+
+
+def score_line(name: str, statuses: list[str]) -> tuple[str, float]:
+    total = len(statuses)
+    killed = sum(s in KILLED for s in statuses)
+    score = killed / total if total else 1.0
+    return (
+        f"{name:12} mutants {total:4}  killed {killed:4}  survived {total - killed:3}  score {score:6.1%}",
+        score,
+    )
+
+
+def run_module(module: Module, children: int, show_diffs: bool) -> tuple[str, float]:
+    where = stage(module)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the staged src/ must win
+    mutmut = [sys.executable, "-m", "mutmut"]
+    globs = mutant_globs(module)
+    subprocess.run([*mutmut, "run", "--max-children", str(children), *globs], cwd=where, env=env, check=True)
+    out = subprocess.run(
+        [*mutmut, "results", "--all", "true"], cwd=where, env=env, check=True, capture_output=True, text=True
+    ).stdout
+    results = {k: v for k, v in parse_results(out).items() if any(fnmatch.fnmatch(k, g) for g in globs)}
+    line, score = score_line(module.name, list(results.values()))
+    equivalent = listed_equivalent(TESTING_DOC.read_text()) if TESTING_DOC.exists() else set()
+    print(line)
+    for name, status in sorted(results.items()):
+        if status in KILLED:
+            continue
+        note = "listed as equivalent in docs/testing.md" if name in equivalent else "NOT EXPLAINED"
+        print(f"  {status}: {name}  ({note})")
+        if show_diffs:
+            diff = subprocess.run(
+                [*mutmut, "show", name], cwd=where, env=env, capture_output=True, text=True
+            ).stdout
+            print("    " + "\n    ".join(diff.strip().splitlines()[1:]))
+    return line, score
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("modules", nargs="*", help=f"default: all of {', '.join(BY_NAME)}")
+    parser.add_argument("--list", action="store_true", help="print the modules and their tests, run nothing")
+    parser.add_argument("--children", type=int, default=2, help="parallel mutant runs (default 2)")
+    parser.add_argument("--no-diffs", action="store_true", help="no diffs of surviving mutants")
+    args = parser.parse_args(argv)
+    unknown = [n for n in args.modules if n not in BY_NAME]
+    if unknown:
+        parser.error(f"unknown module(s) {', '.join(unknown)}; known: {', '.join(BY_NAME)}")
+    chosen = [BY_NAME[n] for n in args.modules] or list(MODULES)
+    if args.list:
+        for m in chosen:
+            print(f"{m.name:12} {m.source:40} {' '.join(m.tests)}")
+        return 0
+    summary = [run_module(m, args.children, not args.no_diffs) for m in chosen]
+    print(f"\nmutation scores, {datetime.date.today()} (target {TARGET:.0%} per module):")
+    for line, _ in summary:
+        print("  " + line)
+    return 0 if all(score >= TARGET for _, score in summary) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
