@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import copy
 import logging
 import re
 import subprocess
@@ -31,12 +30,13 @@ from bloomz_operator.groups import (
     headless_service_name,
 )
 from bloomz_operator.kubeapi import KubeAPI
-from bloomz_operator.planning import CreatePod, DeletePod, find_broken_groups, plan_groups
+from bloomz_operator.planning import find_broken_groups, plan_groups
 from bloomz_operator.reconciler import reconcile
 from bloomz_operator.settings import Settings
 from bloomz_operator.spec import SpecError, parse_spec
 from bloomz_operator.sshkeys import SECRET_KEYS, build_ssh_secret, generate_key_pair, ssh_secret_name
 from bloomz_operator.status import compute_status
+from cluster_fakes import FakeAPI, creates, deletes, names, observed
 from cryptography.hazmat.primitives import serialization
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -302,32 +302,6 @@ def test_secret_holds_the_key_pair_and_belongs_to_the_resource() -> None:
 # --- planner --------------------------------------------------------------------------------------------
 
 
-def observed(pod: dict[str, Any], *, phase: str = "Running", ready: bool = True, terminating: bool = False,
-             reason: str | None = None, message: str | None = None) -> dict[str, Any]:  # fmt: skip
-    pod = copy.deepcopy(pod)
-    pod["status"] = {
-        "phase": phase,
-        "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
-    }
-    if reason:
-        pod["status"].update(reason=reason, message=message)
-    if terminating:
-        pod["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
-    return pod
-
-
-def names(pods: list[dict[str, Any]]) -> list[str]:
-    return [p["metadata"]["name"] for p in pods]
-
-
-def creates(actions: list[Any]) -> list[str]:
-    return [a.name for a in actions if isinstance(a, CreatePod)]
-
-
-def deletes(actions: list[Any]) -> list[str]:
-    return [a.name for a in actions if isinstance(a, DeletePod)]
-
-
 def test_groups_are_created_whole_and_left_alone_once_there() -> None:
     want = groups_of(SPEC_16, replicas=2)
     assert creates(plan_groups(want, [])) == names(want[0]) + names(want[1])
@@ -454,51 +428,6 @@ def test_a_running_worker_waiting_for_sshd_is_not_loading_a_model() -> None:
 
 
 # --- reconciler (a recording fake of KubeAPI) -------------------------------------------------------------
-
-
-class FakeAPI:
-    """The KubeAPI surface the reconciler uses, over dicts."""
-
-    def __init__(self) -> None:
-        self.pods: dict[str, dict[str, Any]] = {}
-        self.services: dict[str, dict[str, Any]] = {}
-        self.secrets: dict[str, dict[str, Any]] = {}
-        self.calls: list[tuple[str, str]] = []
-
-    def list_pods(self, namespace: str) -> list[dict[str, Any]]:
-        return [copy.deepcopy(p) for p in self.pods.values()]
-
-    def create_pod(self, namespace: str, body: dict[str, Any]) -> bool:
-        self.calls.append(("create_pod", body["metadata"]["name"]))
-        pod = copy.deepcopy(body)
-        pod["metadata"]["uid"] = f"pod-{len(self.calls)}"
-        return self.pods.setdefault(body["metadata"]["name"], pod) is pod
-
-    def delete_pod(self, namespace: str, name: str) -> bool:
-        self.calls.append(("delete_pod", name))
-        return self.pods.pop(name, None) is not None
-
-    def read_service(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return self.services.get(name)
-
-    def service_exists(self, namespace: str, name: str) -> bool:
-        return name in self.services
-
-    def create_service(self, namespace: str, body: dict[str, Any]) -> bool:
-        self.calls.append(("create_service", body["metadata"]["name"]))
-        return self.services.setdefault(body["metadata"]["name"], copy.deepcopy(body)) is not None
-
-    def delete_service(self, namespace: str, name: str) -> bool:
-        self.calls.append(("delete_service", name))
-        return self.services.pop(name, None) is not None
-
-    def secret_exists(self, namespace: str, name: str) -> bool:
-        return name in self.secrets
-
-    def create_secret(self, namespace: str, body: dict[str, Any]) -> bool:
-        self.calls.append(("create_secret", body["metadata"]["name"]))
-        self.secrets[body["metadata"]["name"]] = copy.deepcopy(body)
-        return True
 
 
 def run_pass(api: FakeAPI, spec: dict[str, Any], old_status: dict[str, Any] | None = None) -> Any:
