@@ -67,7 +67,11 @@ MODULES = (
         "bloomz_operator/status.py",
         (OP + "operator_status.py", OP + "operator_multinode.py", OP + "status_members.py"),
     ),
-    Module("pods", "bloomz_operator/pods.py", (OP + "operator_status.py", OP + "operator_multinode.py")),
+    Module(
+        "pods",
+        "bloomz_operator/pods.py",
+        (OP + "operator_status.py", OP + "operator_multinode.py", OP + "planning_rollout_sim.py"),
+    ),
     Module("settings", "bloomz_operator/settings.py", (OP + "operator_settings.py",)),
     Module(
         "validation",
@@ -78,10 +82,14 @@ MODULES = (
         "sampling", "bloomz_runtime/sampling.py", (RT + "runtime_batching.py", RT + "sampling_warpers.py")
     ),
     Module(
-        "scheduler", "bloomz_runtime/scheduler.py", (RT + "runtime_batching.py", RT + "runtime_requests.py")
+        "scheduler",
+        "bloomz_runtime/scheduler.py",
+        (RT + "runtime_batching.py", RT + "runtime_requests.py", RT + "request_lifecycle.py"),
     ),
-    Module("requests", "bloomz_runtime/requests.py", (RT + "runtime_requests.py",)),
-    Module("text", "bloomz_runtime/text.py", (RT + "runtime_text.py",)),
+    Module(
+        "requests", "bloomz_runtime/requests.py", (RT + "runtime_requests.py", RT + "request_lifecycle.py")
+    ),
+    Module("text", "bloomz_runtime/text.py", (RT + "runtime_text.py", RT + "text_streaming.py")),
     Module("greedy_head", "bloomz_runtime/backends/greedy_head.py", (RT + "greedy_head.py",)),
     Module("options", "bloomz_runtime/options.py", (RT + "runtime_launch.py", RT + "multinode.py")),
     Module(
@@ -137,6 +145,9 @@ def without_table(pyproject: str, table: str) -> str:
 def stage(module: Module) -> Path:
     """A fresh copy of the packages (under src/), tests and pyproject.toml for one module's run."""
     where = STAGE_ROOT / module.name
+    missing = [t for t in module.tests if not (ROOT / t).is_file()]
+    if missing:
+        raise SystemExit(f"{module.name}: no such test file {', '.join(missing)}")
     shutil.rmtree(where, ignore_errors=True)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     for root in SOURCE_ROOTS:
