@@ -184,3 +184,24 @@ def test_a_sampling_row_without_logits_is_an_error_of_the_step() -> None:
     with pytest.raises(RuntimeError, match="without logits"):
         choose_tokens(StepScores(greedy=torch.tensor([1, 2])), samplers)
     assert choose_tokens(StepScores(greedy=torch.tensor([1, 2])), samplers[:1] * 2) == [1, 2]
+
+
+def test_top_p_of_one_keeps_a_large_vocabulary_whole() -> None:
+    """float32 cumulative sums of 50k probabilities pass 1.0: p = 1 must not filter at all."""
+    logits = torch.randn(50_000, generator=torch.Generator().manual_seed(0)) * 3
+    assert torch.equal(filter_top_p(logits, 1.0), logits)
+
+
+def test_top_p_exactly_reached_by_the_first_tokens_keeps_only_them() -> None:
+    logits = torch.tensor([0.5, 0.25, 0.25]).log()  # softmax gives these exactly
+    expected = hf([TopPLogitsWarper(0.5)], logits)
+    assert (
+        filter_top_p(logits, 0.5).isfinite().tolist() == expected.isfinite().tolist() == [True, False, False]
+    )
+    assert filter_top_p(logits, 0.75).isfinite().tolist() == [True, True, False]
+
+
+def test_the_missing_logits_error_says_so() -> None:
+    with pytest.raises(RuntimeError) as error:
+        choose_tokens(StepScores(greedy=torch.tensor([1])), [RowSampler(SamplingParams(do_sample=True), [0])])
+    assert str(error.value) == "a sampling row got a step without logits"

@@ -164,3 +164,17 @@ def test_an_empty_prompt_is_refused_and_one_character_is_not() -> None:
     with pytest.raises(InvalidArgument, match="prompt must not be empty"):
         validate_prompt("")
     assert validate_prompt(" ") is None
+
+
+def test_the_emptiness_messages_are_exact() -> None:
+    for check, expected in (
+        (
+            lambda: validate_parameters(pb.GenerationParameters(stop=[""]), LIMITS),
+            "stop strings must not be empty",
+        ),
+        (lambda: validate_prompt(""), "prompt must not be empty"),
+        (lambda: validate_prompt_tokens(0, LIMITS), "prompt has no tokens"),
+    ):
+        with pytest.raises(InvalidArgument) as error:
+            check()
+        assert str(error.value) == expected
