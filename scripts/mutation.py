@@ -20,6 +20,7 @@ The exit status is 1 when a module scores under the target. Run it under
 from __future__ import annotations
 
 import argparse
+import ast
 import datetime
 import fnmatch
 import os
@@ -38,6 +39,7 @@ STAGE_ROOT = ROOT / ".cache" / "mutation"
 TESTING_DOC = ROOT / "docs" / "testing.md"
 TARGET = 0.90
 KILLED = {"killed", "timeout", "caught by type check"}
+TEXT_KEYWORDS = {"help", "description", "epilog", "metavar"}
 
 
 @dataclass(frozen=True)
@@ -91,7 +93,11 @@ MODULES = (
     ),
     Module("text", "bloomz_runtime/text.py", (RT + "runtime_text.py", RT + "text_streaming.py")),
     Module("greedy_head", "bloomz_runtime/backends/greedy_head.py", (RT + "greedy_head.py",)),
-    Module("options", "bloomz_runtime/options.py", (RT + "runtime_launch.py", RT + "multinode.py")),
+    Module(
+        "options",
+        "bloomz_runtime/options.py",
+        (RT + "runtime_launch.py", RT + "multinode.py", RT + "options_flags.py"),
+    ),
     Module(
         "launch",
         "bloomz_runtime/launch.py",
@@ -184,12 +190,48 @@ def listed_equivalent(doc: str) -> set[str]:
     return set(re.findall(r"`([\w.ǁ]+__mutmut_\d+)`", doc))
 
 
-def score_line(name: str, statuses: list[str]) -> tuple[str, float]:
-    total = len(statuses)
+class _DropText(ast.NodeTransformer):
+    """Removes the keyword arguments that are only words for people (argparse's help and the like)."""
+
+    def visit_Call(self, node: ast.Call) -> ast.AST:
+        node.keywords = [k for k in node.keywords if k.arg not in TEXT_KEYWORDS]
+        return self.generic_visit(node)
+
+
+def text_only(mutated_source: str, names: list[str]) -> set[str]:
+    """The mutants (of ``names``) that differ from the original function only in help texts."""
+    functions = {
+        node.name: node
+        for node in ast.walk(ast.parse(mutated_source))
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+    }
+
+    def shape(function: str) -> str | None:
+        node = functions.get(function)
+        if node is None:
+            return None
+        copy = ast.parse(ast.unparse(node)).body[0]
+        assert isinstance(copy, ast.FunctionDef | ast.AsyncFunctionDef)
+        copy.name = ""
+        return ast.dump(_DropText().visit(copy))
+
+    found = set()
+    for name in names:
+        function = name.rsplit(".", 1)[-1]
+        original = shape(re.sub(r"__mutmut_\d+$", "__mutmut_orig", function))
+        if original is not None and shape(function) == original:
+            found.add(name)
+    return found
+
+
+def score_line(name: str, statuses: list[str], text: int) -> tuple[str, float]:
+    """Help-text-only mutants are left out of the score (they change no behaviour)."""
+    total = len(statuses) - text
     killed = sum(s in KILLED for s in statuses)
     score = killed / total if total else 1.0
     return (
-        f"{name:12} mutants {total:4}  killed {killed:4}  survived {total - killed:3}  score {score:6.1%}",
+        f"{name:12} mutants {total:4}  killed {killed:4}  survived {total - killed:3}  score {score:6.1%}"
+        + (f"  (+{text} help-text-only, not scored)" if text else ""),
         score,
     )
 
@@ -204,7 +246,10 @@ def run_module(module: Module, children: int, show_diffs: bool) -> tuple[str, fl
         [*mutmut, "results", "--all", "true"], cwd=where, env=env, check=True, capture_output=True, text=True
     ).stdout
     results = {k: v for k, v in parse_results(out).items() if any(fnmatch.fnmatch(k, g) for g in globs)}
-    line, score = score_line(module.name, list(results.values()))
+    survivors = [k for k, v in results.items() if v not in KILLED]
+    text = text_only((where / "mutants" / "src" / module.source).read_text(), survivors)
+    results = {k: v for k, v in results.items() if k not in text}
+    line, score = score_line(module.name, list(results.values()), len(text))
     equivalent = listed_equivalent(TESTING_DOC.read_text()) if TESTING_DOC.exists() else set()
     print(line)
     for name, status in sorted(results.items()):
