@@ -101,7 +101,7 @@ MODULES = (
     Module(
         "launch",
         "bloomz_runtime/launch.py",
-        (RT + "runtime_launch.py", RT + "multinode.py"),
+        (RT + "runtime_launch.py", RT + "multinode.py", RT + "launch_rendering.py"),
         # the command rendering; the supervisor and the shm clean-up are side effects, run by other tests
         (
             "threads_per_rank",
