@@ -162,6 +162,8 @@ def stage(module: Module) -> Path:
     shutil.copytree(ROOT / "tests", where / "tests", ignore=ignore)
     text = (ROOT / "pyproject.toml").read_text()
     shared = tomllib.loads(text).get("tool", {}).get("mutmut", {})
+    for data in shared.get("also_copy", []):  # mutmut copies these from the staged tree into mutants/
+        shutil.copytree(ROOT / data, where / data, ignore=ignore)
     staged = without_table(text, "tool.mutmut") + "\n" + mutmut_config(module, shared)
     (where / "pyproject.toml").write_text(staged)
     return where
