@@ -74,7 +74,9 @@ MODULES = (
         "bloomz_operator/pods.py",
         (OP + "operator_status.py", OP + "operator_multinode.py", OP + "planning_rollout_sim.py"),
     ),
-    Module("settings", "bloomz_operator/settings.py", (OP + "operator_settings.py",)),
+    Module(
+        "settings", "bloomz_operator/settings.py", (OP + "operator_settings.py", OP + "settings_messages.py")
+    ),
     Module(
         "validation",
         "bloomz_runtime/validation.py",
