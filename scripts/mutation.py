@@ -72,7 +72,7 @@ MODULES = (
     Module(
         "pods",
         "bloomz_operator/pods.py",
-        (OP + "operator_status.py", OP + "operator_multinode.py", OP + "planning_rollout_sim.py"),
+        (OP + "pod_views.py", OP + "operator_status.py", OP + "planning_rollout_sim.py"),
     ),
     Module(
         "settings", "bloomz_operator/settings.py", (OP + "operator_settings.py", OP + "settings_messages.py")
