@@ -228,19 +228,38 @@ def text_only(mutated_source: str, names: list[str]) -> set[str]:
     return found
 
 
-def score_line(name: str, statuses: list[str], text: int) -> tuple[str, float]:
-    """Help-text-only mutants are left out of the score (they change no behaviour)."""
-    total = len(statuses) - text
-    killed = sum(s in KILLED for s in statuses)
-    score = killed / total if total else 1.0
-    return (
-        f"{name:12} mutants {total:4}  killed {killed:4}  survived {total - killed:3}  score {score:6.1%}"
-        + (f"  (+{text} help-text-only, not scored)" if text else ""),
-        score,
-    )
+@dataclass(frozen=True)
+class Score:
+    module: str
+    mutants: int  # scored: help-text-only mutants are left out (they change no behaviour)
+    killed: int
+    equivalent: int  # survivors docs/testing.md lists as equivalent
+    text_only: int
+
+    @property
+    def score(self) -> float:
+        return self.killed / self.mutants if self.mutants else 1.0
+
+    @property
+    def unexplained(self) -> int:
+        return self.mutants - self.killed - self.equivalent
+
+    def line(self) -> str:
+        return (
+            f"{self.module:12} mutants {self.mutants:4}  killed {self.killed:4}  score {self.score:6.1%}  "
+            f"equivalent {self.equivalent:3}  unexplained {self.unexplained:3}"
+            + (f"  (+{self.text_only} help-text-only, not scored)" if self.text_only else "")
+        )
+
+    def row(self, date: str) -> str:
+        """A row of the results table in docs/testing.md."""
+        return (
+            f"| {self.module} | {self.mutants} | {self.killed} | {self.score:.1%} | {self.equivalent} "
+            f"| {self.unexplained} | {date} |"
+        )
 
 
-def run_module(module: Module, children: int, show_diffs: bool) -> tuple[str, float]:
+def run_module(module: Module, children: int, show_diffs: bool) -> Score:
     where = stage(module)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the staged src/ must win
     mutmut = [sys.executable, "-m", "mutmut"]
@@ -253,9 +272,15 @@ def run_module(module: Module, children: int, show_diffs: bool) -> tuple[str, fl
     survivors = [k for k, v in results.items() if v not in KILLED]
     text = text_only((where / "mutants" / "src" / module.source).read_text(), survivors)
     results = {k: v for k, v in results.items() if k not in text}
-    line, score = score_line(module.name, list(results.values()), len(text))
     equivalent = listed_equivalent(TESTING_DOC.read_text()) if TESTING_DOC.exists() else set()
-    print(line)
+    score = Score(
+        module=module.name,
+        mutants=len(results),
+        killed=sum(status in KILLED for status in results.values()),
+        equivalent=sum(status not in KILLED and name in equivalent for name, status in results.items()),
+        text_only=len(text),
+    )
+    print(score.line())
     for name, status in sorted(results.items()):
         if status in KILLED:
             continue
@@ -266,7 +291,7 @@ def run_module(module: Module, children: int, show_diffs: bool) -> tuple[str, fl
                 [*mutmut, "show", name], cwd=where, env=env, capture_output=True, text=True
             ).stdout
             print("    " + "\n    ".join(diff.strip().splitlines()[1:]))
-    return line, score
+    return score
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -287,10 +312,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{m.name:12} {m.source:40} {' '.join(m.tests)}")
         return 0
     summary = [run_module(m, args.children, not args.no_diffs) for m in chosen]
-    print(f"\nmutation scores, {datetime.date.today()} (target {TARGET:.0%} per module):")
-    for line, _ in summary:
-        print("  " + line)
-    return 0 if all(score >= TARGET for _, score in summary) else 1
+    today = datetime.date.today().isoformat()
+    print(f"\nmutation scores, {today} (target {TARGET:.0%} per module):")
+    for score in summary:
+        print("  " + score.line())
+    print("\nrows for docs/testing.md:")
+    for score in summary:
+        print(score.row(today))
+    return 0 if all(score.score >= TARGET for score in summary) else 1
 
 
 if __name__ == "__main__":
