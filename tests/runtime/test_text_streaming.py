@@ -3,6 +3,7 @@ mid-stream, the first of repeated stop strings, nothing after a match."""
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from bloomz_runtime.text import IncrementalDetokenizer, StopMatcher
@@ -17,7 +18,11 @@ def stream(tokenizer: Any, ids: list[int]) -> list[str]:
 def test_spaces_before_punctuation_are_kept(tokenizer: Any) -> None:
     text = "Hello , world . Is it ? Yes !"
     ids = tokenizer(text, add_special_tokens=False).input_ids
-    assert "".join(stream(tokenizer, ids)) == text  # no "clean-up" of the model's spacing
+    cleaning = copy.copy(tokenizer)
+    cleaning.clean_up_tokenization_spaces = True  # as some checkpoints' tokenizer configs say
+    assert cleaning.decode(ids) != text
+    for tok in (tokenizer, cleaning):
+        assert "".join(stream(tok, ids)) == text  # no "clean-up" of the model's spacing
 
 
 def test_special_tokens_are_not_text(tokenizer: Any) -> None:
