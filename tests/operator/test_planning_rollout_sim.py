@@ -15,10 +15,10 @@ import pytest
 from bloomz_operator.builders import Owner, build_pods
 from bloomz_operator.constants import LABEL_GROUP_MEMBER, LABEL_REPLICA_INDEX, LABEL_TEMPLATE_HASH
 from bloomz_operator.groups import build_groups
-from bloomz_operator.planning import plan_groups, plan_pods
+from bloomz_operator.planning import DeletePod, plan_groups, plan_pods
 from bloomz_operator.settings import Settings
 from bloomz_operator.spec import parse_spec
-from cluster_fakes import SimCluster, creates, deletes, name
+from cluster_fakes import SimCluster, creates, deletes, name, names, observed
 
 OWNER = Owner(name="b", namespace="ns", uid="u")
 MAX_TICKS = 60
@@ -248,3 +248,115 @@ def test_pods_scaled_down_in_a_pass_still_hold_their_room() -> None:
     assert SINGLE.plan(want, cluster.observe(), 0) == []  # still terminating
     cluster.tick()
     assert creates(SINGLE.plan(want, cluster.observe(), 0)) == [name(want[0][0])]
+
+
+# --- single passes: which members go, why, and how many -------------------------------------------------
+
+
+def reasons(actions: list[Any]) -> list[tuple[str, str]]:
+    return [(a.name, a.reason) for a in actions if isinstance(a, DeletePod)]
+
+
+def pod_names(groups: list[list[dict[str, Any]]], *indices: int) -> list[str]:
+    return [name(p) for i in indices for p in groups[i]]
+
+
+def stage(shape: Shape, *, old: int, ready_old: Sequence[int] = (), new: int, ready_new: Sequence[int] = ()):
+    """(desired new groups, observed pods): old groups 0..old-1, the given ones ready, others Pending."""
+    old_groups, new_groups = shape.desired("m/old", old), shape.desired("m/new", new)
+    seen = []
+    for i, group in enumerate(old_groups):
+        seen += [observed(p) if i in ready_old else observed(p, phase="Pending", ready=False) for p in group]
+    for i in ready_new:
+        seen += [observed(p) for p in new_groups[i]]
+    return old_groups, new_groups, seen
+
+
+@pytest.mark.parametrize("shape", [SINGLE, PAIR], ids=["pods", "groups"])
+@pytest.mark.parametrize(("surge", "deleted"), [(0, 3), (1, 2), (2, 1)])
+def test_not_ready_old_members_go_as_far_as_their_room_is_needed(
+    shape: Shape, surge: int, deleted: int
+) -> None:
+    old, new, seen = stage(shape, old=3, new=3)
+    actions = shape.plan(new, seen, surge)
+    assert sorted(creates(actions)) == sorted(pod_names(new, *range(surge)))
+    assert reasons(actions) == [(n, "template changed") for n in pod_names(old, *range(deleted))]
+
+
+@pytest.mark.parametrize("shape", [SINGLE, PAIR], ids=["pods", "groups"])
+def test_a_not_ready_old_member_goes_once_every_new_one_exists(shape: Shape) -> None:
+    old, new, seen = stage(shape, old=2, new=2, ready_new=(0,))
+    actions = shape.plan(new, seen, 0)  # new 1 is missing and one room is needed: old 0 goes, old 1 stays
+    assert reasons(actions) == [(n, "template changed") for n in pod_names(old, 0)]
+    _, new, seen = stage(shape, old=1, new=2, ready_new=(0, 1))
+    assert reasons(shape.plan(new, seen, 0)) == [(n, "template changed") for n in pod_names(old, 0)]
+
+
+@pytest.mark.parametrize("shape", [SINGLE, PAIR], ids=["pods", "groups"])
+def test_a_serving_old_member_never_goes_in_the_pass_that_frees_another(shape: Shape) -> None:
+    old, new, seen = stage(shape, old=2, ready_old=(1,), new=2)
+    actions = shape.plan(new, seen, 0)
+    assert reasons(actions) == [(n, "template changed") for n in pod_names(old, 0)]
+
+
+@pytest.mark.parametrize("shape", [SINGLE, PAIR], ids=["pods", "groups"])
+def test_scale_down_reasons_and_the_old_template(shape: Shape) -> None:
+    old, new, seen = stage(shape, old=3, ready_old=(0, 1, 2), new=1)
+    assert reasons(shape.plan(new, seen, 0)) == [
+        (n, "scale down (old template)") for n in pod_names(old, 1, 2)
+    ]
+    current = shape.desired("m/new", 3)
+    seen = [observed(p) for g in current for p in g]
+    assert reasons(shape.plan(new, seen, 0)) == [(n, "scale down") for n in pod_names(current, 1, 2)]
+
+
+def test_the_lowest_replica_index_is_replaced_first() -> None:
+    """Index 2 before index 10, although "b-...-10" sorts before "b-...-2" as a name."""
+    old, new = SINGLE.desired("m/old", 11), SINGLE.desired("m/new", 11)
+    seen = [observed(new[i][0]) for i in range(11) if i not in (2, 10)]
+    seen = [observed(old[10][0]), observed(old[2][0]), *seen]
+    assert reasons(SINGLE.plan(new, seen, 0)) == [(name(old[2][0]), "template changed")]
+
+
+def test_a_finished_pod_is_replaced_with_its_phase_as_the_reason() -> None:
+    want = SINGLE.desired("m/new", 1)
+    for phase in ("Failed", "Succeeded"):
+        actions = SINGLE.plan(want, [observed(want[0][0], phase=phase, ready=False)], 0)
+        assert actions == [DeletePod(name(want[0][0]), f"pod {phase}: replacing it")]
+
+
+@pytest.mark.parametrize(
+    ("member", "sick"),
+    [
+        (1, {"phase": "Failed", "ready": False}),  # a worker ended
+        (0, {"phase": "Running", "ready": False}),  # the leader does not serve
+    ],
+)
+def test_old_groups_that_cannot_serve_all_go_when_room_is_needed(member: int, sick: dict[str, Any]) -> None:
+    old, new = PAIR.desired("m/old", 2), PAIR.desired("m/new", 2)
+    seen = [observed(p, **sick) if m == member else observed(p) for g in old for m, p in enumerate(g)]
+    went = reasons(PAIR.plan(new, seen, 0))
+    assert went == [(n, "template changed") for g in old for n in names(g)]  # both, not one at a time
+
+
+def test_an_old_group_partly_going_away_is_waited_for() -> None:
+    old, new = PAIR.desired("m/old", 1), PAIR.desired("m/new", 1)
+    leader, worker = old[0]
+    seen = [observed(leader), observed(worker, terminating=True), *(observed(p) for p in new[0])]
+    assert PAIR.plan(new, seen, 0) == []
+
+
+def test_a_terminating_group_is_skipped_and_the_rest_still_scaled_down() -> None:
+    want = PAIR.desired("m/new", 1)
+    bigger = PAIR.desired("m/new", 2)
+    seen = [*(observed(p, terminating=True) for p in bigger[0]), *(observed(p) for p in bigger[1])]
+    assert reasons(PAIR.plan(want, seen, 0)) == [(n, "scale down") for n in names(bigger[1])]
+
+
+def test_a_pod_without_a_replica_index_is_scaled_down() -> None:
+    want = PAIR.desired("m/new", 1)
+    stray = observed(want[0][0])
+    stray["metadata"]["name"] = "stray"
+    del stray["metadata"]["labels"]["inference.bloomz.dev/replica-index"]
+    actions = PAIR.plan(want, [stray, *(observed(p) for p in want[0])], 0)
+    assert reasons(actions) == [("stray", "scale down")]
