@@ -15,7 +15,7 @@ import pytest
 from bloomz_operator.builders import Owner, build_pods
 from bloomz_operator.constants import LABEL_GROUP_MEMBER, LABEL_REPLICA_INDEX, LABEL_TEMPLATE_HASH
 from bloomz_operator.groups import build_groups
-from bloomz_operator.planning import DeletePod, plan_groups, plan_pods
+from bloomz_operator.planning import DeletePod, GroupFailure, find_broken_groups, plan_groups, plan_pods
 from bloomz_operator.settings import Settings
 from bloomz_operator.spec import parse_spec
 from cluster_fakes import SimCluster, creates, deletes, name, names, observed
@@ -360,3 +360,30 @@ def test_a_pod_without_a_replica_index_is_scaled_down() -> None:
     del stray["metadata"]["labels"]["inference.bloomz.dev/replica-index"]
     actions = PAIR.plan(want, [stray, *(observed(p) for p in want[0])], 0)
     assert reasons(actions) == [("stray", "scale down")]
+
+
+def test_a_broken_group_is_reported_by_the_member_that_broke_it() -> None:
+    groups = PAIR.desired("m/new", 2)
+    (l0, w0), (l1, w1) = groups
+    n = name
+    cases = [
+        ([observed(l0)], GroupFailure(0, n(w0), "worker", "MemberLost", f"pod {n(w0)} is gone")),
+        (
+            [observed(l0, terminating=True), observed(w0)],
+            GroupFailure(0, n(l0), "leader", "MemberDeleted", f"pod {n(l0)} was deleted"),
+        ),
+        (
+            [observed(l0, phase="Failed", ready=False), observed(w0)],
+            GroupFailure(0, n(l0), "leader", "PodFailed", f"pod {n(l0)}: pod Failed"),
+        ),
+        (
+            [observed(l0), observed(w0, phase="Failed", ready=False, reason="Evicted", message="low memory")],
+            GroupFailure(0, n(w0), "worker", "Evicted", f"pod {n(w0)}: low memory"),
+        ),
+    ]
+    for seen, failure in cases:
+        assert find_broken_groups(groups, seen) == [failure]
+    # A group with nothing left is not broken (it is simply recreated); the next one still is checked.
+    assert find_broken_groups(groups, [observed(l1)]) == [
+        GroupFailure(1, n(w1), "worker", "MemberLost", f"pod {n(w1)} is gone")
+    ]
