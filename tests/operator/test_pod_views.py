@@ -88,6 +88,6 @@ def test_owned_by_reads_owner_references_only() -> None:
     theirs = {"metadata": {"name": "b", "ownerReferences": [{"uid": "them"}]}}
     orphan = {"metadata": {"name": "c", "ownerReferences": None}}
     assert podview.owned_by([mine, theirs, orphan, FULL], "me") == [mine, FULL]
-    assert podview.owned_by([], "me") == []
+    assert podview.owned_by([], "me") == [] and podview.owned_by([{}], "me") == []
     leader = {"metadata": {"labels": {LABEL_ROLE: "leader"}}}
     assert podview.role_of(leader) == "leader" and not podview.is_worker(leader)

@@ -222,3 +222,16 @@ def test_grace_period_and_probe_thresholds_reach_the_pods(
             6,
             10,
         )
+
+
+def test_the_refusals_read_exactly() -> None:
+    for spec, message in (
+        ({}, "spec.model is required"),
+        (
+            {"model": "m", "cards": 12, "cardsPerNode": 8},
+            "spec.cards (12) must be at most spec.cardsPerNode (8) or a multiple of it: a replica spans whole nodes",
+        ),
+    ):
+        with pytest.raises(SpecError) as error:
+            parse_spec(spec)
+        assert str(error.value) == message
