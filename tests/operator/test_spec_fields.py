@@ -229,7 +229,8 @@ def test_the_refusals_read_exactly() -> None:
         ({}, "spec.model is required"),
         (
             {"model": "m", "cards": 12, "cardsPerNode": 8},
-            "spec.cards (12) must be at most spec.cardsPerNode (8) or a multiple of it: a replica spans whole nodes",
+            "spec.cards (12) must be at most spec.cardsPerNode (8) or a multiple of it: "
+            "a replica spans whole nodes",
         ),
     ):
         with pytest.raises(SpecError) as error:

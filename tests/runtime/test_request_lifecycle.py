@@ -137,9 +137,12 @@ def test_the_queue_refuses_with_a_reason(tokenizer: Any) -> None:
     with pytest.raises(QueueFull, match=r"queue is full \(1 waiting requests\)"):
         q.put(request(tokenizer)[0])
     q.close()
-    with pytest.raises(Unavailable, match="server is shutting down"):
+    with pytest.raises(Unavailable) as error:
         q.put(request(tokenizer)[0])
+    assert str(error.value) == "server is shutting down"
     assert q.wait_for_items(timeout=0.0)  # closed, but one still waits
+    q.take(1)
+    assert not q.wait_for_items(timeout=0.0)  # closed and empty: nothing will come
 
 
 def test_cancel_all_sends_every_waiting_request_out_as_gone(tokenizer: Any) -> None:
