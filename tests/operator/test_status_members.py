@@ -436,3 +436,56 @@ def test_progress_reasons_post_no_warning(reason: str) -> None:
         "conditions": [{"type": "Ready", "status": "False", "reason": "Other", "message": "m"}],
     }
     assert [e.reason for e in status_events({"phase": "X"}, loud)] == ["Other"]
+
+
+def test_scaled_to_zero_conditions_read_exactly() -> None:
+    got = status_of([], 0)
+    assert [c["type"] for c in got["conditions"]] == ["Scheduled", "ModelLoaded", "Ready"]
+    assert conditions(got) == {
+        "Scheduled": ("True", "ScaledToZero", "no replicas requested"),
+        "ModelLoaded": ("False", "ScaledToZero", "no replicas requested"),
+        "Ready": ("False", "ScaledToZero", "no replicas requested"),
+    }
+
+
+def test_the_schedulers_own_reason_and_a_kubelet_message_without_a_reason() -> None:
+    gated = with_status(
+        P, "Pending", node=None, conditions=[cond("PodScheduled", False, reason="SchedulingGated")]
+    )
+    assert diagnose(gated).reason == "SchedulingGated"
+    quiet = with_status(
+        P,
+        "Pending",
+        containerStatuses=[box("a", state={"waiting": {}}), box(state={"waiting": {"message": "m"}})],
+    )
+    assert diagnose(quiet) == Diagnosis(
+        N, True, False, False, "ContainerCreating", f"{N}: starting the container (Pending): m"
+    )
+
+
+def test_groups_missing_stray_and_of_another_size() -> None:
+    leader, worker = pairs(2)[0]
+    got = group_status([serving(leader), loading(worker)], replicas=2)
+    assert conditions(got)["Scheduled"] == ("False", "PodsPending", "1 of 2 pod(s) not created yet")
+    strays = []
+    for n in ("s1", "s2"):
+        stray = loading(single(1)[0])
+        stray["metadata"]["name"] = n
+        del stray["metadata"]["labels"]["inference.bloomz.dev/replica-index"]
+        strays.append(stray)
+    assert group_status([serving(leader), loading(worker), *strays])["replicas"] == 3
+    spec = {"model": "m/b", "cards": 24, "cardsPerNode": 8, "replicas": 1}
+    three = build_groups(OWNER, parse_spec(spec), Settings())[0]
+    assert group_status([serving(p) for p in three])["readyReplicas"] == 1  # an earlier shape still serves
+
+
+def test_phase_events_name_both_phases() -> None:
+    (a,) = single(1)
+    before, after = status_of([serving(a)], 1), status_of([crashing(a)], 1)
+    assert status_events(before, after)[0].message == "phase Ready -> Failed: 0/1 replicas serving"
+    assert [e.message for e in status_events(None, {"phase": "X"})] == ["phase None -> X"]
+    no_ready = {
+        "phase": "X",
+        "conditions": [{"type": "Scheduled", "status": "True", "reason": "r", "message": "m"}],
+    }
+    assert [e.message for e in status_events({"phase": "Y"}, no_ready)] == ["phase Y -> X"]
