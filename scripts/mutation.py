@@ -56,9 +56,14 @@ MODULES = (
     Module(
         "builders",
         "bloomz_operator/builders.py",
-        (OP + "operator_builders.py", OP + "operator_multinode.py", OP + "spec_fields.py"),
+        (
+            OP + "operator_builders.py",
+            OP + "operator_multinode.py",
+            OP + "spec_fields.py",
+            OP + "builders_objects.py",
+        ),
     ),
-    Module("groups", "bloomz_operator/groups.py", (OP + "operator_multinode.py",)),
+    Module("groups", "bloomz_operator/groups.py", (OP + "operator_multinode.py", OP + "builders_objects.py")),
     Module(
         "planning",
         "bloomz_operator/planning.py",

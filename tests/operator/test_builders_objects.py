@@ -1,0 +1,95 @@
+"""The Kubernetes objects the builders send, whole: both Services, the pods' fixed environment, names."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bloomz_operator.builders import Owner, build_pods, build_service, pod_name, template_hash
+from bloomz_operator.groups import build_headless_service, headless_service_name
+from bloomz_operator.settings import DeviceSettings, Settings
+from bloomz_operator.spec import parse_spec
+
+OWNER = Owner(name="big", namespace="ml", uid="uid-big")
+LABELS = {
+    "app.kubernetes.io/name": "bloomz-runtime",
+    "inference.bloomz.dev/name": "big",
+    "app.kubernetes.io/instance": "big",
+    "app.kubernetes.io/managed-by": "bloomz-operator",
+}
+META = {
+    "namespace": "ml",
+    "labels": LABELS,
+    "ownerReferences": [
+        {
+            "apiVersion": "inference.bloomz.dev/v1alpha1",
+            "kind": "BloomzInference",
+            "name": "big",
+            "uid": "uid-big",
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+    ],
+}
+SELECTOR = {"app.kubernetes.io/name": "bloomz-runtime", "inference.bloomz.dev/name": "big"}
+PORTS = [
+    {"name": "grpc", "port": 50051, "targetPort": "grpc", "protocol": "TCP", "appProtocol": "grpc"},
+    {"name": "metrics", "port": 9090, "targetPort": "metrics", "protocol": "TCP"},
+]
+
+
+def test_the_client_service_whole() -> None:
+    assert build_service(OWNER) == {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "big", **META},
+        "spec": {"type": "ClusterIP", "selector": SELECTOR, "ports": PORTS},
+    }
+    leaders = build_service(OWNER, leaders_only=True)
+    assert leaders["spec"]["selector"] == {**SELECTOR, "inference.bloomz.dev/role": "leader"}
+
+
+def test_the_headless_service_whole() -> None:
+    assert build_headless_service(OWNER) == {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "big-hosts", **META},
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,  # workers are resolvable before they are ready
+            "selector": SELECTOR,
+            "ports": [{"name": "ssh", "port": 2222, "targetPort": 2222, "protocol": "TCP"}],
+        },
+    }
+
+
+def env_of(spec: dict[str, Any], settings: Settings | None = None) -> list[dict[str, Any]]:
+    (pod,) = build_pods(OWNER, parse_spec(spec), settings or Settings())
+    (container,) = pod["spec"]["containers"]
+    return list(container["env"])
+
+
+def test_the_pod_environment() -> None:
+    env = env_of({"model": "bigscience/bloomz-7b1", "cards": 8, "storage": {"mountPath": "/weights/"}})
+    assert env[:3] == [
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        {"name": "PYTHONUNBUFFERED", "value": "1"},
+    ]
+    values = {e["name"]: e.get("value") for e in env}
+    assert values["HF_HOME"] == "/weights/huggingface"
+    settings = Settings(
+        devices={**Settings().devices, "cpu": DeviceSettings(image="i", env={"A": "1", "B": "2"})}
+    )
+    cpu = env_of({"model": "m", "device": "cpu", "env": [{"name": "B", "value": "spec"}]}, settings)
+    assert {e["name"]: e.get("value") for e in cpu if e["name"] in ("A", "B")} == {"A": "1", "B": "spec"}
+    assert "HF_HOME" not in {e["name"] for e in cpu}  # no model volume: the image's default
+
+
+def test_names_fit_kubernetes_limits() -> None:
+    long = "x" * 70
+    assert pod_name(long, "0123456789", 3) == "x" * 40 + "-0123456789-3"
+    assert pod_name("ends-" + "y" * 34 + "-", "h", 0) == "ends-" + "y" * 34 + "-h-0"
+    assert headless_service_name(long) == "x" * 56 + "-hosts"
+    assert len(headless_service_name(long)) <= 63
+    assert template_hash({"a": 1}) == template_hash({"a": 1}) != template_hash({"a": 2})
+    assert len(template_hash({})) == 10
