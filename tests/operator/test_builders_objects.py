@@ -93,3 +93,27 @@ def test_names_fit_kubernetes_limits() -> None:
     assert len(headless_service_name(long)) <= 63
     assert template_hash({"a": 1}) == template_hash({"a": 1}) != template_hash({"a": 2})
     assert len(template_hash({})) == 10
+
+
+def test_every_built_object_matches_the_kubernetes_schemas() -> None:
+    """Strict: a misspelt or unknown key anywhere in a pod, Service or Secret is refused."""
+    import kubernetes_validate
+    from bloomz_operator.groups import build_groups
+    from bloomz_operator.sshkeys import build_ssh_secret, generate_key_pair
+
+    objects: list[dict[str, Any]] = [build_service(OWNER), build_service(OWNER, leaders_only=True)]
+    objects.append(build_headless_service(OWNER))
+    for device in ("hpu", "cuda", "cpu"):
+        spec = {
+            "model": "m",
+            "device": device,
+            "cards": 2,
+            "storage": {"pvc": {"claimName": "c", "readOnly": True}},
+        }
+        objects += build_pods(OWNER, parse_spec(spec), Settings())
+    objects += [
+        p for g in build_groups(OWNER, parse_spec({"model": "m", "cards": 16}), Settings()) for p in g
+    ]
+    objects.append(build_ssh_secret(OWNER, generate_key_pair("test")))
+    for obj in objects:
+        kubernetes_validate.validate(obj, "1.31.0", strict=True)
