@@ -117,3 +117,27 @@ def test_every_built_object_matches_the_kubernetes_schemas() -> None:
     objects.append(build_ssh_secret(OWNER, generate_key_pair("test")))
     for obj in objects:
         kubernetes_validate.validate(obj, "1.31.0", strict=True)
+
+
+def test_the_template_hash_is_stable_and_order_free() -> None:
+    # Pinned: a different digest after an operator upgrade would replace every running pod.
+    assert template_hash({"b": [1, {"c": "d"}], "a": 1}) == template_hash({"a": 1, "b": [1, {"c": "d"}]})
+    assert template_hash({"a": 1}) == "015abd7f5c"
+    assert headless_service_name("h" * 55 + "-x") == "h" * 55 + "-hosts"
+    assert headless_service_name("-lead") == "-lead-hosts"
+
+
+def test_a_read_only_claim_is_mounted_read_only() -> None:
+    spec = {"model": "m", "storage": {"pvc": {"claimName": "c", "subPath": "s", "readOnly": True}}}
+    (pod,) = build_pods(OWNER, parse_spec(spec), Settings())
+    volume = next(v for v in pod["spec"]["volumes"] if "persistentVolumeClaim" in v)
+    assert volume["persistentVolumeClaim"] == {"claimName": "c", "readOnly": True}
+    mount = next(m for m in pod["spec"]["containers"][0]["volumeMounts"] if m["name"] == volume["name"])
+    assert mount == {"name": volume["name"], "mountPath": "/models", "readOnly": True, "subPath": "s"}
+
+
+def test_the_model_size_comes_from_the_last_path_part() -> None:
+    from bloomz_operator.builders import model_size_billions
+
+    assert model_size_billions("/models/team3b/bloom-560m") == 0.56
+    assert model_size_billions("team7b1/bloomz") == 176.0
