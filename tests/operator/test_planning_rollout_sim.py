@@ -387,3 +387,10 @@ def test_a_broken_group_is_reported_by_the_member_that_broke_it() -> None:
     assert find_broken_groups(groups, [observed(l1)]) == [
         GroupFailure(1, n(w1), "worker", "MemberLost", f"pod {n(w1)} is gone")
     ]
+
+
+def test_the_lowest_group_index_is_replaced_first() -> None:
+    old, new = PAIR.desired("m/old", 11), PAIR.desired("m/new", 11)
+    seen = [observed(p) for i in (10, 2) for p in old[i]]
+    seen += [observed(p) for i in range(11) if i not in (2, 10) for p in new[i]]
+    assert reasons(PAIR.plan(new, seen, 0)) == [(n, "template changed") for n in names(old[2])]
