@@ -163,3 +163,11 @@ def test_ports_probes_and_flags_of_a_group() -> None:
     assert args[args.index("--workers-timeout-s") + 1] == "600"
     assert current_template_hash(spec, Settings()) == group_template_hash(spec, Settings())
     assert group_template_hash(spec, Settings()) != desired_template_hash(spec, Settings())
+
+
+def test_paths_keep_their_own_letters() -> None:
+    from bloomz_operator.builders import model_size_billions
+
+    assert model_size_billions("org/BLOOMX") is None  # not the 176B "bloom"
+    env = env_of({"model": "m", "cards": 8, "storage": {"mountPath": "/DATAX/"}})
+    assert {e["name"]: e.get("value") for e in env}["HF_HOME"] == "/DATAX/huggingface"

@@ -394,3 +394,19 @@ def test_the_lowest_group_index_is_replaced_first() -> None:
     seen = [observed(p) for i in (10, 2) for p in old[i]]
     seen += [observed(p) for i in range(11) if i not in (2, 10) for p in new[i]]
     assert reasons(PAIR.plan(new, seen, 0)) == [(n, "template changed") for n in names(old[2])]
+
+
+def test_groups_scaled_to_zero_all_go() -> None:
+    old = PAIR.desired("m/old", 2)
+    seen = [observed(p) for g in old for p in g]
+    assert sorted(deletes(PAIR.plan([], seen, 0))) == sorted(name(p) for g in old for p in g)
+
+
+def test_serving_groups_of_several_old_templates_go_by_index_first() -> None:
+    a, b = PAIR.desired("m/a", 2), PAIR.desired("m/b", 2)
+    first, second = sorted(
+        (a, b), key=lambda groups: labels(groups[0][0])["inference.bloomz.dev/template-hash"]
+    )
+    new = PAIR.desired("m/new", 2)
+    seen = [*(observed(p) for p in first[1]), *(observed(p) for p in second[0])]
+    assert reasons(PAIR.plan(new, seen, 0)) == [(n, "template changed") for n in names(second[0])]
