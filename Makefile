@@ -108,3 +108,10 @@ test-multinode: setup
 demo-multinode: setup
 	$(PY) -m bloomz_sandbox --nodes 2 --example examples/bloomz-cpu-2nodes.yaml --once \
 		--workdir .cache/sandbox-multinode
+
+# --- mutation score of the pure modules (docs/testing.md); slow, so not part of `make test` ---
+.PHONY: mutation
+MUTATION_ARGS ?=
+## mutation: mutmut over each pure module against its fast unit tests; score and surviving mutants per module (MUTATION_ARGS=spec text ...)
+mutation: setup
+	nice -n 10 $(PY) scripts/mutation.py $(MUTATION_ARGS)

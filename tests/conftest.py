@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,6 +19,14 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from bloomz_runtime.tiny import build_checkpoint
 
     return build_checkpoint(tmp_path_factory.mktemp("tiny-bloom") / "checkpoint", "tiny")
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tiny_checkpoint: Path) -> Any:
+    """The tiny checkpoint's tokenizer, loaded as a real checkpoint's is."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_checkpoint)
 
 
 @pytest.fixture(scope="session")

@@ -22,16 +22,28 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-def wait_for(what: str, predicate: Callable[[], Any], timeout: float, interval: float = 0.2) -> Any:
+def wait_for(
+    what: str,
+    predicate: Callable[[], Any],
+    timeout: float = 90.0,
+    interval: float = 0.2,
+    retry_on: tuple[type[BaseException], ...] = (),
+) -> Any:
     """Poll ``predicate`` until it returns something truthy (returned); after ``timeout`` seconds an
-    AssertionError names ``what``. For waits on servers and controllers, never for speed."""
+    AssertionError names ``what`` and the last value seen. Exceptions of the ``retry_on`` types (an
+    object not created yet) count as "not yet". For waits on servers and controllers, never for speed."""
     deadline = time.monotonic() + timeout
+    last: Any = None
     while True:
-        value = predicate()
-        if value:
-            return value
+        try:
+            last = predicate()
+        except retry_on as error:
+            last = error
+        else:
+            if last:
+                return last
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last seen: {last!r}")
         time.sleep(interval)
 
 
@@ -167,15 +179,24 @@ def run_runtime(
     env: Mapping[str, str] | None = None,
     timeout: float = 300.0,
 ) -> Iterator[RuntimeProcess]:
-    """A runtime on 127.0.0.1, SERVING on entry, stopped (drained) on exit."""
+    """A runtime on 127.0.0.1, SERVING on entry, stopped (drained) on exit, which must exit 0.
+
+    Its log is deleted only when both the test body and the runtime succeeded; otherwise the error
+    names the kept log and quotes its end."""
     rt = start_runtime(model_dir, world_size, port, extra_args, env)
+    body_failed = True
     try:
         try:
             wait_for_serving(rt.target, timeout, rt.process)
         except Exception as exc:
-            raise RuntimeError(f"{exc}\n--- runtime log ---\n{rt.log()[-5000:]}") from exc
+            raise RuntimeError(f"{exc}\n--- runtime log {rt.log_path} ---\n{rt.log()[-5000:]}") from exc
         yield rt
+        body_failed = False
     finally:
-        stop_runtime(rt)
-        with contextlib.suppress(OSError):
-            rt.log_path.unlink()
+        code = stop_runtime(rt)
+        if not body_failed and code == 0:
+            with contextlib.suppress(OSError):
+                rt.log_path.unlink()
+        elif body_failed:
+            sys.stderr.write(f"runtime log kept at {rt.log_path} (exit code {code})\n")
+    assert code == 0, f"runtime exited with {code}; log kept at {rt.log_path}:\n{rt.log()[-5000:]}"

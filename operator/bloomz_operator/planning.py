@@ -73,7 +73,9 @@ def plan_pods(
     existing_names = {podview.name_of(pod) for pod in observed}
     missing = [pod for pod in desired if podview.name_of(pod) not in existing_names]
     capacity = replicas + max_surge
-    in_use = len(remaining) + len(terminating)  # a deleted pod frees its devices only once it is gone
+    # A deleted pod frees its devices only once it is gone (a finished one has released them already),
+    # so the pods scaled down in this pass still count.
+    in_use = len([pod for pod in live if not podview.is_finished(pod)]) + len(terminating)
 
     created = 0
     for pod in missing:
@@ -86,15 +88,14 @@ def plan_pods(
     # Old pods that serve nothing go as soon as their room is needed (or once every new pod exists).
     not_ready_old = [pod for pod in old if not podview.is_ready(pod)]
     ready_old = [pod for pod in old if podview.is_ready(pod)]
-    freed_not_ready = False
     for pod in not_ready_old:
         if still_missing > 0 or not missing:
             delete(pod, "template changed")
             still_missing -= 1
-            freed_not_ready = True
-    # A serving old pod goes one at a time, and only once the new ones serve and nothing is shutting down.
+    # A serving old pod goes one at a time, and only once the new ones serve and nothing is shutting down
+    # (pods deleted in this pass included).
     rollout_settled = (
-        not terminating and not created and not freed_not_ready and all(podview.is_ready(p) for p in current)
+        not terminating and not created and not deleted and all(podview.is_ready(p) for p in current)
     )
     if ready_old and rollout_settled and (still_missing > 0 or len(current) >= replicas):
         ready_old.sort(key=lambda pod: (podview.index_of(pod) or 0, podview.name_of(pod)))

@@ -77,7 +77,7 @@ def test_prompt_dash_is_read_from_stdin(monkeypatch: pytest.MonkeyPatch) -> None
     [
         ("/venv/lib/python3.11/site-packages/bloomz_api/client/__main__.py", "bloomz_api.client.__main__",
          "python -m bloomz_api.client"),
-        ("/src/runtime/bloomz_runtime/client.py", "bloomz_runtime.client", "python -m bloomz_runtime.client"),
+        ("/src/api/bloomz_api/client.py", "bloomz_runtime.client", "python -m bloomz_runtime.client"),
         ("/venv/bin/bloomz-client", None, "bloomz-client"),
     ],
 )  # fmt: skip

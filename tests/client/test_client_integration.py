@@ -28,13 +28,6 @@ def runtime(tiny_checkpoint: Path) -> Iterator[RuntimeProcess]:
 
 
 @pytest.fixture(scope="module")
-def tokenizer(tiny_checkpoint: Path):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(tiny_checkpoint)
-
-
-@pytest.fixture(scope="module")
 def plain_greedy_ids(tiny_checkpoint: Path, tokenizer) -> list[int]:
     """What plain transformers generates greedily for PROMPT: the reference the client must show."""
     import torch

@@ -27,7 +27,7 @@ from bloomz_operator.planning import (
 from bloomz_operator.reconciler import api_error_reason, failed_pass_status, reconcile
 from bloomz_operator.settings import DeviceSettings, Settings, SettingsError, parse_settings
 from bloomz_operator.spec import BenchmarkSpec, parse_spec
-from fake_kubeapi import FakeAPI
+from cluster_fakes import FakeAPI
 from kubernetes.client.rest import ApiException
 
 LOG = logging.getLogger("test")

@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import parse_qs
 
+import helpers
 import kopf
 import kubernetes
 import pytest
@@ -69,19 +69,10 @@ def api_call(method: str, path: str, query: str) -> tuple[str, str, str] | None:
 
 
 def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 90.0) -> T:
-    """Poll until `probe` returns something truthy (generous: the machine is shared)."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = probe()
-        except kubernetes.client.ApiException as error:
-            last = error
-        else:
-            if last:
-                return last
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}; last seen: {last!r}")
+    """Poll until `probe` returns something truthy (generous: the machine is shared); an
+    ApiException (an object not created yet) counts as "not yet"."""
+    found: T = helpers.wait_for(what, probe, timeout, retry_on=(kubernetes.client.ApiException,))
+    return found
 
 
 @dataclass

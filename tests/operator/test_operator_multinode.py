@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import copy
 import logging
 import re
 import subprocess
@@ -32,14 +31,14 @@ from bloomz_operator.groups import (
 )
 from bloomz_operator.kubeapi import KubeAPI
 from bloomz_operator.ownership import owner_tag
-from bloomz_operator.planning import CreatePod, DeletePod, find_broken_groups, plan_groups
+from bloomz_operator.planning import find_broken_groups, plan_groups
 from bloomz_operator.reconciler import reconcile
 from bloomz_operator.settings import Settings
 from bloomz_operator.spec import SpecError, parse_spec
 from bloomz_operator.sshkeys import build_ssh_secret, generate_key_pair, ssh_secret_name, template_hashes
 from bloomz_operator.status import compute_status
+from cluster_fakes import FakeAPI, creates, deletes, names, observed
 from cryptography.hazmat.primitives import serialization
-from fake_kubeapi import FakeAPI
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD_PATH = ROOT / "crds" / "bloomzinferences.inference.bloomz.dev.yaml"
@@ -309,32 +308,6 @@ def test_secret_holds_the_key_pair_and_belongs_to_the_resource() -> None:
 
 
 # --- planner --------------------------------------------------------------------------------------------
-
-
-def observed(pod: dict[str, Any], *, phase: str = "Running", ready: bool = True, terminating: bool = False,
-             reason: str | None = None, message: str | None = None) -> dict[str, Any]:  # fmt: skip
-    pod = copy.deepcopy(pod)
-    pod["status"] = {
-        "phase": phase,
-        "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
-    }
-    if reason:
-        pod["status"].update(reason=reason, message=message)
-    if terminating:
-        pod["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
-    return pod
-
-
-def names(pods: list[dict[str, Any]]) -> list[str]:
-    return [p["metadata"]["name"] for p in pods]
-
-
-def creates(actions: list[Any]) -> list[str]:
-    return [a.name for a in actions if isinstance(a, CreatePod)]
-
-
-def deletes(actions: list[Any]) -> list[str]:
-    return [a.name for a in actions if isinstance(a, DeletePod)]
 
 
 def test_groups_are_created_whole_and_left_alone_once_there() -> None:

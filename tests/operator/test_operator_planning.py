@@ -2,45 +2,19 @@
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 from bloomz_operator.builders import Owner, build_pods
-from bloomz_operator.planning import CreatePod, DeletePod, plan_pods
+from bloomz_operator.planning import DeletePod, plan_pods
 from bloomz_operator.settings import Settings
 from bloomz_operator.spec import parse_spec
+from cluster_fakes import creates, deletes, name, observed
 
 OWNER = Owner(name="b", namespace="ns", uid="u")
 
 
 def desired(replicas: int = 1, cards: int = 8, model: str = "bigscience/bloomz-7b1") -> list[dict[str, Any]]:
     return build_pods(OWNER, parse_spec({"model": model, "cards": cards, "replicas": replicas}), Settings())
-
-
-def observed(
-    pod: dict[str, Any], *, phase: str = "Running", ready: bool = True, terminating: bool = False
-) -> dict[str, Any]:
-    pod = copy.deepcopy(pod)
-    pod["metadata"]["uid"] = "pod-" + pod["metadata"]["name"]
-    pod["status"] = {
-        "phase": phase,
-        "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
-    }
-    if terminating:
-        pod["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
-    return pod
-
-
-def creates(actions: list[Any]) -> list[str]:
-    return [a.name for a in actions if isinstance(a, CreatePod)]
-
-
-def deletes(actions: list[Any]) -> list[str]:
-    return [a.name for a in actions if isinstance(a, DeletePod)]
-
-
-def name(pod: dict[str, Any]) -> str:
-    return str(pod["metadata"]["name"])
 
 
 def test_nothing_observed_creates_every_replica() -> None:

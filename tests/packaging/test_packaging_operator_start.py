@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -20,20 +19,10 @@ from bloomz_operator.constants import GROUP, PLURAL, VERSION
 from bloomz_sandbox.apiserver import SandboxAPIServer
 from conftest import CHART, REPO, documents, helm_template, single
 from dockerfiles import parse
-from helpers import free_port
+from helpers import free_port, wait_for
 
 CPU_IMAGE = "registry.example.com/ml/runtime-cpu:chart-test"
 START_TIMEOUT_S = 120.0
-
-
-def wait_for(predicate: Any, what: str, timeout: float = START_TIMEOUT_S) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = predicate()
-        if result:
-            return result
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 class Operator:
@@ -125,7 +114,7 @@ def test_liveness_endpoint_answers_where_the_chart_probes(operator: Operator) ->
         assert operator.process.poll() is None, f"operator exited:\n{operator.log.read_text()[-3000:]}"
         return operator.healthz() == 200
 
-    wait_for(alive, "the operator's liveness endpoint")
+    wait_for("the operator's liveness endpoint", alive, START_TIMEOUT_S)
 
 
 def test_operator_creates_runtime_pods_with_the_charts_settings(
@@ -148,7 +137,7 @@ def test_operator_creates_runtime_pods_with_the_charts_settings(
             p for p in pods if p.metadata and (p.metadata.labels or {}).get(f"{GROUP}/name") == "chart-check"
         ]
 
-    (pod,) = wait_for(runtime_pods, "the operator to create the runtime pod")
+    (pod,) = wait_for("the operator to create the runtime pod", runtime_pods, START_TIMEOUT_S)
     (container,) = pod.spec.containers
     assert container.image == CPU_IMAGE
     assert container.command == parse(REPO / "docker" / "runtime-cpu.Dockerfile").entrypoint()

@@ -49,7 +49,10 @@ def test_power_of_two_scale_covers_the_largest_value_in_127_steps() -> None:
 
 
 def test_activation_levels_and_their_error_norms() -> None:
-    hidden = torch.randn(3, 64) * torch.tensor([1.0, 10.0, 0.01])[:, None]
+    hidden = (
+        torch.randn(3, 64, generator=torch.Generator().manual_seed(3))
+        * torch.tensor([1.0, 10.0, 0.01])[:, None]
+    )
     one = quantize_activations(hidden, residual_level=False)
     two = quantize_activations(hidden, residual_level=True)
     assert one.residual is None and two.residual is not None
@@ -115,7 +118,7 @@ def test_the_bound_holds_and_the_argmax_is_exact(rows: int, outliers: bool) -> N
 
 def test_near_ties_the_screen_cannot_separate_are_rescored_in_float32() -> None:
     weight = random_weight(std=0.001)
-    hidden = torch.randn(4, weight.shape[1])
+    hidden = torch.randn(4, weight.shape[1], generator=torch.Generator().manual_seed(4))
     # Token 100 wins by a margin far below the int8 resolution; 7 and 3000 are one ulp-level behind.
     direction = hidden.sum(dim=0) / hidden.sum(dim=0).norm()
     weight[100] = direction
@@ -129,7 +132,7 @@ def test_near_ties_the_screen_cannot_separate_are_rescored_in_float32() -> None:
 
 def test_exact_ties_resolve_to_the_lowest_id_like_torch_argmax() -> None:
     weight = random_weight(std=0.001)
-    hidden = torch.randn(2, weight.shape[1])
+    hidden = torch.randn(2, weight.shape[1], generator=torch.Generator().manual_seed(2))
     direction = hidden.sum(dim=0)
     for token in (4000, 50, 2222):
         weight[token] = direction
@@ -142,7 +145,7 @@ def test_flat_logits_fall_back_to_the_float32_head() -> None:
     the full float32 projection (still the exact argmax)."""
     weight = torch.full((6000, 256), 0.01) + random_weight(std=1e-7)
     head = ScreenedGreedyHead(weight)
-    hidden = torch.randn(2, 256)
+    hidden = torch.randn(2, 256, generator=torch.Generator().manual_seed(5))
     assert torch.equal(head.argmax(hidden), exact_argmax(hidden, weight))
     assert head.fallbacks == 1 and head.last_rescored > 6000 * MAX_RESCORE_SHARE
 
@@ -182,7 +185,9 @@ def test_a_screening_cpu_process_runs_the_int8_head_on_the_vnni_kernel(
         "assert (runner.greedy_head is not None) == expected, (runner.greedy_head, expected)\n"
         "if runner.greedy_head is not None:\n"
         "    with torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON):\n"
-        "        runner.greedy_head.argmax(torch.randn(1, runner.greedy_head.hidden_size))\n"
+        "        g = torch.Generator().manual_seed(0)\n"
+        "        hidden = torch.randn(1, runner.greedy_head.hidden_size, generator=g)\n"
+        "        runner.greedy_head.argmax(hidden)\n"
         "print('screening', runner.greedy_head is not None)\n"
     )
     env = {k: v for k, v in os.environ.items() if k not in (ONEDNN_ISA_ENV, "DNNL_MAX_CPU_ISA")}

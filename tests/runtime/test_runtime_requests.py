@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,13 +10,6 @@ from bloomz_runtime.errors import QueueFull, Unavailable
 from bloomz_runtime.requests import FailedEvent, FinishedEvent, GenerationRequest, TokenEvent
 from bloomz_runtime.scheduler import RequestQueue
 from bloomz_runtime.validation import SamplingParams, ValidatedParams
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tiny_checkpoint: Path) -> Any:
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(tiny_checkpoint)
 
 
 def make(tokenizer: Any, n: int = 5, stop: tuple[str, ...] = (), ignore_eos: bool = False):

@@ -16,7 +16,7 @@ from bloomz_api.proto import generate_pb2 as pb
 from bloomz_api.proto import generate_pb2_grpc as pb_grpc
 from bloomz_runtime.tiny import _WORDS as tiny_words
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
-from helpers import RuntimeProcess, run_runtime
+from helpers import RuntimeProcess, run_runtime, wait_for
 from runtime_reference import PROMPTS, Reference
 
 MAX_INPUT = 64
@@ -156,9 +156,7 @@ def test_seeded_sampling_is_reproducible(stub: pb_grpc.TextGenerationStub) -> No
 
 
 def wait_until_idle(runtime: RuntimeProcess) -> None:
-    deadline = time.monotonic() + 60
-    while metric(runtime, "bloomz_running_requests") != 0 and time.monotonic() < deadline:
-        time.sleep(0.1)
+    wait_for("no running requests", lambda: metric(runtime, "bloomz_running_requests") == 0, 60, 0.1)
 
 
 def test_cancelled_stream_stops_generating(runtime: RuntimeProcess, stub: pb_grpc.TextGenerationStub) -> None:

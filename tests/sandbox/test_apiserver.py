@@ -713,6 +713,7 @@ def test_concurrent_writers_are_serialized_and_all_seen_by_a_watch(
             thread.start()
         for thread in threads:
             thread.join(timeout=120)
+        assert not any(thread.is_alive() for thread in threads), "a writer is still running"
         final = core.read_namespaced_config_map("counter", ns)
         assert len(final.data) == 80
         events = stream.wait_for(lambda events: len(events) == 81)

@@ -1,12 +1,54 @@
-"""A recording fake of the operator's KubeAPI surface, over dicts: what reconcile() calls, with the API
-server's semantics that matter to it (uids on create, a uid precondition on delete)."""
+"""Test doubles for the operator's pure core: observed pods, action filters, a recording KubeAPI fake,
+and a small simulated cluster that carries out a plan (pods start, become ready, terminate, vanish)."""
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
+from bloomz_operator.planning import Action, CreatePod, DeletePod
 from kubernetes.client.rest import ApiException
+
+
+def observed(
+    pod: dict[str, Any],
+    *,
+    phase: str = "Running",
+    ready: bool = True,
+    terminating: bool = False,
+    reason: str | None = None,
+    message: str | None = None,
+) -> dict[str, Any]:
+    """A desired pod as the API server would report it with this status."""
+    pod = copy.deepcopy(pod)
+    pod["metadata"]["uid"] = "pod-" + pod["metadata"]["name"]
+    pod["status"] = {
+        "phase": phase,
+        "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
+    }
+    if reason:
+        pod["status"].update(reason=reason, message=message)
+    if terminating:
+        pod["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    return pod
+
+
+def name(pod: dict[str, Any]) -> str:
+    return str(pod["metadata"]["name"])
+
+
+def names(pods: Sequence[dict[str, Any]]) -> list[str]:
+    return [name(p) for p in pods]
+
+
+def creates(actions: Sequence[Any]) -> list[str]:
+    return [a.name for a in actions if isinstance(a, CreatePod)]
+
+
+def deletes(actions: Sequence[Any]) -> list[str]:
+    return [a.name for a in actions if isinstance(a, DeletePod)]
 
 
 class FakeAPI:
@@ -86,3 +128,48 @@ class FakeAPI:
         self.calls.append((f"create_{body['kind']}", body["metadata"]["name"]))
         key = (body["kind"], body["metadata"]["name"])
         return self.others.setdefault(key, copy.deepcopy(body)) is not None
+
+
+@dataclass
+class SimCluster:
+    """Pods as a kubelet would move them, one tick at a time: a created pod is Pending for
+    ``start_ticks`` ticks, then Running and ready; a deleted pod terminates for ``stop_ticks`` ticks
+    (still holding its devices), then is gone. ``failures`` makes a pod Failed at a tick."""
+
+    start_ticks: int = 1
+    stop_ticks: int = 1
+    failures: dict[int, Callable[[str], bool]] = field(default_factory=dict)
+    pods: dict[str, dict[str, Any]] = field(default_factory=dict)
+    ages: dict[str, int] = field(default_factory=dict)
+    tick_count: int = 0
+
+    def add(self, pod: dict[str, Any], **status: Any) -> None:
+        self.pods[name(pod)] = observed(pod, **status)
+        self.ages[name(pod)] = 0
+
+    def observe(self) -> list[dict[str, Any]]:
+        return [copy.deepcopy(p) for p in self.pods.values()]
+
+    def apply(self, actions: Sequence[Action]) -> None:
+        for action in actions:
+            if isinstance(action, CreatePod):
+                assert action.name not in self.pods, f"{action.name} created while it exists"
+                self.add(dict(action.body), phase="Pending", ready=False)
+            else:
+                pod = self.pods[action.name]
+                assert "deletionTimestamp" not in pod["metadata"], f"{action.name} deleted twice"
+                pod["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+                self.ages[action.name] = 0
+
+    def tick(self) -> None:
+        self.tick_count += 1
+        fail = self.failures.get(self.tick_count, lambda _: False)
+        for pod_name, pod in list(self.pods.items()):
+            self.ages[pod_name] += 1
+            if "deletionTimestamp" in pod["metadata"]:
+                if self.ages[pod_name] >= self.stop_ticks:
+                    del self.pods[pod_name]
+            elif fail(pod_name):
+                pod["status"] = {"phase": "Failed", "reason": "Evicted", "conditions": []}
+            elif pod["status"]["phase"] == "Pending" and self.ages[pod_name] >= self.start_ticks:
+                self.pods[pod_name] = observed(pod, phase="Running", ready=True)
