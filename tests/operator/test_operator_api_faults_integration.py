@@ -21,6 +21,7 @@ import yaml
 from bloomz_operator.constants import GROUP, PLURAL, VERSION
 from bloomz_operator.handlers import register_handlers
 from bloomz_operator.kubeapi import USER_AGENT
+from bloomz_operator.policy import PolicySettings
 from bloomz_operator.settings import ApiSettings, BenchmarkSettings, RolloutSettings, Settings
 from bloomz_sandbox.apiserver import SandboxAPIServer
 from kopf.testing import KopfRunner
@@ -71,6 +72,8 @@ def settings() -> Settings:
         # Long: passes here come from pod events and retries, not from the safety-net timer.
         reconcile_interval_seconds=300.0,
         benchmark=BenchmarkSettings(enabled=False),
+        # The example mounts its model from the node (hostPath), which the policy refuses unless allowed.
+        policy=PolicySettings(host_path_prefixes=("/var/lib/bloomz/",)),
         api=ApiSettings(
             request_timeout_seconds=2.0,
             connect_timeout_seconds=2.0,
