@@ -37,8 +37,12 @@ What it emulates (like a real API server):
   kubectl's default ``--validate=strict`` leaves validation to the server (which accepts and ignores it,
   see below), and the CRDs' schemas for ``kubectl explain``. No ``/openapi/v2`` (404).
 - built-in resources: namespaces, nodes, pods, services, endpoints, events (core/v1 and events.k8s.io/v1),
-  configmaps, secrets, serviceaccounts, persistentvolumeclaims, persistentvolumes, leases, and
-  customresourcedefinitions; a CRD (preloaded from ``crd_paths`` or POSTed) registers its served
+  configmaps, secrets, serviceaccounts, persistentvolumeclaims, persistentvolumes, leases,
+  customresourcedefinitions, and (stored only; controllers live in the sandbox) apps/v1 deployments and
+  replicasets, rbac.authorization.k8s.io/v1 roles, clusterroles, rolebindings, clusterrolebindings,
+  networkpolicies and validating admission policies (+ bindings) - enough for ``helm install`` of the
+  operator's chart (``helm uninstall``'s protobuf DeleteOptions are understood);
+  a CRD (preloaded from ``crd_paths`` or POSTed) registers its served
   versions, and deleting it removes them and their objects.
 - metadata: namespace, uid, global monotonic resourceVersion, creationTimestamp, generation (1 on create,
   +1 only when something outside metadata/status changes), ``generateName``; lists carry ``kind``
