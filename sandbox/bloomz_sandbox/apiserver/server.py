@@ -24,6 +24,8 @@ Usage::
         def api_client(self) -> kubernetes.client.ApiClient
         # extras: port: int; bookmark_interval_s=10.0 (idle BOOKMARK period of watches that allow them);
         # record_requests=False -> requests: list[RequestRecord(method, path, query, user_agent)]
+        audit_log: list[AuditRecord]          # who did what, with which code (see below)
+        def issue_token(self, namespace, service_account) -> str
         def serve_pod_logs(self, provider)    # provider(namespace, pod, container) -> Path | None
                                               # serves pods/log from that file: kubectl logs [-f] [--tail N]
 
@@ -75,13 +77,18 @@ What it emulates (like a real API server):
   label/field selectors (an object leaving a selector is a DELETED).
 - ``pods/log`` (``kubectl logs [-f] [--tail N] [-c C]``) once a provider of log files is set (the pod
   runner keeps one file per container); ``-f`` follows the file until the pod is gone.
+- authentication and RBAC (``access``, ``rbac``): tokens the server issued for service accounts
+  (TokenRequest: ``POST .../serviceaccounts/<name>/token``, ``kubectl create token``; ``issue_token()``)
+  are checked against Roles, ClusterRoles and their bindings (403 Forbidden Status otherwise, 401 for an
+  unknown token of that form); any other token is the unrestricted administrator (the kubeconfig's);
+  ``audit_log``: (user, verb, group, resource, subresource, namespace, name, code) of every request.
 - kubectl tables: with ``Accept: ...;as=Table;g=meta.k8s.io;v=v1`` lists, gets and watches return
   ``meta.k8s.io/v1`` Tables from the CRD's ``additionalPrinterColumns`` (date columns as ages like
   "5m"), NAME READY STATUS RESTARTS AGE for pods, familiar columns for services, nodes, namespaces, events.
 
 What it does not do: no CRD schema validation, pruning or defaulting, whatever ``fieldValidation`` says
-(the schema is covered by unit tests with ``jsonschema``), no admission, no authentication or RBAC (any
-token is accepted), no controllers, scheduler or kubelets (the pod runner plays those), no
+(the schema is covered by unit tests with ``jsonschema``), no admission, no controllers, scheduler or
+kubelets (the pod runner plays those), no
 ``limit``/``continue`` paging (whole lists are returned), no field managers in server-side apply;
 protobuf request bodies only for what kubectl's imperative commands send (``create namespace``,
 ``configmap``, ``secret``, ``service``, ``serviceaccount``; others get 415 - use ``kubectl apply -f``);
@@ -113,6 +120,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from aiohttp import web
 
+from .access import AuditRecord
 from .resources import CRD_RESOURCE
 from .routes import ApiHttpHandler, RequestRecord
 from .store import ObjectStore
@@ -264,6 +272,22 @@ class SandboxAPIServer:
         if self._handler.request_log is None:
             raise RuntimeError("construct the server with record_requests=True to record requests")
         return list(self._handler.request_log)
+
+    @property
+    def audit_log(self) -> list[AuditRecord]:
+        """(user, verb, group, resource, subresource, namespace, name, code) of every request so far."""
+        return list(self._handler.access.audit)
+
+    def issue_token(self, namespace: str, service_account: str) -> str:
+        """A token for an existing service account (what the TokenRequest API returns), for pods."""
+        loop = self._loop
+        if loop is None:
+            raise RuntimeError("the sandbox API server is not running")
+        issued = asyncio.run_coroutine_threadsafe(self._issue(namespace, service_account), loop)
+        return str(issued.result(timeout=30)["status"]["token"])
+
+    async def _issue(self, namespace: str, service_account: str) -> dict[str, Any]:
+        return self._handler.access.issue_token(namespace, service_account)
 
     def serve_pod_logs(self, provider: Callable[[str, str, str], Path | None]) -> None:
         """Serve ``pods/log`` (``kubectl logs [-f]``) from ``provider(namespace, pod, container)``'s file."""
