@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import threading
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -17,6 +16,7 @@ from typing import Any
 
 import kopf
 
+from . import incluster
 from . import pods as podview
 from .builders import Owner
 from .constants import BENCHMARK_ANNOTATION, GROUP, KIND, LABEL_MANAGED_BY, MANAGER_NAME, PLURAL, VERSION
@@ -73,9 +73,15 @@ def register_handlers(
     @kopf.on.login(id="login", registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
         # $KUBECONFIG is read now (not at import time, as the kubernetes package does).
-        if os.environ.get("KUBECONFIG") or not os.environ.get("KUBERNETES_SERVICE_HOST"):
+        if not incluster.in_cluster():
             return kopf.login_with_kubeconfig(**kwargs)
-        return kopf.login_with_service_account(**kwargs)
+        ca_path = incluster.service_account_dir() / "ca.crt"
+        return kopf.ConnectionInfo(
+            server=incluster.server_url(),
+            ca_path=str(ca_path) if ca_path.is_file() else None,
+            token=incluster.read_file("token"),
+            default_namespace=incluster.read_file("namespace"),
+        )
 
     # Pod changes wake the owner's reconciliation loop at once (the loop still runs every interval).
     wakers: dict[str, asyncio.Event] = {}

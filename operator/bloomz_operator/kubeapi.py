@@ -14,7 +14,7 @@ from typing import Any
 import kubernetes
 from kubernetes.client.rest import ApiException
 
-from . import __version__
+from . import __version__, incluster
 from .constants import GROUP, PLURAL, VERSION
 
 # (apiGroup, resource, verb) for every method below.
@@ -39,13 +39,12 @@ USER_AGENT = f"bloomz-operator/{__version__}"
 
 def make_api_client() -> kubernetes.client.ApiClient:
     """A client for $KUBECONFIG (read now, not at import time) or, inside a pod, the service account."""
-    path = os.environ.get("KUBECONFIG")
-    if not path and os.environ.get("KUBERNETES_SERVICE_HOST"):
+    if incluster.in_cluster():
         configuration = kubernetes.client.Configuration()
-        kubernetes.config.load_incluster_config(client_configuration=configuration)
+        incluster.load_client_configuration(configuration)
         client = kubernetes.client.ApiClient(configuration)
     else:
-        client = kubernetes.config.new_client_from_config(config_file=path or None)
+        client = kubernetes.config.new_client_from_config(config_file=os.environ.get("KUBECONFIG") or None)
     client.user_agent = USER_AGENT  # audit logs (and the RBAC test) tell the operator's calls apart
     return client
 

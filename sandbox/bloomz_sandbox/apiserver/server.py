@@ -13,7 +13,8 @@ Usage::
         ...
 
     class SandboxAPIServer:
-        def __init__(self, *, host="127.0.0.1", port=0, crd_paths=(), namespaces=("default",))
+        def __init__(self, *, host="127.0.0.1", port=0, crd_paths=(), namespaces=("default",), tls_dir=None)
+        tls_port, ca_path                     # with tls_dir: the same API over HTTPS (in-cluster clients)
         def start(self) -> SandboxAPIServer   # serves in a background thread with its own event loop and
                                               # returns once listening (from sync code, from pytest, next
                                               # to kopf.testing.KopfRunner)
@@ -120,6 +121,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from aiohttp import web
 
+from . import tls
 from .access import AuditRecord
 from .resources import CRD_RESOURCE
 from .routes import ApiHttpHandler, RequestRecord
@@ -158,10 +160,15 @@ class SandboxAPIServer:
         namespaces: Sequence[str] = ("default",),
         bookmark_interval_s: float = 10.0,
         record_requests: bool = False,
+        tls_dir: Path | None = None,
     ) -> None:
         self.host = host
         self._requested_port = port
         self._port: int | None = None
+        # With tls_dir: a second, HTTPS port (same API) for in-cluster clients, and its certificate there.
+        self.tls_dir = tls_dir
+        self.tls_port: int | None = None
+        self.ca_path: Path | None = None
         self._store = ObjectStore()  # lives in the server's event loop once started: reach it over HTTP
         namespace_type = self._store.find_type("", "v1", "namespaces")
         assert namespace_type is not None
@@ -259,6 +266,14 @@ class SandboxAPIServer:
             sockets = getattr(site._server, "sockets", None) or []
             self._port = int(sockets[0].getsockname()[1]) if sockets else self._requested_port
             self._handler.address = f"{self.host}:{self._port}"
+            if self.tls_dir is not None:
+                cert_path, key_path = tls.write_certificate(self.tls_dir, self.host)
+                context = tls.server_context(cert_path, key_path)
+                secure = web.TCPSite(runner, self.host, 0, ssl_context=context)
+                await secure.start()
+                secure_sockets = getattr(secure._server, "sockets", None) or []
+                self.tls_port = int(secure_sockets[0].getsockname()[1])
+                self.ca_path = cert_path
             self._ready.set()
             await self._stop_requested.wait()
         finally:
