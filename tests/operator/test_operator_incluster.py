@@ -12,7 +12,7 @@ from bloomz_operator.kubeapi import make_api_client
 
 def _service_account(folder: Path) -> Path:
     folder.mkdir(parents=True)
-    (folder / "token").write_text("sandbox-sa-token\n")
+    (folder / "token").write_text("sandbox-sa-token")  # the kubelet writes no newline
     (folder / "namespace").write_text("bloomz-system")
     (folder / "ca.crt").write_text("-----BEGIN CERTIFICATE-----\n")
     return folder
