@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 from bloomz_sandbox.node import images, service_account
-from bloomz_sandbox.node.process_spec import UnsupportedContainer, build_process_spec
+from bloomz_sandbox.node.process_spec import Mount, UnsupportedContainer, build_process_spec, rewrite_paths
 
 
 @pytest.mark.parametrize(
@@ -87,3 +87,15 @@ def test_token_files_and_in_cluster_env(tmp_path: Path) -> None:
     env = service_account.in_cluster_env("127.0.0.1", 6443, tmp_path / "sa")
     assert env["KUBERNETES_SERVICE_HOST"] == "127.0.0.1" and env["KUBERNETES_SERVICE_PORT"] == "6443"
     assert env["BLOOMZ_SERVICE_ACCOUNT_DIR"] == str(tmp_path / "sa")
+
+
+def test_a_rewritten_path_is_not_rewritten_again_by_another_mount() -> None:
+    mounts = [
+        Mount("/etc/bloomz-operator", Path("/tmp/pod/volumes/settings")),
+        Mount("/tmp", Path("/tmp/pod/volumes/tmp")),
+    ]
+    assert (
+        rewrite_paths("/etc/bloomz-operator/settings.yaml", mounts)
+        == "/tmp/pod/volumes/settings/settings.yaml"
+    )
+    assert rewrite_paths("--dir=/tmp/x", mounts) == "--dir=/tmp/pod/volumes/tmp/x"

@@ -103,14 +103,16 @@ def container_mounts(container: Mapping[str, Any], volumes: Mapping[str, Path]) 
 
 
 def rewrite_paths(text: str, mounts: Sequence[Mount]) -> str:
-    """Rewrite container paths that start a path in `text` (a whole arg, or after '=' / ':')."""
-    for mount in mounts:
-        if mount.container_path == "/":
-            continue
-        pattern = re.compile(r"(?<![\w./-])" + re.escape(mount.container_path) + r"(?=/|$|[^\w.-])")
-        host = str(mount.host_path).replace("\\", "\\\\")  # a literal replacement, not a template
-        text = pattern.sub(host, text)
-    return text
+    """Rewrite container paths that start a path in `text` (a whole arg, or after '=' / ':').
+
+    One pass, longest mount path first: a rewritten path is never rewritten again (a pod folder under
+    /tmp must not be taken for the container's /tmp mount)."""
+    targets = {m.container_path: str(m.host_path) for m in mounts if m.container_path != "/"}
+    if not targets:
+        return text
+    alternatives = "|".join(re.escape(path) for path in sorted(targets, key=len, reverse=True))
+    pattern = re.compile(r"(?<![\w./-])(" + alternatives + r")(?=/|$|[^\w.-])")
+    return pattern.sub(lambda match: targets[match.group(1)], text)
 
 
 def translate_command(words: Sequence[str], interpreter: str) -> list[str]:

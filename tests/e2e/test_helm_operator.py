@@ -1,0 +1,129 @@
+"""The operator from its Helm chart in the sandbox: a pod from the chart's Deployment, running as a local
+process with its service account's token (in-cluster config over HTTPS), its RBAC enforced."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import kubernetes.client as k8s
+import pytest
+from bloomz_sandbox.apiserver import SandboxAPIServer
+from bloomz_sandbox.controllers.deployments import DeploymentController
+from bloomz_sandbox.node.podrunner import PodRunner, RunnerConfig
+
+REPO = Path(__file__).resolve().parents[2]
+HELM = REPO / ".tools" / "bin" / "helm"
+CHART = REPO / "charts" / "bloomz-operator"
+CRD = REPO / "crds" / "bloomzinferences.inference.bloomz.dev.yaml"
+RELEASE, NAMESPACE = "bloomz-operator", "bloomz-system"
+USER = f"system:serviceaccount:{NAMESPACE}:{RELEASE}"
+
+pytestmark = pytest.mark.skipif(not HELM.exists(), reason="needs .tools/bin/helm")
+
+
+class Cluster:
+    def __init__(self, api: SandboxAPIServer, runner: PodRunner, tmp_path: Path) -> None:
+        self.api, self.runner, self.tmp_path = api, runner, tmp_path
+        self.kubeconfig = api.write_kubeconfig(tmp_path / "kubeconfig")
+        self.core = k8s.CoreV1Api(api.api_client())
+
+    def helm(self, *args: str) -> str:
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(self.kubeconfig),
+            "HELM_CACHE_HOME": str(self.tmp_path / "helm-cache"),
+            "HELM_CONFIG_HOME": str(self.tmp_path / "helm-config"),
+            "HELM_DATA_HOME": str(self.tmp_path / "helm-data"),
+        }
+        done = subprocess.run(
+            [str(HELM), *args], env=env, capture_output=True, text=True, timeout=120, check=False
+        )
+        assert done.returncode == 0, f"helm {' '.join(args)}: {done.stderr}"
+        return done.stdout
+
+    def operator_pods(self) -> list[dict[str, Any]]:
+        listed = self.core.list_namespaced_pod(NAMESPACE, _preload_content=False)
+        return list(json.loads(listed.data)["items"])
+
+    def wait(self, what: str, condition: Callable[[], Any], timeout: float = 120.0) -> Any:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = condition()
+            if value:
+                return value
+            time.sleep(0.3)
+        logs = "\n".join(p.read_text()[-3000:] for p in (self.tmp_path / "logs").rglob("*.log"))
+        raise AssertionError(f"timed out waiting for {what}; pods: {self.operator_pods()}\n{logs}")
+
+    def ready_operator_pod(self, not_named: str = "") -> str:
+        def ready() -> str:
+            for pod in self.operator_pods():
+                conditions = (pod.get("status") or {}).get("conditions") or []
+                is_ready = any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+                if (
+                    is_ready
+                    and pod["metadata"]["name"] != not_named
+                    and not pod["metadata"].get("deletionTimestamp")
+                ):
+                    return str(pod["metadata"]["name"])
+            return ""
+
+        return str(self.wait("a Ready operator pod", ready))
+
+    def operator_records(self) -> list[Any]:
+        return [r for r in self.api.audit_log if r.user == USER]
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    with SandboxAPIServer(crd_paths=[CRD], tls_dir=tmp_path / "tls") as api:
+        assert api.tls_port and api.ca_path
+        config = RunnerConfig(
+            node_root=tmp_path / "node",
+            log_dir=tmp_path / "logs",
+            api_tls_port=api.tls_port,
+            api_ca_path=api.ca_path,
+            max_grace_seconds=10.0,
+        )
+        runner = PodRunner(api.api_client(), config).start()
+        controller = DeploymentController(api.api_client()).start()
+        try:
+            yield Cluster(api, runner, tmp_path)
+        finally:
+            controller.stop()
+            runner.stop()
+        assert runner.running_process_ids() == []
+
+
+def test_the_operator_runs_from_its_chart_with_its_own_rbac(cluster: Cluster) -> None:
+    cluster.helm("install", RELEASE, str(CHART), "-n", NAMESPACE, "--create-namespace")
+    first = cluster.ready_operator_pod()
+    # The operator logged in with its token over HTTPS and watches its resources cluster-wide.
+    cluster.wait(
+        "the operator's watch on bloomzinferences",
+        lambda: any(
+            r.verb == "watch" and r.resource == "bloomzinferences" for r in cluster.operator_records()
+        ),
+    )
+    refused = [r for r in cluster.operator_records() if r.code in (401, 403)]
+    assert not refused, refused
+
+    # helm upgrade with a changed value rolls the pod (Recreate: the old one goes first)
+    cluster.helm("upgrade", RELEASE, str(CHART), "-n", NAMESPACE, "--set-string", "podAnnotations.rollout=2")
+    second = cluster.ready_operator_pod(not_named=first)
+    cluster.wait(
+        "the old pod gone", lambda: first not in {p["metadata"]["name"] for p in cluster.operator_pods()}
+    )
+    assert second != first
+
+    cluster.helm("uninstall", RELEASE, "-n", NAMESPACE)
+    cluster.wait("no operator pod", lambda: not cluster.operator_pods())
+    cluster.wait("no operator process", lambda: not cluster.runner.running_process_ids())
+    refused = [r for r in cluster.operator_records() if r.code in (401, 403)]
+    assert not refused, refused
