@@ -1,4 +1,5 @@
-"""The sandbox stack: API emulator + the real operator (a subprocess) + the local pod runner.
+"""The sandbox stack: API emulator + the local pod runner + the real operator, installed with its Helm
+chart (a pod with the chart's service account and RBAC; or a plain subprocess with the admin kubeconfig).
 
 Used by the main job (`python -m bloomz_sandbox`) and by the end-to-end test, so both
 run exactly the same thing. Layout under the work directory:
@@ -31,6 +32,8 @@ from bloomz_operator.constants import GROUP, PLURAL, VERSION
 from bloomz_operator.kubeapi import KubeAPI
 from kubernetes import client
 
+from bloomz_sandbox.chart import ChartRelease, find_helm, operator_pod_state
+from bloomz_sandbox.controllers.deployments import DeploymentController
 from bloomz_sandbox.node import cluster_dns
 from bloomz_sandbox.node.podrunner import PodRunner, RunnerConfig, default_capacity
 
@@ -74,6 +77,9 @@ class SandboxOptions:
     backoff_initial_seconds: float = 1.0
     backoff_max_seconds: float = 10.0
     max_grace_seconds: float = 15.0
+    # True: `helm install` charts/bloomz-operator (a pod with the chart's service account and RBAC);
+    # False: the operator as a plain subprocess with the admin kubeconfig.
+    operator_from_chart: bool = True
 
 
 class Sandbox:
@@ -91,6 +97,8 @@ class Sandbox:
         self.apiserver: Any = None
         self.runner: PodRunner | None = None
         self.operator: subprocess.Popen[bytes] | None = None
+        self.chart: ChartRelease | None = None
+        self.deployments: DeploymentController | None = None
         self._api_client: client.ApiClient | None = None
         self._log_handler: logging.Handler | None = None
 
@@ -104,7 +112,9 @@ class Sandbox:
         self._log_runner_to(self.log_dir / "podrunner.log")
         crds = list(self.options.crd_paths) or sorted((repository_root() / "crds").glob("*.yaml"))
         on_step(f"starting the Kubernetes API emulator ({len(crds)} CRD file(s))")
-        self.apiserver = SandboxAPIServer(crd_paths=crds, namespaces=(self.options.namespace,)).start()
+        self.apiserver = SandboxAPIServer(
+            crd_paths=crds, namespaces=(self.options.namespace,), tls_dir=self.workdir / "tls"
+        ).start()
         self.apiserver.write_kubeconfig(self.kubeconfig, namespace=self.options.namespace)
         self._api_client = self.apiserver.api_client()
         on_step(f"API emulator at {self.apiserver.url}; kubeconfig {self.kubeconfig}")
@@ -120,8 +130,11 @@ class Sandbox:
             backoff_initial_seconds=self.options.backoff_initial_seconds,
             backoff_max_seconds=self.options.backoff_max_seconds,
             max_grace_seconds=self.options.max_grace_seconds,
+            api_tls_port=self.apiserver.tls_port or 0,
+            api_ca_path=self.apiserver.ca_path,
         )
         self.runner = PodRunner(self.api_client, config).start()
+        self.deployments = DeploymentController(self.api_client).start()
         if self.options.nodes == 1:
             on_step(
                 f"pod runner up: node {config.node_name} with {self.options.gaudi_cards} habana.ai/gaudi "
@@ -139,11 +152,61 @@ class Sandbox:
             )
         else:
             on_step(f"pod DNS names (headless Services) via nss_wrapper, hosts file {self.hosts_file}")
-        self._start_operator()
-        on_step(
-            f"operator started (pid {self.operator.pid if self.operator else '?'}), log {self.operator_log}"
-        )
+        if self.options.operator_from_chart:
+            self._install_chart(on_step)
+        else:
+            self._start_operator()
+            on_step(
+                f"operator started (pid {self.operator.pid if self.operator else '?'}), "
+                f"log {self.operator_log}"
+            )
         return self
+
+    def _install_chart(self, on_step: Callable[[str], None]) -> None:
+        root = repository_root()
+        self.chart = ChartRelease(
+            find_helm(root), root / "charts" / "bloomz-operator", self.kubeconfig, self.workdir
+        )
+        started = time.monotonic()
+        on_step(f"helm install {self.chart.release} charts/bloomz-operator -n {self.chart.namespace}")
+        self.chart.install(
+            {
+                "config.logLevel": self.options.operator_log_level,
+                "config.livenessPort": str(free_port()),  # the pod shares this machine's ports
+                "config.devices.cpu.image": SANDBOX_CPU_IMAGE,
+            }
+        )
+        deadline = started + 120
+        while not (name := self._operator_pod(ready=True)):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the operator pod was not Ready within 120 s\n{self.log_tail()}")
+            time.sleep(0.3)
+        pod_dir = self.log_dir / self.chart.namespace / name
+        self.operator_log = pod_dir / "operator.log"
+        on_step(
+            f"operator pod {self.chart.namespace}/{name} Ready after {time.monotonic() - started:.1f}s "
+            f"(service account {self.chart.release}, the chart's RBAC), log {self.operator_log}"
+        )
+
+    def _operator_pod(self, ready: bool) -> str:
+        assert self.chart is not None
+        api: Any = client.CoreV1Api(self.api_client)
+        response = api.list_namespaced_pod(self.chart.namespace, _preload_content=False)
+        name, is_ready = operator_pod_state(json.loads(response.data).get("items") or [])
+        return name if name and (is_ready or not ready) else ""
+
+    def _uninstall_chart(self) -> None:
+        """helm uninstall, then wait (bounded) until the operator pod and its process are gone."""
+        if self.chart is None:
+            return
+        try:
+            self.chart.uninstall()
+            deadline = time.monotonic() + 60
+            while self._operator_pod(ready=False) and time.monotonic() < deadline:
+                time.sleep(0.3)
+        except Exception as error:  # the runner still stops every process below
+            logging.getLogger(__name__).warning("sandbox: helm uninstall failed: %s", error)
+        self.chart = None
 
     def _log_runner_to(self, path: Path) -> None:
         """The pod runner's own log (scheduling, starts, exits, stops) goes to a file, not the console."""
@@ -187,6 +250,11 @@ class Sandbox:
 
     def stop(self) -> None:
         """Operator first (it would recreate pods), then the pods' processes, then the API server."""
+        if self.chart is not None and self._api_client is not None:
+            self._uninstall_chart()
+        if self.deployments is not None:
+            self.deployments.stop()
+            self.deployments = None
         if self.operator is not None:
             if self.operator.poll() is None:
                 self.operator.send_signal(signal.SIGTERM)
@@ -224,6 +292,8 @@ class Sandbox:
         return self._api_client
 
     def operator_alive(self) -> bool:
+        if self.chart is not None:
+            return bool(self._operator_pod(ready=True))
         return self.operator is not None and self.operator.poll() is None
 
     def kubectl(

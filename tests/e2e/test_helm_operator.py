@@ -122,6 +122,13 @@ def test_the_operator_runs_from_its_chart_with_its_own_rbac(cluster: Cluster) ->
     )
     assert second != first
 
+    # Kopf's discovery, CRD and namespace-wide watches and the operator's pod watch, all allowed.
+    used = {(r.verb, r.group, r.resource) for r in cluster.operator_records() if r.resource}
+    assert {
+        ("list", "apiextensions.k8s.io", "customresourcedefinitions"),
+        ("watch", "inference.bloomz.dev", "bloomzinferences"),
+        ("watch", "", "pods"),
+    } <= used
     cluster.helm("uninstall", RELEASE, "-n", NAMESPACE)
     cluster.wait("no operator pod", lambda: not cluster.operator_pods())
     cluster.wait("no operator process", lambda: not cluster.runner.running_process_ids())

@@ -11,11 +11,14 @@ that looks issued but is not (``sandbox-sa-...``) is a 401. Every request lands 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import datetime
+import json
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, TextIO
 
 from . import errors
 from .rbac import (
@@ -54,6 +57,15 @@ class AccessControl:
         self.store = store
         self.tokens: dict[str, UserInfo] = {}
         self.audit: collections.deque[AuditRecord] = collections.deque(maxlen=AUDIT_LIMIT)
+        self._audit_file: TextIO | None = None  # also one JSON line per record, for other processes
+
+    def write_audit_to(self, path: Path | None) -> None:
+        if self._audit_file is not None:
+            self._audit_file.close()
+            self._audit_file = None
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._audit_file = path.open("a", encoding="utf-8", buffering=1)
 
     # ----- authentication
     def authenticate(self, authorization: str) -> UserInfo:
@@ -124,16 +136,17 @@ class AccessControl:
         return user, attrs, decision
 
     def record(self, user: UserInfo, attrs: RequestAttributes, code: int) -> None:
-        self.audit.append(
-            AuditRecord(
-                user=user.name,
-                verb=attrs.verb,
-                group=attrs.group,
-                resource=attrs.resource,
-                subresource=attrs.subresource,
-                namespace=attrs.namespace,
-                name=attrs.name,
-                code=code,
-                path=attrs.path,
-            )
+        entry = AuditRecord(
+            user=user.name,
+            verb=attrs.verb,
+            group=attrs.group,
+            resource=attrs.resource,
+            subresource=attrs.subresource,
+            namespace=attrs.namespace,
+            name=attrs.name,
+            code=code,
+            path=attrs.path,
         )
+        self.audit.append(entry)
+        if self._audit_file is not None:
+            self._audit_file.write(json.dumps(dataclasses.asdict(entry)) + "\n")

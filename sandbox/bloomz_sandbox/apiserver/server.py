@@ -15,6 +15,7 @@ Usage::
     class SandboxAPIServer:
         def __init__(self, *, host="127.0.0.1", port=0, crd_paths=(), namespaces=("default",), tls_dir=None)
         tls_port, ca_path                     # with tls_dir: the same API over HTTPS (in-cluster clients)
+        # audit_path=None: the audit log also as JSON lines in that file
         def start(self) -> SandboxAPIServer   # serves in a background thread with its own event loop and
                                               # returns once listening (from sync code, from pytest, next
                                               # to kopf.testing.KopfRunner)
@@ -161,6 +162,7 @@ class SandboxAPIServer:
         bookmark_interval_s: float = 10.0,
         record_requests: bool = False,
         tls_dir: Path | None = None,
+        audit_path: Path | None = None,
     ) -> None:
         self.host = host
         self._requested_port = port
@@ -179,6 +181,7 @@ class SandboxAPIServer:
         self._handler = ApiHttpHandler(self._store, bookmark_interval_s=bookmark_interval_s)
         if record_requests:
             self._handler.request_log = []
+        self.audit_path = audit_path  # the audit log as JSON lines too (read by other processes)
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_requested: asyncio.Event | None = None
@@ -246,6 +249,7 @@ class SandboxAPIServer:
     async def _serve(self) -> None:
         self._stop_requested = asyncio.Event()
         self._handler.open()
+        self._handler.access.write_audit_to(self.audit_path)
         loop = asyncio.get_running_loop()
 
         def make_request(
@@ -280,6 +284,7 @@ class SandboxAPIServer:
             self._handler.close_watches()
             await asyncio.sleep(0)  # let the watch streams see the end before connections close
             await runner.cleanup()
+            self._handler.access.write_audit_to(None)
 
     @property
     def requests(self) -> list[RequestRecord]:
