@@ -81,6 +81,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workdir", type=Path, default=Path(".cache/sandbox"))
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for Ready + latency")
     parser.add_argument("--prompt", default=BENCHMARK_PROMPT, help="the generate request sent at the end")
+    parser.add_argument(
+        "--operator-process",
+        action="store_true",
+        help="run the operator as a plain subprocess (admin kubeconfig) instead of helm-installing its chart",
+    )
     args = parser.parse_args(argv)
     if args.nodes < 1:
         parser.error("--nodes must be at least 1")
@@ -256,6 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     names = [r["metadata"]["name"] for r in resources]
     options = SandboxOptions(
         workdir=args.workdir,
+        operator_from_chart=not args.operator_process,
         gaudi_cards=args.gaudi_cards,
         nodes=args.nodes,
         capacity_overrides=dict(args.node_capacity),

@@ -8,6 +8,8 @@ run exactly the same thing. Layout under the work directory:
     cluster-hosts          pod DNS names (headless Services) for nss_wrapper, kept by the pod runner
     logs/operator.log      the operator's output
     logs/podrunner.log     the pod runner's decisions (scheduling, starts, exits, stops)
+    logs/audit.jsonl       the API server's audit log (user, verb, group, resource, ..., code per request)
+    tls/                   the API server's HTTPS certificate (the pods' ca.crt)
     logs/<ns>/<pod>/<container>.log   each pod container's output
 """
 
@@ -113,7 +115,10 @@ class Sandbox:
         crds = list(self.options.crd_paths) or sorted((repository_root() / "crds").glob("*.yaml"))
         on_step(f"starting the Kubernetes API emulator ({len(crds)} CRD file(s))")
         self.apiserver = SandboxAPIServer(
-            crd_paths=crds, namespaces=(self.options.namespace,), tls_dir=self.workdir / "tls"
+            crd_paths=crds,
+            namespaces=(self.options.namespace,),
+            tls_dir=self.workdir / "tls",
+            audit_path=self.log_dir / "audit.jsonl",
         ).start()
         self.apiserver.write_kubeconfig(self.kubeconfig, namespace=self.options.namespace)
         self._api_client = self.apiserver.api_client()
