@@ -82,7 +82,7 @@ class Cluster:
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    with SandboxAPIServer(crd_paths=[CRD], tls_dir=tmp_path / "tls") as api:
+    with SandboxAPIServer(crd_paths=[CRD], tls_dir=tmp_path / "tls", namespaces=("default", "team-a")) as api:
         assert api.tls_port and api.ca_path
         config = RunnerConfig(
             node_root=tmp_path / "node",
@@ -134,3 +134,25 @@ def test_the_operator_runs_from_its_chart_with_its_own_rbac(cluster: Cluster) ->
     cluster.wait("no operator process", lambda: not cluster.runner.running_process_ids())
     refused = [r for r in cluster.operator_records() if r.code in (401, 403)]
     assert not refused, refused
+
+
+def test_namespaced_mode_runs_with_roles_in_the_watched_namespace_only(cluster: Cluster) -> None:
+    watch = ("--set", "watchNamespaces={team-a}")
+    cluster.helm("install", RELEASE, str(CHART), "-n", NAMESPACE, "--create-namespace", *watch)
+    cluster.ready_operator_pod()
+    cluster.wait(
+        "the operator's watch on bloomzinferences in team-a",
+        lambda: any(
+            r.verb == "watch" and r.resource == "bloomzinferences" and r.namespace == "team-a"
+            for r in cluster.operator_records()
+        ),
+    )
+    records = cluster.operator_records()
+    assert not [r for r in records if r.code in (401, 403)]
+    # namespaced resources only in team-a; cluster-wide only the CRD and namespace rules of the ClusterRole
+    namespaced = {r.namespace for r in records if r.resource in ("pods", "bloomzinferences", "events")}
+    assert namespaced == {"team-a"}
+    # Kopf lists and watches namespaces only in this mode (cluster-wide it does not need them)
+    assert {("list", "namespaces"), ("watch", "namespaces")} <= {(r.verb, r.resource) for r in records}
+    cluster.helm("uninstall", RELEASE, "-n", NAMESPACE)
+    cluster.wait("no operator pod", lambda: not cluster.operator_pods())
