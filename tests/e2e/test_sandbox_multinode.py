@@ -118,6 +118,14 @@ def test_a_two_node_group_is_placed_on_two_nodes_and_ready_with_latency_from_the
     key = sandbox.log_dir / "default" / worker["metadata"]["name"] / "volumes" / "ssh" / "id_ed25519"
     assert key.stat().st_mode & 0o777 == 0o400  # the Secret volume's defaultMode
 
+    # The operator (installed from its chart) made the group's SSH key Secret with its own RBAC.
+    audit = sandbox.apiserver.audit_log
+    operator = [r for r in audit if r.user == "system:serviceaccount:bloomz-system:bloomz-operator"]
+    assert {("create", "secrets"), ("get", "secrets")} <= {
+        (r.verb, r.resource) for r in operator if r.code < 500
+    }
+    assert not [r for r in operator if r.code in (401, 403)]
+
 
 def test_generate_through_the_service_equals_single_process_transformers_greedy(
     sandbox: Sandbox, hf_greedy: Callable[[str, int], list[int]]
