@@ -239,7 +239,7 @@ def delete_and_check(sandbox: Sandbox, example: Path, names: list[str], console:
         "the pods and their processes to be gone",
         lambda: (
             not sandbox.list_pods()
-            and not runner.running_process_ids()
+            and not runner.running_process_ids(namespace=sandbox.options.namespace)
             and not any(sandbox.get_resource(name) for name in names)
         ),
         timeout=180,

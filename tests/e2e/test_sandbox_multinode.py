@@ -196,6 +196,6 @@ def test_deleting_the_resource_leaves_no_process_and_no_port(sandbox: Sandbox) -
         lambda: not sandbox.list_pods() and not sandbox.get_resource(NAME) and not group_processes(sandbox),
         timeout=180,
     )
-    assert runner.running_process_ids() == []
+    assert runner.running_process_ids(namespace="default") == []  # the operator pod runs on
     assert not [(a, port) for a in addresses for port in PORTS if port_listening(a, port)]
     assert sandbox.hosts_file.read_text() == ""  # no pod DNS name left
