@@ -13,6 +13,7 @@ from typing import Any
 
 import kubernetes.client as k8s
 import pytest
+import yaml
 from bloomz_sandbox.apiserver import SandboxAPIServer
 from bloomz_sandbox.controllers.deployments import DeploymentController
 from bloomz_sandbox.node.podrunner import PodRunner, RunnerConfig
@@ -31,7 +32,7 @@ class Cluster:
     def __init__(self, api: SandboxAPIServer, runner: PodRunner, tmp_path: Path) -> None:
         self.api, self.runner, self.tmp_path = api, runner, tmp_path
         self.kubeconfig = api.write_kubeconfig(tmp_path / "kubeconfig")
-        self.core = k8s.CoreV1Api(api.api_client())
+        self.core: Any = k8s.CoreV1Api(api.api_client())
 
     def helm(self, *args: str) -> str:
         env = {
@@ -156,3 +157,75 @@ def test_namespaced_mode_runs_with_roles_in_the_watched_namespace_only(cluster: 
     assert {("list", "namespaces"), ("watch", "namespaces")} <= {(r.verb, r.resource) for r in records}
     cluster.helm("uninstall", RELEASE, "-n", NAMESPACE)
     cluster.wait("no operator pod", lambda: not cluster.operator_pods())
+
+
+# Granted rules the lifecycle below cannot reach, and why (every other granted rule must be used).
+UNREACHED_RULES: dict[tuple[str, str, str], str] = {
+    ("", "secrets", "create"): "the SSH key pair of a multi-node group (tests/e2e/test_sandbox_multinode.py)",
+    ("", "secrets", "get"): "the SSH key pair of a multi-node group (tests/e2e/test_sandbox_multinode.py)",
+    ("", "namespaces", "list"): "Kopf lists namespaces only in namespaced mode (the test above)",
+    ("", "namespaces", "watch"): "Kopf watches namespaces only in namespaced mode (the test above)",
+}
+
+
+def test_least_privilege_over_a_lifecycle(tmp_path: Path) -> None:
+    """The sandbox stack (helm-installed operator): create, scale, a pod failure, a spec change, deletion
+    of a Gaudi resource (its pods are bound but never started, so this needs no runtime); then every call
+    of the operator was allowed and every rule the chart grants was used (or is in UNREACHED_RULES)."""
+    from bloomz_operator.constants import GROUP, PLURAL, VERSION
+    from bloomz_operator.rbac import CLUSTER_RULES, NAMESPACED_RULES
+    from bloomz_sandbox.stack import Sandbox, SandboxOptions
+
+    example = yaml.safe_load((REPO / "examples" / "bloomz.yaml").read_text())
+    name = example["metadata"]["name"]
+    sandbox = Sandbox(SandboxOptions(workdir=tmp_path / "sandbox", gaudi_cards=16))
+    sandbox.start()
+    try:
+        custom: Any = k8s.CustomObjectsApi(sandbox.api_client)
+
+        def pods() -> dict[str, str]:
+            """uid -> name of the resource's live pods (names are stable: -0, -1; uids are not)."""
+            return {p["metadata"]["uid"]: p["metadata"]["name"] for p in sandbox.list_pods(instance=name)
+                    if not p["metadata"].get("deletionTimestamp")}  # fmt: skip
+
+        def patch(spec: dict[str, Any]) -> None:
+            custom.patch_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, name, {"spec": spec})
+
+        sandbox.kubectl("apply", "--validate=false", "-f", str(REPO / "examples" / "bloomz.yaml"))
+        first = sandbox.wait_for("the first pod", pods, timeout=120)
+        patch({"replicas": 2})  # scale
+        sandbox.wait_for("two pods", lambda: len(pods()) == 2, timeout=120)
+        (uid, pod_name), *_ = first.items()
+        sandbox.kubectl("delete", "pod", pod_name, "--wait=false")  # a pod failure: the operator recreates it
+        sandbox.wait_for("the pod recreated", lambda: len(pods()) == 2 and uid not in pods(), timeout=120)
+        before = set(pods())
+        patch({"cards": 4})  # a spec change: new pods from a new template
+        sandbox.wait_for(
+            "new pods for the new spec", lambda: pods() and not set(pods()) & before, timeout=120
+        )
+        sandbox.kubectl("delete", "-f", str(REPO / "examples" / "bloomz.yaml"), "--wait=false")
+        sandbox.wait_for(
+            "everything deleted", lambda: not pods() and not sandbox.get_resource(name), timeout=120
+        )
+        records = [r for r in sandbox.apiserver.audit_log if r.user == USER]
+    finally:
+        sandbox.stop()
+
+    refused = sorted(
+        {(r.verb, r.group, r.resource, r.subresource, r.namespace) for r in records if r.code in (401, 403)}
+    )
+    assert not refused, f"refused: {refused}"
+    used = {
+        (r.group, f"{r.resource}/{r.subresource}" if r.subresource else r.resource, r.verb)
+        for r in records
+        if r.resource and r.code < 500
+    }
+    granted = {
+        (group, resource, verb)
+        for rule in NAMESPACED_RULES + CLUSTER_RULES
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+    assert set(UNREACHED_RULES) <= granted
+    assert not sorted(granted - used - set(UNREACHED_RULES)), "granted but never used"
