@@ -296,6 +296,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = 1
     finally:
         runner = sandbox.runner
+        if sandbox.chart is not None:
+            console.say(f"helm uninstall {sandbox.chart.release} -n {sandbox.chart.namespace} (CRD kept)")
         console.say("stopping the operator, the pod runner and the API emulator")
         sandbox.stop()
         left = runner.running_process_ids() if runner is not None else []
