@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import random
 import threading
 import time
@@ -19,6 +18,7 @@ from typing import Any
 
 import kopf
 
+from . import incluster
 from . import pods as podview
 from .backoff import backoff_delay, jittered
 from .builders import Owner
@@ -96,9 +96,15 @@ def register_handlers(
     @kopf.on.login(id="login", registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
         # $KUBECONFIG is read now (not at import time, as the kubernetes package does).
-        if os.environ.get("KUBECONFIG") or not os.environ.get("KUBERNETES_SERVICE_HOST"):
+        if not incluster.in_cluster():
             return kopf.login_with_kubeconfig(**kwargs)
-        return kopf.login_with_service_account(**kwargs)
+        ca_path = incluster.service_account_dir() / "ca.crt"
+        return kopf.ConnectionInfo(
+            server=incluster.server_url(),
+            ca_path=str(ca_path) if ca_path.is_file() else None,
+            token=incluster.read_file("token"),
+            default_namespace=incluster.read_file("namespace"),
+        )
 
     # Pod changes wake the owner's reconciliation loop at once (the loop still runs every interval).
     wakers: dict[str, asyncio.Event] = {}

@@ -17,7 +17,7 @@ from typing import Any
 import kubernetes
 from kubernetes.client.rest import ApiException
 
-from . import __version__
+from . import __version__, incluster
 from .constants import GROUP, LABEL_MANAGED_BY, LABEL_OWNER, MANAGER_NAME, PLURAL, VERSION
 from .settings import ApiSettings
 
@@ -60,13 +60,12 @@ def make_api_client() -> kubernetes.client.ApiClient:
     # One urllib3 retry inside a call at most (a pooled connection the server had closed), not urllib3's
     # default of three that would multiply the timeouts: a failed pass is retried as a whole, with backoff.
     configuration.retries = 1
-    path = os.environ.get("KUBECONFIG")
-    if not path and os.environ.get("KUBERNETES_SERVICE_HOST"):
-        kubernetes.config.load_incluster_config(client_configuration=configuration)
-        client = kubernetes.client.ApiClient(configuration)
+    if incluster.in_cluster():
+        incluster.load_client_configuration(configuration)
     else:
-        kubernetes.config.load_kube_config(config_file=path or None, client_configuration=configuration)
-        client = kubernetes.client.ApiClient(configuration)
+        path = os.environ.get("KUBECONFIG") or None
+        kubernetes.config.load_kube_config(config_file=path, client_configuration=configuration)
+    client = kubernetes.client.ApiClient(configuration)
     client.user_agent = USER_AGENT  # audit logs (and the RBAC test) tell the operator's calls apart
     return client
 

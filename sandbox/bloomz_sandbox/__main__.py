@@ -84,6 +84,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workdir", type=Path, default=Path(".cache/sandbox"))
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for Ready + latency")
     parser.add_argument("--prompt", default=BENCHMARK_PROMPT, help="the generate request sent at the end")
+    parser.add_argument(
+        "--operator-process",
+        action="store_true",
+        help="run the operator as a plain subprocess (admin kubeconfig) instead of helm-installing its chart",
+    )
     args = parser.parse_args(argv)
     if args.nodes < 1:
         parser.error("--nodes must be at least 1")
@@ -237,7 +242,7 @@ def delete_and_check(sandbox: Sandbox, example: Path, names: list[str], console:
         "the pods and their processes to be gone",
         lambda: (
             not sandbox.list_pods()
-            and not runner.running_process_ids()
+            and not runner.running_process_ids(namespace=sandbox.options.namespace)
             and not any(sandbox.get_resource(name) for name in names)
         ),
         timeout=180,
@@ -274,6 +279,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     names = [r["metadata"]["name"] for r in resources]
     options = SandboxOptions(
         workdir=args.workdir,
+        operator_from_chart=not args.operator_process,
         gaudi_cards=args.gaudi_cards,
         nodes=args.nodes,
         capacity_overrides=dict(args.node_capacity),
@@ -323,6 +329,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         interruptible[0] = False
         last_resort_exit(STOP_LIMIT_S)
         runner = sandbox.runner
+        if sandbox.chart is not None:
+            console.say(f"helm uninstall {sandbox.chart.release} -n {sandbox.chart.namespace} (CRD kept)")
         console.say("stopping the operator, the pod runner and the API emulator")
         sandbox.stop()
         left = runner.running_process_ids() if runner is not None else []

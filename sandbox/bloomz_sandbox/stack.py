@@ -1,4 +1,5 @@
-"""The sandbox stack: API emulator + the real operator (a subprocess) + the local pod runner.
+"""The sandbox stack: API emulator + the local pod runner + the real operator, installed with its Helm
+chart (a pod with the chart's service account and RBAC; or a plain subprocess with the admin kubeconfig).
 
 Used by the main job (`python -m bloomz_sandbox`) and by the end-to-end test, so both
 run exactly the same thing. Layout under the work directory:
@@ -7,6 +8,8 @@ run exactly the same thing. Layout under the work directory:
     cluster-hosts          pod DNS names (headless Services) for nss_wrapper, kept by the pod runner
     logs/operator.log      the operator's output
     logs/podrunner.log     the pod runner's decisions (scheduling, starts, exits, stops)
+    logs/audit.jsonl       the API server's audit log (user, verb, group, resource, ..., code per request)
+    tls/                   the API server's HTTPS certificate (the pods' ca.crt)
     logs/<ns>/<pod>/<container>.log   each pod container's output
 """
 
@@ -31,18 +34,22 @@ from bloomz_operator.constants import GROUP, PLURAL, VERSION
 from bloomz_operator.kubeapi import KubeAPI
 from kubernetes import client
 
+from bloomz_sandbox.chart import ChartRelease, find_helm, operator_pod_state
+from bloomz_sandbox.controllers.deployments import DeploymentController
 from bloomz_sandbox.node import cluster_dns
 from bloomz_sandbox.node.podrunner import PodRunner, RunnerConfig, default_capacity
 from bloomz_sandbox.node.processes import kill_group_now, spawn, stop_group
 
 SANDBOX_CPU_IMAGE = "sandbox.local/bloomz-runtime-cpu:dev"  # never pulled: the runner runs the command
 # Time limits of the stop stages (seconds). The whole stop stays under STOP_LIMIT_S (defaults: 15 s
-# pod grace -> 25 + 35 + 5 + 35 = 100), which the main job enforces with a last-resort exit.
+# pod grace -> uninstall 30 + controller 5 + operator 25 + pods 35 + client 5 + emulator 35 = 135), which
+# the main job enforces with a last-resort exit.
 OPERATOR_GRACE_S = 20.0  # Kopf finishes its handlers, then SIGKILL
 RUNNER_MARGIN_S = 20.0  # on top of the pods' grace period: SIGKILL of what is left, reaping
 APISERVER_STOP_S = 30.0  # SandboxAPIServer.stop joins its thread this long
 STAGE_MARGIN_S = 5.0
-STOP_LIMIT_S = 110.0
+UNINSTALL_LIMIT_S = 30.0  # helm uninstall and the operator pod gone (about 1 s in the sandbox)
+STOP_LIMIT_S = 140.0
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +118,9 @@ class SandboxOptions:
     backoff_initial_seconds: float = 1.0
     backoff_max_seconds: float = 10.0
     max_grace_seconds: float = 15.0
+    # True: `helm install` charts/bloomz-operator (a pod with the chart's service account and RBAC);
+    # False: the operator as a plain subprocess with the admin kubeconfig.
+    operator_from_chart: bool = True
 
 
 class Sandbox:
@@ -128,6 +138,8 @@ class Sandbox:
         self.apiserver: Any = None
         self.runner: PodRunner | None = None
         self.operator: subprocess.Popen[bytes] | None = None
+        self.chart: ChartRelease | None = None
+        self.deployments: DeploymentController | None = None
         self._api_client: client.ApiClient | None = None
         self._log_handler: logging.Handler | None = None
 
@@ -141,7 +153,12 @@ class Sandbox:
         self._log_runner_to(self.log_dir / "podrunner.log")
         crds = list(self.options.crd_paths) or sorted((repository_root() / "crds").glob("*.yaml"))
         on_step(f"starting the Kubernetes API emulator ({len(crds)} CRD file(s))")
-        self.apiserver = SandboxAPIServer(crd_paths=crds, namespaces=(self.options.namespace,)).start()
+        self.apiserver = SandboxAPIServer(
+            crd_paths=crds,
+            namespaces=(self.options.namespace,),
+            tls_dir=self.workdir / "tls",
+            audit_path=self.log_dir / "audit.jsonl",
+        ).start()
         self.apiserver.write_kubeconfig(self.kubeconfig, namespace=self.options.namespace)
         self._api_client = self.apiserver.api_client()
         on_step(f"API emulator at {self.apiserver.url}; kubeconfig {self.kubeconfig}")
@@ -157,8 +174,11 @@ class Sandbox:
             backoff_initial_seconds=self.options.backoff_initial_seconds,
             backoff_max_seconds=self.options.backoff_max_seconds,
             max_grace_seconds=self.options.max_grace_seconds,
+            api_tls_port=self.apiserver.tls_port or 0,
+            api_ca_path=self.apiserver.ca_path,
         )
         self.runner = PodRunner(self.api_client, config).start()
+        self.deployments = DeploymentController(self.api_client).start()
         if self.options.nodes == 1:
             on_step(
                 f"pod runner up: node {config.node_name} with {self.options.gaudi_cards} habana.ai/gaudi "
@@ -176,11 +196,61 @@ class Sandbox:
             )
         else:
             on_step(f"pod DNS names (headless Services) via nss_wrapper, hosts file {self.hosts_file}")
-        self._start_operator()
-        on_step(
-            f"operator started (pid {self.operator.pid if self.operator else '?'}), log {self.operator_log}"
-        )
+        if self.options.operator_from_chart:
+            self._install_chart(on_step)
+        else:
+            self._start_operator()
+            on_step(
+                f"operator started (pid {self.operator.pid if self.operator else '?'}), "
+                f"log {self.operator_log}"
+            )
         return self
+
+    def _install_chart(self, on_step: Callable[[str], None]) -> None:
+        root = repository_root()
+        self.chart = ChartRelease(
+            find_helm(root), root / "charts" / "bloomz-operator", self.kubeconfig, self.workdir
+        )
+        started = time.monotonic()
+        on_step(f"helm install {self.chart.release} charts/bloomz-operator -n {self.chart.namespace}")
+        self.chart.install(
+            {
+                "config.logLevel": self.options.operator_log_level,
+                "config.livenessPort": str(free_port()),  # the pod shares this machine's ports
+                "config.devices.cpu.image": SANDBOX_CPU_IMAGE,
+            }
+        )
+        deadline = started + 120
+        while not (name := self._operator_pod(ready=True)):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the operator pod was not Ready within 120 s\n{self.log_tail()}")
+            time.sleep(0.3)
+        pod_dir = self.log_dir / self.chart.namespace / name
+        self.operator_log = pod_dir / "operator.log"
+        on_step(
+            f"operator pod {self.chart.namespace}/{name} Ready after {time.monotonic() - started:.1f}s "
+            f"(service account {self.chart.release}, the chart's RBAC), log {self.operator_log}"
+        )
+
+    def _operator_pod(self, ready: bool) -> str:
+        assert self.chart is not None
+        api: Any = client.CoreV1Api(self.api_client)
+        response = api.list_namespaced_pod(self.chart.namespace, _preload_content=False)
+        name, is_ready = operator_pod_state(json.loads(response.data).get("items") or [])
+        return name if name and (is_ready or not ready) else ""
+
+    def _uninstall_chart(self) -> None:
+        """helm uninstall, then wait (bounded) until the operator pod and its process are gone."""
+        if self.chart is None:
+            return
+        try:
+            self.chart.uninstall()
+            deadline = time.monotonic() + UNINSTALL_LIMIT_S - STAGE_MARGIN_S
+            while self._operator_pod(ready=False) and time.monotonic() < deadline:
+                time.sleep(0.3)
+        except Exception as error:  # the runner still stops every process below
+            logging.getLogger(__name__).warning("sandbox: helm uninstall failed: %s", error)
+        self.chart = None
 
     def _log_runner_to(self, path: Path) -> None:
         """The pod runner's own log (scheduling, starts, exits, stops) goes to a file, not the console."""
@@ -227,7 +297,13 @@ class Sandbox:
     def stop(self) -> None:
         """Operator first (it would recreate pods), then the pods' processes, then the API server.
         Each stage runs in its own thread with its own time limit; a stage that overruns has its
-        processes SIGKILLed and the next stage starts anyway, so stop() always returns."""
+        processes SIGKILLed and the next stage starts anyway, so stop() always returns. A chart install is
+        uninstalled first (its operator pod then stops like any pod)."""
+        if self.chart is not None and self._api_client is not None:
+            run_stage("helm uninstall", self._uninstall_chart, UNINSTALL_LIMIT_S)
+        deployments, self.deployments = self.deployments, None
+        if deployments is not None:
+            run_stage("Deployment controller", deployments.stop, STAGE_MARGIN_S)
         operator, self.operator = self.operator, None
         if operator is not None:
             run_stage(
@@ -273,6 +349,8 @@ class Sandbox:
         self._start_operator()
 
     def operator_alive(self) -> bool:
+        if self.chart is not None:
+            return bool(self._operator_pod(ready=True))
         return self.operator is not None and self.operator.poll() is None
 
     def kubectl(

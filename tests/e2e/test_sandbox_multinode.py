@@ -118,6 +118,14 @@ def test_a_two_node_group_is_placed_on_two_nodes_and_ready_with_latency_from_the
     key = sandbox.log_dir / "default" / worker["metadata"]["name"] / "volumes" / "ssh" / "id_ed25519"
     assert key.stat().st_mode & 0o777 == 0o400  # the Secret volume's defaultMode
 
+    # The operator (installed from its chart) made the group's SSH key Secret with its own RBAC.
+    audit = sandbox.apiserver.audit_log
+    operator = [r for r in audit if r.user == "system:serviceaccount:bloomz-system:bloomz-operator"]
+    assert {("create", "secrets"), ("get", "secrets")} <= {
+        (r.verb, r.resource) for r in operator if r.code < 500
+    }
+    assert not [r for r in operator if r.code in (401, 403)]
+
 
 def test_generate_through_the_service_equals_single_process_transformers_greedy(
     sandbox: Sandbox, hf_greedy: Callable[[str, int], list[int]]
@@ -188,6 +196,6 @@ def test_deleting_the_resource_leaves_no_process_and_no_port(sandbox: Sandbox) -
         lambda: not sandbox.list_pods() and not sandbox.get_resource(NAME) and not group_processes(sandbox),
         timeout=180,
     )
-    assert runner.running_process_ids() == []
+    assert runner.running_process_ids(namespace="default") == []  # the operator pod runs on
     assert not [(a, port) for a in addresses for port in PORTS if port_listening(a, port)]
     assert sandbox.hosts_file.read_text() == ""  # no pod DNS name left

@@ -80,6 +80,14 @@ KINDS: Mapping[tuple[str, str], Schema] = {
         3: ("imagePullSecrets", ("repeated", ("message", _LOCAL_OBJECT_REFERENCE))),
         4: ("automountServiceAccountToken", "bool"),
     },
+    # helm uninstall sends its delete options as protobuf.
+    ("v1", "DeleteOptions"): {
+        1: ("gracePeriodSeconds", "int"),
+        2: ("preconditions", ("message", {1: ("uid", "string"), 2: ("resourceVersion", "string")})),
+        3: ("orphanDependents", "bool"),
+        4: ("propagationPolicy", "string"),
+        5: ("dryRun", ("repeated", "string")),
+    },
 }
 
 

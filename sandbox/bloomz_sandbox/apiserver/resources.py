@@ -86,6 +86,54 @@ def _core(plural: str, kind: str, namespaced: bool = True, **kwargs: Any) -> Res
     return ResourceType(group="", version="v1", plural=plural, kind=kind, namespaced=namespaced, **kwargs)
 
 
+def _standard(
+    group_version: str, plural: str, kind: str, namespaced: bool = True, **kwargs: Any
+) -> ResourceType:
+    group, version = group_version.split("/")
+    return ResourceType(
+        group=group, version=version, plural=plural, kind=kind, namespaced=namespaced, **kwargs
+    )
+
+
+# Standard kinds of other API groups, stored like any object (a kind that a chart installs goes here;
+# controllers, where the sandbox has one, live in bloomz_sandbox.controllers).
+STANDARD_RESOURCES: tuple[ResourceType, ...] = (
+    _standard(
+        "apps/v1",
+        "deployments",
+        "Deployment",
+        short_names=("deploy",),
+        categories=("all",),
+        subresources=("status",),
+    ),
+    _standard(
+        "apps/v1",
+        "replicasets",
+        "ReplicaSet",
+        short_names=("rs",),
+        categories=("all",),
+        subresources=("status",),
+    ),
+    _standard("rbac.authorization.k8s.io/v1", "roles", "Role"),
+    _standard("rbac.authorization.k8s.io/v1", "rolebindings", "RoleBinding"),
+    _standard("rbac.authorization.k8s.io/v1", "clusterroles", "ClusterRole", False),
+    _standard("rbac.authorization.k8s.io/v1", "clusterrolebindings", "ClusterRoleBinding", False),
+    _standard("networking.k8s.io/v1", "networkpolicies", "NetworkPolicy", short_names=("netpol",)),
+    _standard(
+        "admissionregistration.k8s.io/v1",
+        "validatingadmissionpolicies",
+        "ValidatingAdmissionPolicy",
+        False,
+        subresources=("status",),
+    ),
+    _standard(
+        "admissionregistration.k8s.io/v1",
+        "validatingadmissionpolicybindings",
+        "ValidatingAdmissionPolicyBinding",
+        False,
+    ),
+)
+
 BUILTIN_RESOURCES: tuple[ResourceType, ...] = (
     _core("namespaces", "Namespace", False, short_names=("ns",), subresources=("status",)),
     _core("nodes", "Node", False, short_names=("no",), subresources=("status",)),
@@ -100,6 +148,7 @@ BUILTIN_RESOURCES: tuple[ResourceType, ...] = (
     _core("persistentvolumes", "PersistentVolume", False, short_names=("pv",), subresources=("status",)),
     ResourceType("events.k8s.io", "v1", "events", "Event", True, short_names=("ev",)),
     ResourceType("coordination.k8s.io", "v1", "leases", "Lease", True),
+    *STANDARD_RESOURCES,
     ResourceType(
         "networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy", True, short_names=("netpol",)
     ),

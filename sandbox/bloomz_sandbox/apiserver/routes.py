@@ -20,6 +20,7 @@ from aiohttp import web
 from . import errors as errors
 from . import openapi as openapi
 from . import protobuf as protobuf
+from .access import AccessControl
 from .faults import Faults
 from .patches import json_patch, merge_patch, strategic_merge_patch
 from .resources import ResourceType, list_kind
@@ -74,6 +75,7 @@ class ApiHttpHandler:
         self.address = ""  # host:port for /api's serverAddressByClientCIDRs, set once listening
         self.request_log: list[RequestRecord] | None = None  # a list records every request
         self.faults = Faults()  # injected errors and stalls (tests)
+        self.access = AccessControl(store)  # tokens, RBAC for service accounts, audit log
 
     def open(self) -> None:
         """Serve streams again (a restarted server)."""
@@ -87,10 +89,21 @@ class ApiHttpHandler:
         if self.request_log is not None:
             agent = request.headers.get("User-Agent", "")
             self.request_log.append(RequestRecord(request.method, request.path, request.query_string, agent))
+        code = 500
+        user, attrs = None, None
         try:
             await self.faults.intercept(request)
-            return await self._dispatch(request)
+            user, attrs, _ = self.access.check(
+                request.method, request.path, request.query, request.headers.get("Authorization", "")
+            )
+            if request.query.get("watch") in ("true", "1"):
+                self.access.record(user, attrs, 200)  # a watch streams until it ends: audit its start
+                user = None
+            response = await self._dispatch(request)
+            code = response.status
+            return response
         except errors.ApiError as error:
+            code = error.code
             return _json(error.status_body(), error.code)
         except web.HTTPRequestEntityTooLarge as error:
             too_large = errors.ApiError(
@@ -102,6 +115,9 @@ class ApiHttpHandler:
             return _json(
                 errors.ApiError(500, "InternalError", f"internal error: {error!r}").status_body(), 500
             )
+        finally:
+            if user is not None and attrs is not None:
+                self.access.record(user, attrs, code)
 
     # ----- routing
     async def _dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
@@ -207,6 +223,14 @@ class ApiHttpHandler:
         subresource = "/".join(rest[2:]) or None
         if subresource == "log" and resource.storage_key == ("", "pods") and name and request.method == "GET":
             return await self.streams.pod_log(request, resource, namespace, name)
+        if subresource == "token" and resource.storage_key == ("", "serviceaccounts") and name:
+            if request.method != "POST" or namespace is None:
+                raise errors.method_not_allowed()
+            body = await self._body(request) if request.can_read_body else None
+            spec = (body or {}).get("spec") or {} if isinstance(body, Mapping) else {}
+            return _json(
+                self.access.issue_token(namespace, name, int(spec.get("expirationSeconds") or 3600)), 201
+            )
         if subresource not in (None, "status") or (
             subresource == "status" and not resource.has_status_subresource
         ):

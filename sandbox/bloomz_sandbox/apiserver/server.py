@@ -13,7 +13,9 @@ Usage::
         ...
 
     class SandboxAPIServer:
-        def __init__(self, *, host="127.0.0.1", port=0, crd_paths=(), namespaces=("default",))
+        def __init__(self, *, host="127.0.0.1", port=0, crd_paths=(), namespaces=("default",), tls_dir=None)
+        tls_port, ca_path                     # with tls_dir: the same API over HTTPS (in-cluster clients)
+        # audit_path=None: the audit log also as JSON lines in that file
         def start(self) -> SandboxAPIServer   # serves in a background thread with its own event loop and
                                               # returns once listening (from sync code, from pytest, next
                                               # to kopf.testing.KopfRunner)
@@ -24,6 +26,8 @@ Usage::
         def api_client(self) -> kubernetes.client.ApiClient
         # extras: port: int; bookmark_interval_s=10.0 (idle BOOKMARK period of watches that allow them);
         # record_requests=False -> requests: list[RequestRecord(method, path, query, user_agent)]
+        audit_log: list[AuditRecord]          # who did what, with which code (see below)
+        def issue_token(self, namespace, service_account) -> str
         def serve_pod_logs(self, provider)    # provider(namespace, pod, container) -> Path | None
                                               # serves pods/log from that file: kubectl logs [-f] [--tail N]
         faults: Faults                        # inject errors and stalls: faults.fail(500, ...), .stall(...)
@@ -38,8 +42,12 @@ What it emulates (like a real API server):
   kubectl's default ``--validate=strict`` leaves validation to the server (which accepts and ignores it,
   see below), and the CRDs' schemas for ``kubectl explain``. No ``/openapi/v2`` (404).
 - built-in resources: namespaces, nodes, pods, services, endpoints, events (core/v1 and events.k8s.io/v1),
-  configmaps, secrets, serviceaccounts, persistentvolumeclaims, persistentvolumes, leases, and
-  customresourcedefinitions; a CRD (preloaded from ``crd_paths`` or POSTed) registers its served
+  configmaps, secrets, serviceaccounts, persistentvolumeclaims, persistentvolumes, leases,
+  customresourcedefinitions, and (stored only; controllers live in the sandbox) apps/v1 deployments and
+  replicasets, rbac.authorization.k8s.io/v1 roles, clusterroles, rolebindings, clusterrolebindings,
+  networkpolicies and validating admission policies (+ bindings) - enough for ``helm install`` of the
+  operator's chart (``helm uninstall``'s protobuf DeleteOptions are understood);
+  a CRD (preloaded from ``crd_paths`` or POSTed) registers its served
   versions, and deleting it removes them and their objects.
 - metadata: namespace, uid, global monotonic resourceVersion, creationTimestamp, generation (1 on create,
   +1 only when something outside metadata/status changes), ``generateName``; lists carry ``kind``
@@ -72,13 +80,18 @@ What it emulates (like a real API server):
   label/field selectors (an object leaving a selector is a DELETED).
 - ``pods/log`` (``kubectl logs [-f] [--tail N] [-c C]``) once a provider of log files is set (the pod
   runner keeps one file per container); ``-f`` follows the file until the pod is gone.
+- authentication and RBAC (``access``, ``rbac``): tokens the server issued for service accounts
+  (TokenRequest: ``POST .../serviceaccounts/<name>/token``, ``kubectl create token``; ``issue_token()``)
+  are checked against Roles, ClusterRoles and their bindings (403 Forbidden Status otherwise, 401 for an
+  unknown token of that form); any other token is the unrestricted administrator (the kubeconfig's);
+  ``audit_log``: (user, verb, group, resource, subresource, namespace, name, code) of every request.
 - kubectl tables: with ``Accept: ...;as=Table;g=meta.k8s.io;v=v1`` lists, gets and watches return
   ``meta.k8s.io/v1`` Tables from the CRD's ``additionalPrinterColumns`` (date columns as ages like
   "5m"), NAME READY STATUS RESTARTS AGE for pods, familiar columns for services, nodes, namespaces, events.
 
 What it does not do: no CRD schema validation, pruning or defaulting, whatever ``fieldValidation`` says
-(the schema is covered by unit tests with ``jsonschema``), no admission, no authentication or RBAC (any
-token is accepted), no controllers, scheduler or kubelets (the pod runner plays those), no
+(the schema is covered by unit tests with ``jsonschema``), no admission, no controllers, scheduler or
+kubelets (the pod runner plays those), no
 ``limit``/``continue`` paging (whole lists are returned), no field managers in server-side apply;
 protobuf request bodies only for what kubectl's imperative commands send (``create namespace``,
 ``configmap``, ``secret``, ``service``, ``serviceaccount``; others get 415 - use ``kubectl apply -f``);
@@ -110,6 +123,8 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from aiohttp import web
 
+from . import tls
+from .access import AuditRecord
 from .faults import Faults
 from .resources import CRD_RESOURCE
 from .routes import ApiHttpHandler, RequestRecord
@@ -148,10 +163,16 @@ class SandboxAPIServer:
         namespaces: Sequence[str] = ("default",),
         bookmark_interval_s: float = 10.0,
         record_requests: bool = False,
+        tls_dir: Path | None = None,
+        audit_path: Path | None = None,
     ) -> None:
         self.host = host
         self._requested_port = port
         self._port: int | None = None
+        # With tls_dir: a second, HTTPS port (same API) for in-cluster clients, and its certificate there.
+        self.tls_dir = tls_dir
+        self.tls_port: int | None = None
+        self.ca_path: Path | None = None
         self._store = ObjectStore()  # lives in the server's event loop once started: reach it over HTTP
         namespace_type = self._store.find_type("", "v1", "namespaces")
         assert namespace_type is not None
@@ -162,6 +183,7 @@ class SandboxAPIServer:
         self._handler = ApiHttpHandler(self._store, bookmark_interval_s=bookmark_interval_s)
         if record_requests:
             self._handler.request_log = []
+        self.audit_path = audit_path  # the audit log as JSON lines too (read by other processes)
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_requested: asyncio.Event | None = None
@@ -229,6 +251,7 @@ class SandboxAPIServer:
     async def _serve(self) -> None:
         self._stop_requested = asyncio.Event()
         self._handler.open()
+        self._handler.access.write_audit_to(self.audit_path)
         loop = asyncio.get_running_loop()
 
         def make_request(
@@ -249,12 +272,21 @@ class SandboxAPIServer:
             sockets = getattr(site._server, "sockets", None) or []
             self._port = int(sockets[0].getsockname()[1]) if sockets else self._requested_port
             self._handler.address = f"{self.host}:{self._port}"
+            if self.tls_dir is not None:
+                cert_path, key_path = tls.write_certificate(self.tls_dir, self.host)
+                context = tls.server_context(cert_path, key_path)
+                secure = web.TCPSite(runner, self.host, 0, ssl_context=context)
+                await secure.start()
+                secure_sockets = getattr(secure._server, "sockets", None) or []
+                self.tls_port = int(secure_sockets[0].getsockname()[1])
+                self.ca_path = cert_path
             self._ready.set()
             await self._stop_requested.wait()
         finally:
             self._handler.close_watches()
             await asyncio.sleep(0)  # let the watch streams see the end before connections close
             await runner.cleanup()
+            self._handler.access.write_audit_to(None)
 
     @property
     def requests(self) -> list[RequestRecord]:
@@ -267,6 +299,22 @@ class SandboxAPIServer:
     def faults(self) -> Faults:
         """Errors and stalls to inject into matching requests (see ``faults``)."""
         return self._handler.faults
+
+    @property
+    def audit_log(self) -> list[AuditRecord]:
+        """(user, verb, group, resource, subresource, namespace, name, code) of every request so far."""
+        return list(self._handler.access.audit)
+
+    def issue_token(self, namespace: str, service_account: str) -> str:
+        """A token for an existing service account (what the TokenRequest API returns), for pods."""
+        loop = self._loop
+        if loop is None:
+            raise RuntimeError("the sandbox API server is not running")
+        issued = asyncio.run_coroutine_threadsafe(self._issue(namespace, service_account), loop)
+        return str(issued.result(timeout=30)["status"]["token"])
+
+    async def _issue(self, namespace: str, service_account: str) -> dict[str, Any]:
+        return self._handler.access.issue_token(namespace, service_account)
 
     def serve_pod_logs(self, provider: Callable[[str, str, str], Path | None]) -> None:
         """Serve ``pods/log`` (``kubectl logs [-f]``) from ``provider(namespace, pod, container)``'s file."""

@@ -14,7 +14,7 @@ from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
-from bloomz_sandbox.node import cluster_dns, pod_status, probes, volume_sources
+from bloomz_sandbox.node import cluster_dns, pod_status, probes, service_account, volume_sources
 from bloomz_sandbox.node.addresses import LoopbackAddresses
 from bloomz_sandbox.node.process_spec import (
     UnsupportedContainer,
@@ -104,9 +104,16 @@ class Kubelet:
                 pod_dir=self.config.log_dir / record.namespace / record.name,
                 interpreter=self.config.interpreter,
                 host_env=os.environ,
+                entrypoints=self.config.image_entrypoints,
             )
         except UnsupportedContainer as error:
             container.error, container.error_reason = str(error), pod_status.WAITING_CREATE_ERROR
+            return
+        account_failure = self._mount_service_account(record, spec.env)
+        if account_failure:
+            if account_failure != container.error:
+                self.reporter.event(record, "FailedMount", account_failure, "Warning")
+            container.error, container.error_reason = account_failure, pod_status.WAITING_CREATING
             return
         # Pod DNS names resolve in every process of a pod with a DNS identity (hostname + subdomain), and
         # only there: nss_wrapper answers an IPv6 + V4MAPPED lookup of a numeric IPv4 address with an
@@ -160,6 +167,28 @@ class Kubelet:
             except volume_sources.MountFailure as error:
                 return str(error)
             volume_sources.write_files(directories[source.volume], files)
+        return ""
+
+    def _mount_service_account(self, record: PodRecord, env: dict[str, str]) -> str:
+        """Write the pod's service-account token files and point ``env`` at them; the error if it cannot."""
+        account = service_account.account_to_mount(record.pod)
+        if not self.config.api_tls_port or self.config.api_ca_path is None or account is None:
+            return ""
+        try:
+            answer = self.core.create_namespaced_service_account_token(
+                account, record.namespace, {"spec": {"audiences": []}}, _preload_content=False
+            )
+        except ApiException as error:
+            if error.status == 404 and account == service_account.DEFAULT_ACCOUNT:
+                return ""  # no controller makes "default" accounts here: such a pod runs without a token
+            return f'cannot get a token for service account "{account}": {error.reason}'
+        token = json.loads(answer.data)["status"]["token"]
+        folder = self.config.log_dir / record.namespace / record.name / "serviceaccount"
+        ca_pem = self.config.api_ca_path.read_text(encoding="utf-8")
+        service_account.write_token_files(
+            folder, service_account.token_files(token, record.namespace, ca_pem)
+        )
+        env.update(service_account.in_cluster_env(self.config.api_tls_host, self.config.api_tls_port, folder))
         return ""
 
     def _backoff(self, container: ContainerRecord) -> float:

@@ -150,10 +150,11 @@ class PodRunner:
 
     # -- what tests and the main job may inspect ----------------------------------------------------
 
-    def running_process_ids(self) -> list[int]:
-        """Every live process (main processes and their descendants) this runner started."""
+    def running_process_ids(self, namespace: str | None = None) -> list[int]:
+        """Every live process (main processes and their descendants) this runner started (for the pods
+        of one namespace: the operator's pod runs in its own)."""
         with self._lock:
-            records = list(self._records.values())
+            records = [r for r in self._records.values() if namespace is None or r.namespace == namespace]
         pids: list[int] = []
         for record in records:
             for container in record.containers.values():

@@ -1,7 +1,8 @@
 """Pod container -> local process: command, environment and paths. Pure functions, no side effects.
 
 The sandbox runs a CPU pod's container as a process on this machine instead of in an image:
-- `python3` / `python` as the first word becomes this interpreter (the stand-in for the image);
+- `python3` / `python` as the first word becomes this interpreter (the stand-in for the image); a
+  container without `command` runs its image's ENTRYPOINT (the project's images, from docker/);
 - volumes become directories: a hostPath lives under the simulated node's root directory
   (<node root>/<hostPath>), a PVC under <node root>/persistentvolumeclaims/<namespace>/<claim>,
   anything else (emptyDir, configMap, ...) in an empty per-pod directory;
@@ -18,6 +19,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from bloomz_sandbox.node.images import entrypoint_of
 
 _PYTHON_NAME = re.compile(r"^python(3(\.\d+)?)?$")
 # Keys that a process must not inherit from the runner: they would point it at the sandbox's own
@@ -100,14 +103,16 @@ def container_mounts(container: Mapping[str, Any], volumes: Mapping[str, Path]) 
 
 
 def rewrite_paths(text: str, mounts: Sequence[Mount]) -> str:
-    """Rewrite container paths that start a path in `text` (a whole arg, or after '=' / ':')."""
-    for mount in mounts:
-        if mount.container_path == "/":
-            continue
-        pattern = re.compile(r"(?<![\w./-])" + re.escape(mount.container_path) + r"(?=/|$|[^\w.-])")
-        host = str(mount.host_path).replace("\\", "\\\\")  # a literal replacement, not a template
-        text = pattern.sub(host, text)
-    return text
+    """Rewrite container paths that start a path in `text` (a whole arg, or after '=' / ':').
+
+    One pass, longest mount path first: a rewritten path is never rewritten again (a pod folder under
+    /tmp must not be taken for the container's /tmp mount)."""
+    targets = {m.container_path: str(m.host_path) for m in mounts if m.container_path != "/"}
+    if not targets:
+        return text
+    alternatives = "|".join(re.escape(path) for path in sorted(targets, key=len, reverse=True))
+    pattern = re.compile(r"(?<![\w./-])(" + alternatives + r")(?=/|$|[^\w.-])")
+    return pattern.sub(lambda match: targets[match.group(1)], text)
 
 
 def translate_command(words: Sequence[str], interpreter: str) -> list[str]:
@@ -193,12 +198,16 @@ def build_process_spec(
     pod_dir: Path,
     interpreter: str,
     host_env: Mapping[str, str],
+    entrypoints: Mapping[str, Sequence[str]] | None = None,
 ) -> ProcessSpec:
     """Everything needed to start `container` of `pod` as a local process."""
     command = list(container.get("command") or [])
     if not command:
+        command = entrypoint_of(str(container.get("image") or ""), entrypoints or {}) or []
+    if not command:
         raise UnsupportedContainer(
-            "the sandbox runs the container command, not the image's entrypoint: set command"
+            f"the sandbox knows no entrypoint of image {container.get('image')!r} (a project image from"
+            " docker/ or a container command): set command"
         )
     volumes = volume_directories(pod, node_root, pod_dir)
     mounts = container_mounts(container, volumes)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bloomz_sandbox.node import cluster_dns, pod_status, scheduling
+from bloomz_sandbox.node import cluster_dns, images, pod_status, scheduling
 from bloomz_sandbox.node.processes import LocalProcess
 
 DEFAULT_NODE_NAME = "sandbox-node"
@@ -47,6 +47,13 @@ class RunnerConfig:
     probe_timeout_seconds: float = 1.0
     hosts_file: Path | None = None  # the pod DNS names (nss_wrapper); default <log_dir>/cluster-hosts
     nss_wrapper: str | None = field(default_factory=cluster_dns.find_nss_wrapper)
+    # The API server's HTTPS address and CA for in-cluster clients: with a port, every pod gets its service
+    # account's token (TokenRequest API) and KUBERNETES_SERVICE_HOST/PORT; without, none (older setups).
+    # Image repository name -> ENTRYPOINT, for containers without a command (the project's Dockerfiles).
+    image_entrypoints: dict[str, list[str]] = field(default_factory=images.read_entrypoints)
+    api_tls_host: str = "127.0.0.1"
+    api_tls_port: int = 0
+    api_ca_path: Path | None = None
 
     def node_names(self) -> list[str]:
         return [self.node_name] + [f"{self.node_name}-{i}" for i in range(2, self.node_count + 1)]
