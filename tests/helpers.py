@@ -102,6 +102,7 @@ class RuntimeProcess:
     metrics_port: int
     process: subprocess.Popen[bytes]
     log_path: Path
+    http_port: int = 0
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -124,8 +125,10 @@ def start_runtime(
     extra_args: Sequence[str] = (),
     env: Mapping[str, str] | None = None,
     log_path: Path | None = None,
+    http_port: int = 0,
 ) -> RuntimeProcess:
-    """Start ``python -m bloomz_runtime.launch --device cpu`` without waiting for it."""
+    """Start ``python -m bloomz_runtime.launch --device cpu`` without waiting for it (no HTTP API
+    unless ``http_port``: its default 8000 would collide between runtimes on one machine)."""
     port = port or free_port()
     metrics_port = free_port()
     if log_path is None:
@@ -139,11 +142,12 @@ def start_runtime(
         "--world-size", str(world_size),
         "--port", str(port),
         "--metrics-port", str(metrics_port),
+        "--http-port", str(http_port),
         *extra_args,
     ]  # fmt: skip
     with open(log_path, "wb") as log:
         process = subprocess.Popen(cmd, env=runtime_env(env), stdout=log, stderr=subprocess.STDOUT)
-    return RuntimeProcess(f"127.0.0.1:{port}", port, metrics_port, process, log_path)
+    return RuntimeProcess(f"127.0.0.1:{port}", port, metrics_port, process, log_path, http_port)
 
 
 def stop_runtime(rt: RuntimeProcess, timeout: float = 60.0) -> int:
@@ -166,12 +170,18 @@ def run_runtime(
     extra_args: Sequence[str] = (),
     env: Mapping[str, str] | None = None,
     timeout: float = 300.0,
+    http_port: int = 0,
+    health_target: Callable[[RuntimeProcess], None] | None = None,
 ) -> Iterator[RuntimeProcess]:
-    """A runtime on 127.0.0.1, SERVING on entry, stopped (drained) on exit."""
-    rt = start_runtime(model_dir, world_size, port, extra_args, env)
+    """A runtime on 127.0.0.1, SERVING on entry, stopped (drained) on exit. ``health_target``
+    replaces the plaintext gRPC health poll (for runtimes that serve TLS)."""
+    rt = start_runtime(model_dir, world_size, port, extra_args, env, http_port=http_port)
     try:
         try:
-            wait_for_serving(rt.target, timeout, rt.process)
+            if health_target is None:
+                wait_for_serving(rt.target, timeout, rt.process)
+            else:
+                health_target(rt)
         except Exception as exc:
             raise RuntimeError(f"{exc}\n--- runtime log ---\n{rt.log()[-5000:]}") from exc
         yield rt

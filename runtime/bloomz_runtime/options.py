@@ -34,6 +34,12 @@ class ServeOptions:
     screened_greedy: bool | None = None
     warmup: bool = True
     served_model_name: str | None = None
+    # OpenAI-compatible HTTP beside gRPC (0: off), API keys and TLS for both protocols.
+    http_port: int = 8000
+    api_key_file: str | None = None
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    chat_template: str | None = None
     grace_period_s: float = 30.0
     bind_host: str = field(default="0.0.0.0")
 
@@ -90,7 +96,24 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         "default: on CPUs with AVX-512, where it is faster than the float32 head",
     )
     p.add_argument("--no-warmup", dest="warmup", action="store_false", help="skip the warm-up generation")
-    p.add_argument("--served-model-name", default=None, help="model name reported by Info (default: --model)")
+    p.add_argument(
+        "--served-model-name", default=None, help="model id of Info and /v1/models (default: --model)"
+    )
+    p.add_argument(
+        "--http-port", type=_port, default=8000, help="OpenAI-compatible HTTP API port (0: no HTTP)"
+    )
+    p.add_argument(
+        "--api-key-file",
+        default=None,
+        help="accepted API keys, one per line, re-read when the file changes (default: open service)",
+    )
+    p.add_argument("--tls-cert-file", default=None, help="PEM certificate chain: TLS on gRPC and HTTP")
+    p.add_argument("--tls-key-file", default=None, help="PEM private key of --tls-cert-file")
+    p.add_argument(
+        "--chat-template",
+        default=None,
+        help="Jinja chat template file for /v1/chat/completions (default: the built-in one, docs/runtime.md)",
+    )
     p.add_argument(
         "--grace-period-s", type=float, default=30.0, help="SIGTERM: time to finish in-flight work"
     )
@@ -98,7 +121,10 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 
 
 def parse_options(argv: list[str] | None = None, environ: dict[str, str] | None = None) -> ServeOptions:
-    ns = build_parser().parse_args(argv)
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    if (ns.tls_cert_file is None) != (ns.tls_key_file is None):
+        parser.error("--tls-cert-file and --tls-key-file go together")
     env = os.environ if environ is None else environ
     values = vars(ns)
     return ServeOptions(bind_host=env.get(BIND_HOST_ENV, "0.0.0.0"), **values)
@@ -120,6 +146,7 @@ def to_argv(opts: ServeOptions) -> list[str]:
         "--kv-cache" if opts.kv_cache else "--no-kv-cache",
         "--hpu-graphs" if opts.hpu_graphs else "--no-hpu-graphs",
         "--grace-period-s", str(opts.grace_period_s),
+        "--http-port", str(opts.http_port),
     ]  # fmt: skip
     if opts.dtype:
         argv += ["--dtype", opts.dtype]
@@ -129,4 +156,12 @@ def to_argv(opts: ServeOptions) -> list[str]:
         argv.append("--no-warmup")
     if opts.served_model_name:
         argv += ["--served-model-name", opts.served_model_name]
+    for flag, value in (
+        ("--api-key-file", opts.api_key_file),
+        ("--tls-cert-file", opts.tls_cert_file),
+        ("--tls-key-file", opts.tls_key_file),
+        ("--chat-template", opts.chat_template),
+    ):
+        if value:
+            argv += [flag, value]
     return argv

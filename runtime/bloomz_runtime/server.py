@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import statistics
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -16,9 +15,11 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from bloomz_runtime import __version__
+from bloomz_runtime.auth import ApiKeys
 from bloomz_runtime.backends.base import ModelRunner
 from bloomz_runtime.coordinator import Coordinator
-from bloomz_runtime.errors import InvalidArgument, Unavailable, grpc_status
+from bloomz_runtime.errors import InvalidArgument, Unavailable
+from bloomz_runtime.interceptors import ServiceInterceptor
 from bloomz_runtime.metrics import RuntimeMetrics
 from bloomz_runtime.options import ServeOptions
 from bloomz_runtime.proto import generate_pb2 as pb
@@ -55,8 +56,6 @@ FINISH_REASONS = {
     FINISH_STOP: pb.FINISH_REASON_STOP,
 }
 
-T = TypeVar("T")
-
 
 @dataclass
 class Attached:
@@ -84,36 +83,26 @@ def timings_of(req: GenerationRequest) -> pb.Timings:
     )
 
 
-def _unary(method: str) -> Callable[[Callable[..., Awaitable[T]]], Callable[..., Awaitable[T]]]:
-    """Count the call and turn domain errors into status codes (the only place that does)."""
-
-    def wrap(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
-        @functools.wraps(fn)
-        async def handler(self: TextGenerationService, request: Any, context: grpc.aio.ServicerContext) -> T:
-            try:
-                result = await fn(self, request, context)
-            except asyncio.CancelledError:
-                self.metrics.requests.labels(method, grpc.StatusCode.CANCELLED.name).inc()
-                raise
-            except Exception as exc:
-                code, details = grpc_status(exc)
-                self.metrics.requests.labels(method, code.name).inc()
-                await context.abort(code, details)
-            self.metrics.requests.labels(method, grpc.StatusCode.OK.name).inc()
-            return result
-
-        return handler
-
-    return wrap
+def proto_params(msg: pb.GenerationParameters | None) -> dict[str, Any]:
+    """The fields a caller set in a GenerationParameters message, for the shared validator."""
+    if msg is None:
+        return {}
+    return {field.name: value for field, value in msg.ListFields()}
 
 
 class TextGenerationService(pb_grpc.TextGenerationServicer):
+    """The servicer, and the engine front both protocols use (``prepare``, ``submit``, ``run_to_end``).
+
+    Domain errors and the request counter are the interceptor's job (interceptors.py)."""
+
     def __init__(self, opts: ServeOptions, metrics: RuntimeMetrics) -> None:
         self.opts = opts
         self.metrics = metrics
         self.limits = Limits(max_input_tokens=opts.max_input_tokens, max_new_tokens=opts.max_new_tokens)
         self.attached: Attached | None = None
         self.draining = False
+        # True while health says SERVING (loaded, warmed up, not draining); HTTP /health reads it.
+        self.serving = False
 
     def attach(self, runner: ModelRunner, coordinator: Coordinator, queue: RequestQueue) -> None:
         self.attached = Attached(runner, coordinator, queue)
@@ -149,17 +138,23 @@ class TextGenerationService(pb_grpc.TextGenerationServicer):
         self.metrics.queue_depth.set(len(att.queue))
         return req, events
 
-    def _prepare(self, request: pb.GenerateRequest) -> tuple[list[int], ValidatedParams]:
+    def prepare(self, prompt: str, fields: Mapping[str, Any]) -> tuple[list[int], ValidatedParams]:
+        """Validate and tokenize one request (``fields``: the parameters the caller set)."""
         att = self._ready()
-        validate_prompt(request.prompt)
-        params = validate_parameters(
-            request.parameters if request.HasField("parameters") else None, self.limits
-        )
-        ids = list(att.runner.tokenizer(request.prompt, add_special_tokens=False).input_ids)
+        validate_prompt(prompt)
+        params = validate_parameters(fields, self.limits)
+        ids = list(att.runner.tokenizer(prompt, add_special_tokens=False).input_ids)
         if params.truncate_prompt_tokens is not None:
             ids = ids[: params.truncate_prompt_tokens]
         validate_prompt_tokens(len(ids), self.limits)
         return ids, params
+
+    def _prepare(self, request: pb.GenerateRequest) -> tuple[list[int], ValidatedParams]:
+        fields = proto_params(request.parameters if request.HasField("parameters") else None)
+        return self.prepare(request.prompt, fields)
+
+    def tokenize(self, text: str) -> list[int]:
+        return list(self._ready().runner.tokenizer(text, add_special_tokens=False).input_ids)
 
     async def run_to_end(self, req: GenerationRequest, events: asyncio.Queue[Event]) -> tuple[str, str]:
         """(text, finish reason) once the request ends; cancels it if the caller goes away."""
@@ -179,7 +174,6 @@ class TextGenerationService(pb_grpc.TextGenerationServicer):
                 req.cancelled = True
 
     # -- RPCs ------------------------------------------------------------------------------
-    @_unary("Generate")
     async def Generate(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> pb.GenerateResponse:
@@ -197,13 +191,14 @@ class TextGenerationService(pb_grpc.TextGenerationServicer):
         )
 
     def _decode_prompt(self, ids: list[int]) -> str:
-        assert self.attached is not None
-        return str(self.attached.runner.tokenizer.decode(ids, skip_special_tokens=True))
+        return self.decode(ids)
+
+    def decode(self, ids: list[int]) -> str:
+        return str(self._ready().runner.tokenizer.decode(ids, skip_special_tokens=True))
 
     async def GenerateStream(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.GenerateStreamResponse]:
-        method = "GenerateStream"
         req: GenerationRequest | None = None
         try:
             ids, params = self._prepare(request)
@@ -223,19 +218,10 @@ class TextGenerationService(pb_grpc.TextGenerationServicer):
                     break
                 else:
                     raise event.error
-        except asyncio.CancelledError:
-            self.metrics.requests.labels(method, grpc.StatusCode.CANCELLED.name).inc()
-            raise
-        except Exception as exc:
-            code, details = grpc_status(exc)
-            self.metrics.requests.labels(method, code.name).inc()
-            await context.abort(code, details)
         finally:
             if req is not None and not req.done:
                 req.cancelled = True
-        self.metrics.requests.labels(method, grpc.StatusCode.OK.name).inc()
 
-    @_unary("Info")
     async def Info(self, request: pb.InfoRequest, context: grpc.aio.ServicerContext) -> pb.InfoResponse:
         att = self._ready()
         runner = att.runner
@@ -263,7 +249,6 @@ class TextGenerationService(pb_grpc.TextGenerationServicer):
             decode_weight_bytes=runner.decode_weight_bytes,
         )
 
-    @_unary("Benchmark")
     async def Benchmark(
         self, request: pb.BenchmarkRequest, context: grpc.aio.ServicerContext
     ) -> pb.BenchmarkResponse:
@@ -331,12 +316,22 @@ def _seconds(a: float | None, b: float | None) -> float:
 
 
 async def start_grpc_server(
-    service: TextGenerationService, health: HealthServicer, host: str, port: int
+    service: TextGenerationService,
+    health: HealthServicer,
+    host: str,
+    port: int,
+    api_keys: ApiKeys | None = None,
+    tls: tuple[bytes, bytes] | None = None,
 ) -> tuple[grpc.aio.Server, int]:
-    """Serve TextGeneration, health and reflection; returns the server and the bound port."""
+    """Serve TextGeneration, health and reflection; returns the server and the bound port.
+
+    ``tls``: (certificate chain, private key) in PEM; ``api_keys``: required on TextGeneration."""
     # No SO_REUSEPORT (grpcio's default is on): a second server on the same address must fail to
     # start, not silently share the port with the first.
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    server = grpc.aio.server(
+        interceptors=[ServiceInterceptor(SERVICE_NAME, service.metrics, api_keys)],
+        options=[("grpc.so_reuseport", 0)],
+    )
     pb_grpc.add_TextGenerationServicer_to_server(service, server)
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     names = (
@@ -346,7 +341,11 @@ async def start_grpc_server(
     )
     reflection.enable_server_reflection(names, server)
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    bound = server.add_insecure_port(address)
+    if tls is None:
+        bound = server.add_insecure_port(address)
+    else:
+        cert, key = tls
+        bound = server.add_secure_port(address, grpc.ssl_server_credentials([(key, cert)]))
     await server.start()
     return server, bound
 
