@@ -1,5 +1,9 @@
 """API keys: one key per line in a file, re-read when the file changes (Secret rotation, no restart).
 
+The path may also be a directory (a mounted Secret): every file in it holds keys, one per line, so
+a Secret with one key per data entry works as it is, and the operator can project its own key beside
+the users' ones.
+
 Shared by both protocols: gRPC reads ``authorization: Bearer <key>`` metadata, HTTP the
 ``Authorization: Bearer <key>`` header. Without a key file the service is open.
 """
@@ -42,39 +46,55 @@ def key_accepted(token: str | None, keys: frozenset[str]) -> bool:
     return found
 
 
+def _files(path: str) -> list[str]:
+    if not os.path.isdir(path):
+        return [path]
+    # Kubernetes keeps a Secret volume's real files under dot-named folders; the visible names link to them.
+    names = sorted(n for n in os.listdir(path) if not n.startswith("."))
+    return [p for p in (os.path.join(path, n) for n in names) if os.path.isfile(p)]
+
+
+def _stamp(path: str) -> tuple[tuple[str, int, int, int], ...]:
+    stamps = []
+    for name in _files(path):
+        st = os.stat(name)
+        stamps.append((name, st.st_ino, st.st_size, st.st_mtime_ns))
+    return tuple(stamps)
+
+
 class ApiKeys:
-    """The accepted keys, reloaded whenever the file's identity (inode, size, mtime) changes.
+    """The accepted keys, reloaded whenever a file's identity (inode, size, mtime) changes.
 
     Kubernetes updates a mounted Secret by swapping a symlink, so ``stat`` of the path sees a new
-    inode. An unreadable or empty file accepts no key: a broken Secret must not open the service.
+    inode. An unreadable or empty source accepts no key: a broken Secret must not open the service.
     """
 
     def __init__(self, path: str) -> None:
         self.path = path
         self._lock = threading.Lock()
-        self._stamp: tuple[int, int, int] | None = None
+        self._stamp: object = None
         self._keys: frozenset[str] = frozenset()
         self.keys()
 
     def keys(self) -> frozenset[str]:
-        try:
-            st = os.stat(self.path)
-        except OSError as exc:
-            if self._stamp != (0, 0, 0):
-                log.error("API key file %s unreadable (%s): refusing every request", self.path, exc)
-            self._stamp, self._keys = (0, 0, 0), frozenset()
-            return self._keys
-        stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
         with self._lock:
-            if stamp != self._stamp:
-                try:
-                    with open(self.path, encoding="utf-8") as f:
-                        self._keys = parse_keys(f.read())
-                except (OSError, UnicodeDecodeError) as exc:
-                    log.error("API key file %s unreadable (%s): refusing every request", self.path, exc)
-                    self._keys = frozenset()
-                self._stamp = stamp
+            try:
+                stamp: object = _stamp(self.path)
+            except OSError as exc:
+                stamp = ("unreadable", str(exc))
+            if stamp == self._stamp:
+                return self._keys
+            self._stamp = stamp
+            try:
+                keys: set[str] = set()
+                for name in _files(self.path):
+                    with open(name, encoding="utf-8") as f:
+                        keys |= parse_keys(f.read())
+                self._keys = frozenset(keys)
                 log.info("API keys loaded from %s: %d key(s)", self.path, len(self._keys))
+            except (OSError, UnicodeDecodeError) as exc:
+                log.error("API keys at %s unreadable (%s): refusing every request", self.path, exc)
+                self._keys = frozenset()
             return self._keys
 
     def check(self, authorization: str | None) -> None:

@@ -112,7 +112,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument(
         "--chat-template",
         default=None,
-        help="Jinja chat template file for /v1/chat/completions (default: the built-in one, docs/runtime.md)",
+        help="Jinja chat template for /v1/chat/completions, a file or the template itself "
+        "(default: the built-in one, docs/runtime.md)",
     )
     p.add_argument(
         "--grace-period-s", type=float, default=30.0, help="SIGTERM: time to finish in-flight work"

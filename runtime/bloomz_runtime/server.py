@@ -107,11 +107,15 @@ class TextGenerationService(pb_grpc.TextGenerationServicer):
     def attach(self, runner: ModelRunner, coordinator: Coordinator, queue: RequestQueue) -> None:
         self.attached = Attached(runner, coordinator, queue)
 
-    def _ready(self) -> Attached:
+    def _ready(self, warming_up: bool = False) -> Attached:
+        """The engine, for callers; ``warming_up``: for the warm-up itself, which runs before SERVING."""
         if self.draining:
             raise Unavailable("server is draining (shutting down)")
         if self.attached is None:
             raise Unavailable("model is still loading")
+        if not (self.serving or warming_up):
+            # Callers wait for health to say SERVING: the warm-up must not compete with them for the queue.
+            raise Unavailable("model is warming up")
         return self.attached
 
     # -- submitting work -------------------------------------------------------------------
@@ -122,8 +126,9 @@ class TextGenerationService(pb_grpc.TextGenerationServicer):
         deadline_s: float | None = None,
         urgent: bool = False,
         label: str = "",
+        warming_up: bool = False,
     ) -> tuple[GenerationRequest, asyncio.Queue[Event]]:
-        att = self._ready()
+        att = self._ready(warming_up)
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[Event] = asyncio.Queue()
 
@@ -298,15 +303,15 @@ class TextGenerationService(pb_grpc.TextGenerationServicer):
 
     async def warmup(self) -> None:
         """Exercise prefill, decode, and joining a running batch before reporting SERVING."""
-        att = self._ready()
+        att = self._ready(warming_up=True)
         ids = list(att.runner.tokenizer(SEED_PROMPT, add_special_tokens=False).input_ids)
         params = ValidatedParams(max_new_tokens=4, sampling=SamplingParams(), ignore_eos=True)
-        first, first_events = self.submit(ids, params, urgent=True, label="warmup")
+        first, first_events = self.submit(ids, params, urgent=True, label="warmup", warming_up=True)
         # Once the first has its first token it is in the batch and the queue is empty again
         # (even a queue of one has room); the second then joins the running batch.
         head = await first_events.get()
         first_events.put_nowait(head)
-        second = self.submit(ids[:2], params, label="warmup")
+        second = self.submit(ids[:2], params, label="warmup", warming_up=True)
         await self.run_to_end(first, first_events)
         await self.run_to_end(*second)
 

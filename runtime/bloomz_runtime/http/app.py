@@ -69,10 +69,18 @@ class ApiEdge:
                     headers = {"WWW-Authenticate": "Bearer"}
                     await JSONResponse(body, code, headers)(scope, receive, counting_send)
                     return
-            await self.app(scope, receive, counting_send)
+            await self.app(_as_json(scope), receive, counting_send)
         finally:
             route = path if path.startswith("/v1/") or path in OPEN_PATHS else "other"
             self.metrics.http_requests.labels(route, str(status[0] or 499)).inc()
+
+
+def _as_json(scope: Scope) -> Scope:
+    """The API's bodies are JSON whatever the client says: ``curl -d`` sends form encoding by default."""
+    if scope.get("method") != "POST":
+        return scope
+    headers = [(k, v) for k, v in scope.get("headers") or () if k != b"content-type"]
+    return {**scope, "headers": [*headers, (b"content-type", b"application/json")]}
 
 
 async def _disconnected(request: Request) -> None:

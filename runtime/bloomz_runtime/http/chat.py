@@ -7,6 +7,7 @@ with ``Assistant:`` for the model to continue. ``--chat-template FILE`` replaces
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -55,8 +56,13 @@ class ChatTemplate:
             raise InvalidArgument(f"chat template failed: {exc}") from exc
 
 
-def load_chat_template(path: str | None, bos_token: str = "", eos_token: str = "") -> ChatTemplate:
-    if path is None:
+def load_chat_template(source: str | None, bos_token: str = "", eos_token: str = "") -> ChatTemplate:
+    """``source``: a template file, or (as vLLM's flag takes it) the template itself; None: the default."""
+    if source is None:
         return ChatTemplate(bos_token=bos_token, eos_token=eos_token)
-    with open(path, encoding="utf-8") as f:
-        return ChatTemplate(f.read(), bos_token, eos_token)
+    if os.path.isfile(source):
+        with open(source, encoding="utf-8") as f:
+            return ChatTemplate(f.read(), bos_token, eos_token)
+    if "{{" in source or "{%" in source:
+        return ChatTemplate(source, bos_token, eos_token)
+    raise FileNotFoundError(f"--chat-template: no such file, and not a Jinja template: {source!r}")
