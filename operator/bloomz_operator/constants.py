@@ -30,6 +30,9 @@ BENCHMARK_NOW = "now"
 CONTAINER_NAME = "runtime"
 GRPC_PORT = 50051
 GRPC_PORT_NAME = "grpc"
+# The OpenAI-compatible HTTP API beside gRPC.
+HTTP_PORT = 8000
+HTTP_PORT_NAME = "http"
 METRICS_PORT = 9090
 METRICS_PORT_NAME = "metrics"
 HEALTH_SERVICE = "bloomz.v1.TextGeneration"

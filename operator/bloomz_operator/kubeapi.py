@@ -125,6 +125,17 @@ class KubeAPI:
             raise
         return True
 
+    def read_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The Secret as plain JSON, or None if it does not exist."""
+        try:
+            response = self.core.read_namespaced_secret(name, namespace, _preload_content=False)
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+        body: dict[str, Any] = json.loads(response.data)
+        return body
+
     def create_secret(self, namespace: str, body: Mapping[str, Any]) -> bool:
         """True if created, False if it exists already (made by an earlier pass: that key is kept)."""
         try:

@@ -13,6 +13,8 @@ from datetime import datetime, timezone
 from typing import Any
 
 from . import pods as podview
+from .access import api_key_secret_name, service_endpoints
+from .apikeys import build_api_key_secret, generate_api_key
 from .builders import Owner, build_pods, build_service, service_endpoint
 from .groups import build_groups, build_headless_service, current_template_hash, headless_service_name
 from .kubeapi import KubeAPI
@@ -48,6 +50,8 @@ def reconcile(
         return Outcome(status=status, events=status_events(old_status, status))
     current_hash = current_template_hash(parsed, settings)
     _ensure_service(api, build_service(owner, leaders_only=parsed.multi_node), logger)
+    if parsed.api_key_secret:
+        _ensure_api_key(api, owner, logger)
     failures: list[GroupFailure] = []
     if parsed.multi_node:
         _ensure_group_plumbing(api, owner, logger)
@@ -86,7 +90,17 @@ def reconcile(
         events.append(StatusEvent("Warning", "GroupRecreated", message))
     if last_failure:
         status["lastGroupFailure"] = last_failure
+    status["endpoints"] = service_endpoints(owner.name, owner.namespace, parsed)
     return Outcome(status=status, actions=actions, events=events)
+
+
+def _ensure_api_key(api: KubeAPI, owner: Owner, logger: logging.Logger | logging.LoggerAdapter[Any]) -> None:
+    """The operator's own key for Benchmark calls (made once; the pods mount it beside the users' keys)."""
+    secret = api_key_secret_name(owner.name)
+    if not api.secret_exists(owner.namespace, secret) and api.create_secret(
+        owner.namespace, build_api_key_secret(owner, generate_api_key())
+    ):
+        logger.info(f"created Secret {secret} (the operator's API key for Benchmark)")
 
 
 def _ensure_service(

@@ -68,10 +68,10 @@ def test_command_line_is_the_launcher_contract() -> None:
         "--port", "50051", "--metrics-port", "9090", "--dtype", "bfloat16",
         "--max-input-tokens", "2048", "--max-new-tokens", "1024", "--max-batch-size", "8",
         "--max-queue-size", "64", "--batch-wait-ms", "5", "--kv-cache", "--hpu-graphs",
-        "--grace-period-s", "30",
+        "--grace-period-s", "30", "--http-port", "8000",
     ]  # fmt: skip
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
-    assert ports == {"grpc": 50051, "metrics": 9090}
+    assert ports == {"grpc": 50051, "metrics": 9090, "http": 8000}
 
 
 def test_dtype_left_to_the_launcher_when_unset_and_flags_switch_off() -> None:
@@ -249,7 +249,7 @@ def test_service_exposes_grpc_and_metrics() -> None:
         "inference.bloomz.dev/name": "bloomz-7b1",
     }
     ports = {(p["name"], p["port"], p["targetPort"]) for p in svc["spec"]["ports"]}
-    assert ports == {("grpc", 50051, "grpc"), ("metrics", 9090, "metrics")}
+    assert ports == {("grpc", 50051, "grpc"), ("metrics", 9090, "metrics"), ("http", 8000, "http")}
     assert service_endpoint(OWNER) == "bloomz-7b1.ml.svc:50051"
     # The selector picks the pods.
     (pod,) = build_pods(OWNER, parse_spec({"model": "m"}), Settings())
