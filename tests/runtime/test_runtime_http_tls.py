@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import http.client
+import io
 import ipaddress
 import json
 import signal
@@ -195,6 +196,18 @@ def test_a_full_queue_is_429_and_the_server_keeps_serving(
         assert time.monotonic() < deadline + 60
         time.sleep(0.05)
     assert client.completions.create(model=MODEL, prompt="x", max_tokens=2).usage.completion_tokens == 2  # type: ignore[union-attr]
+
+
+def test_client_cli_with_key_and_ca(runtime: RuntimeProcess, certs: tuple[Path, Path, Path]) -> None:
+    from bloomz_runtime.client.cli import main
+
+    base = ["--target", runtime.target, "--ca-cert", str(certs[0]), "--json"]
+    out, err = io.StringIO(), io.StringIO()
+    assert main([*base, "--api-key", KEY, "generate", "Hello", "--max-new-tokens", "3"], out, err) == 0
+    assert json.loads(out.getvalue())["generated_tokens"] == 3
+    out, err = io.StringIO(), io.StringIO()
+    assert main([*base, "--api-key", "nope", "info"], out, err) == 1
+    assert "UNAUTHENTICATED" in err.getvalue()
 
 
 def test_draining_is_503_while_in_flight_work_finishes(
