@@ -52,5 +52,5 @@ ENV PATH=/opt/venv/bin:$PATH \
 # (the last one: ranks in a container without SYS_PTRACE cannot use cross-memory attach; use shared memory)
 USER 10001:10001
 WORKDIR /home/bloomz
-EXPOSE 50051 9090
+EXPOSE 50051 8000 9090
 ENTRYPOINT ["python3", "-m", "bloomz_runtime.launch"]

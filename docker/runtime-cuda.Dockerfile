@@ -35,5 +35,5 @@ print('torch', v('torch'), 'deepspeed', v('deepspeed'), 'transformers', v('trans
 ENV OMPI_ALLOW_RUN_AS_ROOT=1 \
     OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 \
     PYTHONUNBUFFERED=1
-EXPOSE 50051 9090
+EXPOSE 50051 8000 9090
 ENTRYPOINT ["python3", "-m", "bloomz_runtime.launch"]

@@ -114,6 +114,7 @@ class RuntimeProcess:
     metrics_port: int
     process: subprocess.Popen[bytes]
     log_path: Path
+    http_port: int = 0
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -136,8 +137,10 @@ def start_runtime(
     extra_args: Sequence[str] = (),
     env: Mapping[str, str] | None = None,
     log_path: Path | None = None,
+    http_port: int = 0,
 ) -> RuntimeProcess:
-    """Start ``python -m bloomz_runtime.launch --device cpu`` without waiting for it."""
+    """Start ``python -m bloomz_runtime.launch --device cpu`` without waiting for it (no HTTP API
+    unless ``http_port``: its default 8000 would collide between runtimes on one machine)."""
     port = port or free_port()
     metrics_port = free_port()
     if log_path is None:
@@ -151,11 +154,12 @@ def start_runtime(
         "--world-size", str(world_size),
         "--port", str(port),
         "--metrics-port", str(metrics_port),
+        "--http-port", str(http_port),
         *extra_args,
     ]  # fmt: skip
     with open(log_path, "wb") as log:
         process = subprocess.Popen(cmd, env=runtime_env(env), stdout=log, stderr=subprocess.STDOUT)
-    return RuntimeProcess(f"127.0.0.1:{port}", port, metrics_port, process, log_path)
+    return RuntimeProcess(f"127.0.0.1:{port}", port, metrics_port, process, log_path, http_port)
 
 
 def stop_runtime(rt: RuntimeProcess, timeout: float = 60.0) -> int:
@@ -178,16 +182,22 @@ def run_runtime(
     extra_args: Sequence[str] = (),
     env: Mapping[str, str] | None = None,
     timeout: float = 300.0,
+    http_port: int = 0,
+    health_target: Callable[[RuntimeProcess], None] | None = None,
 ) -> Iterator[RuntimeProcess]:
     """A runtime on 127.0.0.1, SERVING on entry, stopped (drained) on exit, which must exit 0.
+    ``health_target`` replaces the plaintext gRPC health poll (for runtimes that serve TLS).
 
     Its log is deleted only when both the test body and the runtime succeeded; otherwise the error
     names the kept log and quotes its end."""
-    rt = start_runtime(model_dir, world_size, port, extra_args, env)
+    rt = start_runtime(model_dir, world_size, port, extra_args, env, http_port=http_port)
     body_failed = True
     try:
         try:
-            wait_for_serving(rt.target, timeout, rt.process)
+            if health_target is None:
+                wait_for_serving(rt.target, timeout, rt.process)
+            else:
+                health_target(rt)
         except Exception as exc:
             raise RuntimeError(f"{exc}\n--- runtime log {rt.log_path} ---\n{rt.log()[-5000:]}") from exc
         yield rt

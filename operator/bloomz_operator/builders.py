@@ -14,12 +14,15 @@ from typing import Any
 
 from bloomz_runtime.options import ServeOptions, to_argv
 
+from .access import fill_owner_secrets, service_options, service_volumes
 from .constants import (
     API_VERSION,
     CONTAINER_NAME,
     GRPC_PORT,
     GRPC_PORT_NAME,
     HEALTH_SERVICE,
+    HTTP_PORT,
+    HTTP_PORT_NAME,
     KIND,
     LABEL_INSTANCE,
     LABEL_MANAGED_BY,
@@ -129,8 +132,9 @@ def runtime_args(spec: InferenceSpec) -> list[str]:
         # An HPU setting: other devices keep the runtime's default (no flag).
         hpu_graphs=gen.hpu_graphs if spec.device == "hpu" else ServeOptions.hpu_graphs,
         grace_period_s=float(GRACE_PERIOD_S),
+        **service_options(spec),
     )
-    return to_argv(opts, always=("port", "metrics_port", "grace_period_s"))
+    return to_argv(opts, always=("port", "metrics_port", "http_port", "grace_period_s"))
 
 
 def _env(spec: InferenceSpec, settings: Settings) -> list[dict[str, Any]]:
@@ -188,9 +192,14 @@ def _resources(spec: InferenceSpec, settings: Settings) -> dict[str, dict[str, A
     return resources
 
 
-def _grpc_probe(period: int, failures: int, timeout: int = 5) -> dict[str, Any]:
+def _grpc_probe(period: int, failures: int, timeout: int = 5, tls: bool = False) -> dict[str, Any]:
+    # The kubelet's gRPC probe speaks plaintext only; with TLS it asks HTTPS /health (200 only when
+    # serving, like the gRPC health status), which the kubelet does not verify.
+    action: dict[str, Any] = {"grpc": {"port": GRPC_PORT, "service": HEALTH_SERVICE}}
+    if tls:
+        action = {"httpGet": {"path": "/health", "port": HTTP_PORT_NAME, "scheme": "HTTPS"}}
     return {
-        "grpc": {"port": GRPC_PORT, "service": HEALTH_SERVICE},
+        **action,
         "periodSeconds": period,
         "timeoutSeconds": timeout,
         "failureThreshold": failures,
@@ -243,6 +252,10 @@ def build_pod_spec(spec: InferenceSpec, settings: Settings) -> dict[str, Any]:
     """The pod's `spec` (identical for every replica; its hash names the template)."""
     device = settings.device(spec.device)
     volumes, mounts = _volumes(spec)
+    access_volumes, access_mounts = service_volumes(spec)
+    volumes += access_volumes
+    mounts += access_mounts
+    tls = spec.tls_secret is not None
     startup_failures = max(1, -(-startup_budget_seconds(spec.model) // PROBE_PERIOD_S))
     container: dict[str, Any] = {
         "name": CONTAINER_NAME,
@@ -254,13 +267,14 @@ def build_pod_spec(spec: InferenceSpec, settings: Settings) -> dict[str, Any]:
         "ports": [
             {"name": GRPC_PORT_NAME, "containerPort": GRPC_PORT, "protocol": "TCP"},
             {"name": METRICS_PORT_NAME, "containerPort": METRICS_PORT, "protocol": "TCP"},
+            {"name": HTTP_PORT_NAME, "containerPort": HTTP_PORT, "protocol": "TCP"},
         ],
         "resources": _resources(spec, settings),
         "volumeMounts": mounts,
-        "startupProbe": _grpc_probe(PROBE_PERIOD_S, startup_failures),
-        "readinessProbe": _grpc_probe(PROBE_PERIOD_S, 3),
+        "startupProbe": _grpc_probe(PROBE_PERIOD_S, startup_failures, tls=tls),
+        "readinessProbe": _grpc_probe(PROBE_PERIOD_S, 3, tls=tls),
         # Generous: a long batch must not get a busy pod killed.
-        "livenessProbe": _grpc_probe(20, 6, timeout=10),
+        "livenessProbe": _grpc_probe(20, 6, timeout=10, tls=tls),
     }
     pod_security, container["securityContext"] = security_contexts(spec, settings)
     pod_spec: dict[str, Any] = {
@@ -301,6 +315,7 @@ def build_pods(owner: Owner, spec: InferenceSpec, settings: Settings) -> list[di
     """One Pod per replica, all from the same template."""
     pod_spec = build_pod_spec(spec, settings)
     hash_ = template_hash(pod_spec)
+    fill_owner_secrets(pod_spec, owner.name)
     pods = []
     for index in range(spec.replicas):
         labels = {**common_labels(owner.name), LABEL_TEMPLATE_HASH: hash_, LABEL_REPLICA_INDEX: str(index)}
@@ -357,6 +372,7 @@ def build_service(owner: Owner, *, leaders_only: bool = False) -> dict[str, Any]
                     "targetPort": METRICS_PORT_NAME,
                     "protocol": "TCP",
                 },
+                {"name": HTTP_PORT_NAME, "port": HTTP_PORT, "targetPort": HTTP_PORT_NAME, "protocol": "TCP"},
             ],
         },
     }

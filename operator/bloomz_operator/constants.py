@@ -48,6 +48,8 @@ BENCHMARK_NOW = "now"
 
 CONTAINER_NAME = "runtime"
 GRPC_PORT_NAME = "grpc"
+# The OpenAI-compatible HTTP API beside gRPC (its port comes from bloomz_api.constants).
+HTTP_PORT_NAME = "http"
 METRICS_PORT_NAME = "metrics"
 HEALTH_SERVICE = SERVICE_NAME
 # Workers of a multi-node group run sshd here (not 22: never the port of a node's own sshd).

@@ -18,6 +18,7 @@ from .builders import (
     build_pod_spec,
     common_labels,
     desired_template_hash,
+    fill_owner_secrets,
     owner_reference,
     pod_name,
     runtime_args,
@@ -142,6 +143,7 @@ def _member_pod(
         if volume["name"] == SSH_VOLUME:
             volume["secret"]["secretName"] = ssh_secret_name(owner.name)
             volume["secret"]["items"] = [{"key": k, "path": path} for k, path in secret_files(hash_).items()]
+    fill_owner_secrets(spec, owner.name)
     group_selector = {LABEL_OWNER: owner.name, LABEL_TEMPLATE_HASH: hash_, LABEL_REPLICA_INDEX: str(index)}
     spec["affinity"] = {
         "podAntiAffinity": {

@@ -20,16 +20,18 @@ import kopf
 
 from . import incluster
 from . import pods as podview
+from .access import OPERATOR_KEY_ITEM, api_key_secret_name, service_host
+from .apikeys import secret_value
 from .backoff import backoff_delay, jittered
 from .builders import Owner
 from .constants import BENCHMARK_ANNOTATION, GROUP, KIND, LABEL_MANAGED_BY, MANAGER_NAME, PLURAL, VERSION
 from .groups import current_template_hash
 from .kubeapi import OWNED_PODS_SELECTOR, KubeAPI, make_api_client
-from .latency import PodTarget, benchmark_due, benchmark_requested, measure_pods, summarize
+from .latency import Access, PodTarget, benchmark_due, benchmark_requested, measure_pods, summarize
 from .planning import RolloutGate
 from .reconciler import clean_up, failed_pass_status, reconcile
 from .settings import Settings
-from .spec import SpecError, parse_spec
+from .spec import InferenceSpec, SpecError, parse_spec
 
 FINALIZER = f"{GROUP}/finalizer"
 STORAGE_PREFIX = f"operator.{GROUP}"
@@ -46,6 +48,19 @@ def _owner(body: kopf.Body) -> Owner:
 
 def _address(ip: str, port: int) -> str:
     return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
+def latency_access(api: KubeAPI, owner: Owner, spec: InferenceSpec) -> Access:
+    """The operator's own key (auth on) and the TLS Secret's ca.crt (TLS on), read from their Secrets."""
+    key = None
+    if spec.api_key_secret:
+        secret = api.read_secret(owner.namespace, api_key_secret_name(owner.name))
+        key = secret_value(secret, OPERATOR_KEY_ITEM)
+    if not spec.tls_secret:
+        return Access(api_key=key)
+    ca = secret_value(api.read_secret(owner.namespace, spec.tls_secret), "ca.crt")
+    host = service_host(owner.name, owner.namespace)
+    return Access(api_key=key, tls=True, ca_pem=ca.encode() if ca else None, server_name=host)
 
 
 def register_handlers(
@@ -278,7 +293,10 @@ def register_handlers(
             if not targets:
                 return  # nothing serves yet: measure once pods are ready (a request stays pending)
             logger.info(f"measuring latency on {len(targets)} pod(s)")
-            measurements = await measure_pods(targets, parsed.benchmark, settings.benchmark.timeout_seconds)
+            access = await asyncio.to_thread(latency_access, api(), owner, parsed)
+            measurements = await measure_pods(
+                targets, parsed.benchmark, settings.benchmark.timeout_seconds, access
+            )
             result = summarize(measurements, parsed.benchmark, current_hash=current_hash, now=now)
             patch.status["latency"] = result
             if requested:

@@ -28,6 +28,29 @@ class PodTarget:
 
 
 @dataclass(frozen=True)
+class Access:
+    """How the operator's latency client reaches pods with auth and/or TLS on."""
+
+    api_key: str | None = None
+    tls: bool = False
+    # The TLS Secret's ca.crt when it has one (else the system's roots), and the name the certificate
+    # carries: pods are dialled by IP, the certificate names the Service.
+    ca_pem: bytes | None = None
+    server_name: str | None = None
+
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self.api_key}"),) if self.api_key else ()
+
+
+def _channel(address: str, access: Access) -> grpc.aio.Channel:
+    if not access.tls:
+        return grpc.aio.insecure_channel(address)
+    options = [("grpc.ssl_target_name_override", access.server_name)] if access.server_name else []
+    credentials = grpc.ssl_channel_credentials(root_certificates=access.ca_pem)
+    return grpc.aio.secure_channel(address, credentials, options=options)
+
+
+@dataclass(frozen=True)
 class PodMeasurement:
     pod: str
     seconds: float | None = None
@@ -92,12 +115,17 @@ def _describe_rpc_error(error: grpc.aio.AioRpcError) -> str:
     return f"{error.code().name}: {error.details() or 'no details'}"
 
 
-async def measure_pod(target: PodTarget, bench: BenchmarkSpec, timeout_s: float) -> PodMeasurement:
+async def measure_pod(
+    target: PodTarget, bench: BenchmarkSpec, timeout_s: float, access: Access | None = None
+) -> PodMeasurement:
     """Run the Benchmark RPC on one pod; any failure becomes the pod's `error`, never an exception."""
+    access = access or Access()
     try:
-        async with grpc.aio.insecure_channel(target.address) as channel:
+        async with _channel(target.address, access) as channel:
             stub = generate_pb2_grpc.TextGenerationStub(channel)
-            reply = await stub.Benchmark(benchmark_request(bench), timeout=timeout_s)
+            reply = await stub.Benchmark(
+                benchmark_request(bench), timeout=timeout_s, metadata=access.metadata()
+            )
     except grpc.aio.AioRpcError as error:
         return PodMeasurement(target.pod, error=_describe_rpc_error(error))
     except (OSError, asyncio.TimeoutError) as error:
@@ -115,10 +143,10 @@ async def measure_pod(target: PodTarget, bench: BenchmarkSpec, timeout_s: float)
 
 
 async def measure_pods(
-    targets: Sequence[PodTarget], bench: BenchmarkSpec, timeout_s: float
+    targets: Sequence[PodTarget], bench: BenchmarkSpec, timeout_s: float, access: Access | None = None
 ) -> list[PodMeasurement]:
     """All pods at once: each pod is its own model copy, so they do not disturb each other."""
-    return list(await asyncio.gather(*(measure_pod(t, bench, timeout_s) for t in targets)))
+    return list(await asyncio.gather(*(measure_pod(t, bench, timeout_s, access) for t in targets)))
 
 
 def _rounded(value: float | None, digits: int) -> float | None:

@@ -18,6 +18,8 @@ from typing import Any
 from kubernetes.client.rest import ApiException
 
 from . import pods as podview
+from .access import api_key_secret_name, service_endpoints
+from .apikeys import build_api_key_secret, generate_api_key
 from .builders import Owner, build_pods, build_service, service_endpoint
 from .groups import build_groups, build_headless_service, current_template_hash, headless_service_name
 from .kubeapi import KubeAPI, describe_api_error
@@ -81,6 +83,9 @@ def reconcile(
     observed = podview.owned_by(api.list_pods(owner.namespace, owner.name), owner.uid)
     in_use = {h for pod in observed if (h := podview.hash_of(pod))}
     conflicts = _ensure_objects(api, settings, owner, parsed.multi_node, current_hash, in_use, logger)
+    if parsed.api_key_secret:
+        key_conflict = _ensure_api_key(api, owner, logger)
+        conflicts += [key_conflict] if key_conflict is not None else []
     failures: list[GroupFailure] = []
     actions: list[Action] = []
     units: list[list[dict[str, Any]]] = []
@@ -129,6 +134,7 @@ def reconcile(
         events.append(StatusEvent("Warning", "GroupRecreated", message))
     if last_failure:
         status["lastGroupFailure"] = last_failure
+    status["endpoints"] = service_endpoints(owner.name, owner.namespace, parsed)
     return Outcome(status=status, actions=actions, events=events, api_failure=api_failure)
 
 
@@ -233,6 +239,20 @@ def _ensure_created(
         return conflict(existing, owner.uid, kind, name)
     if create(owner.namespace, desired):
         logger.info(f"created {kind} {name}")
+    return None
+
+
+def _ensure_api_key(
+    api: KubeAPI, owner: Owner, logger: logging.Logger | logging.LoggerAdapter[Any]
+) -> Conflict | None:
+    """The operator's own key for Benchmark calls (made once; the pods mount it beside the users' keys). A
+    Secret of that name that this resource does not control is never used: its key would be the operator's."""
+    secret = api_key_secret_name(owner.name)
+    existing = api.read_secret(owner.namespace, secret)
+    if existing is not None:
+        return conflict(existing, owner.uid, "Secret", secret)
+    if api.create_secret(owner.namespace, build_api_key_secret(owner, generate_api_key())):
+        logger.info(f"created Secret {secret} (the operator's API key for Benchmark)")
     return None
 
 

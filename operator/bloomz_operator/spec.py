@@ -65,6 +65,11 @@ class InferenceSpec:
     node_selector: Mapping[str, str] = field(default_factory=dict)
     tolerations: tuple[Mapping[str, Any], ...] = ()
     env: tuple[Mapping[str, Any], ...] = ()
+    # The service face: the model id of the OpenAI-compatible API, its chat template, API keys, TLS.
+    served_model_name: str | None = None
+    chat_template: str | None = None
+    api_key_secret: str | None = None
+    tls_secret: str | None = None
 
     @property
     def nodes(self) -> int:
@@ -166,6 +171,10 @@ def _parse(spec: Mapping[str, Any]) -> InferenceSpec:
         node_selector=dict(spec.get("nodeSelector") or {}),
         tolerations=tuple(dict(t) for t in spec.get("tolerations") or ()),
         env=tuple(dict(e) for e in spec.get("env") or ()),
+        served_model_name=spec.get("servedModelName") or None,
+        chat_template=spec.get("chatTemplate") or None,
+        api_key_secret=(spec.get("auth") or {}).get("apiKeySecret") or None,
+        tls_secret=(spec.get("tls") or {}).get("secretName") or None,
     )
     _check(parsed)
     return parsed

@@ -55,18 +55,23 @@ def main(argv: list[str] | None = None) -> int:
         from bloomz_runtime.tiny import build_checkpoint
 
         build_checkpoint(args.model_dir, args.shape)
-    port, metrics_port = _free_port(), _free_port()
+    port, metrics_port, http_port = _free_port(), _free_port(), _free_port()
     target = f"127.0.0.1:{port}"
     env = dict(os.environ, BLOOMZ_BIND_HOST="127.0.0.1")
     launch = [
         sys.executable, "-m", "bloomz_runtime.launch", "--model", str(args.model_dir), "--device", "cpu",
         "--world-size", str(args.world_size), "--port", str(port), "--metrics-port", str(metrics_port),
+        "--http-port", str(http_port),
     ]  # fmt: skip
     print("$", " ".join(launch), flush=True)
     runtime = subprocess.Popen(launch, env=env)
     try:
         wait_for_serving(target, 600, runtime)
-        print(f"SERVING on {target} (metrics on :{metrics_port})", flush=True)
+        print(
+            f"SERVING on {target} (OpenAI-compatible HTTP on http://127.0.0.1:{http_port}/v1, "
+            f"metrics on :{metrics_port})",
+            flush=True,
+        )
         client = [sys.executable, "-m", "bloomz_runtime.client", "--target", target]
         for cmd in (
             [*client, "info"],

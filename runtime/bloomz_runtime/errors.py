@@ -1,14 +1,14 @@
-"""Domain errors and the one place where they become gRPC status codes."""
+"""Domain errors of the runtime, free of any transport.
+
+Each protocol turns them into its own status codes in one place: gRPC in
+``interceptors.py``, HTTP in ``http/errors.py``.
+"""
 
 from __future__ import annotations
 
-import grpc
-
 
 class RuntimeServiceError(Exception):
-    """An error a caller should see with a specific status code and a readable reason."""
-
-    code = grpc.StatusCode.INTERNAL
+    """An error a caller should see with a specific status and a readable reason."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
@@ -16,27 +16,28 @@ class RuntimeServiceError(Exception):
 
 
 class InvalidArgument(RuntimeServiceError):
-    code = grpc.StatusCode.INVALID_ARGUMENT
+    """Bad input: the caller can fix the request."""
+
+
+class Unauthenticated(RuntimeServiceError):
+    """No API key, or not one of the accepted keys."""
+
+
+class ModelNotFound(RuntimeServiceError):
+    """The request names a model this runtime does not serve."""
 
 
 class QueueFull(RuntimeServiceError):
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    """Back-pressure: the request queue is full; try again later."""
 
 
 class Unavailable(RuntimeServiceError):
-    code = grpc.StatusCode.UNAVAILABLE
+    """Still loading, or draining before shutdown."""
 
 
 class DeadlineExceeded(RuntimeServiceError):
-    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    """The caller's deadline passed; the generation was stopped."""
 
 
 class Cancelled(RuntimeServiceError):
-    code = grpc.StatusCode.CANCELLED
-
-
-def grpc_status(exc: BaseException) -> tuple[grpc.StatusCode, str]:
-    """(code, details) for any exception a handler lets out; unknown ones are INTERNAL."""
-    if isinstance(exc, RuntimeServiceError):
-        return exc.code, exc.reason
-    return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
+    """The caller went away; the generation was stopped."""

@@ -15,6 +15,9 @@ class RuntimeMetrics:
         self.requests = Counter(
             "bloomz_requests", "gRPC requests by method and status code", ["method", "code"], registry=r
         )
+        self.http_requests = Counter(
+            "bloomz_http_requests", "HTTP API requests by route and status", ["route", "status"], registry=r
+        )
         self.queue_depth = Gauge("bloomz_queue_depth", "requests waiting to join the batch", registry=r)
         self.running = Gauge("bloomz_running_requests", "requests in the running batch", registry=r)
         self.batch_size = Histogram(

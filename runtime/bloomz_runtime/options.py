@@ -43,6 +43,12 @@ class ServeOptions:
     # Warm up once at the largest prefill shape (None: on hpu/cuda, where memory runs out; off on cpu).
     warmup_largest: bool | None = None
     served_model_name: str | None = None
+    # OpenAI-compatible HTTP beside gRPC (0: off), API keys and TLS for both protocols.
+    http_port: int = 8000
+    api_key_file: str | None = None
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    chat_template: str | None = None
     grace_period_s: float = 30.0
     # A step (forward pass + collectives) longer than this is a hang: NOT_SERVING, exit non-zero.
     step_timeout_s: float = 120.0
@@ -143,7 +149,25 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         help="also run one prefill (and a decode step) at the largest shape the limits allow, so running "
         "out of device memory shows at start-up, not under load (default: on for hpu/cuda)",
     )
-    p.add_argument("--served-model-name", default=None, help="model name reported by Info (default: --model)")
+    p.add_argument(
+        "--served-model-name", default=None, help="model id of Info and /v1/models (default: --model)"
+    )
+    p.add_argument(
+        "--http-port", type=_port, default=8000, help="OpenAI-compatible HTTP API port (0: no HTTP)"
+    )
+    p.add_argument(
+        "--api-key-file",
+        default=None,
+        help="accepted API keys, one per line, re-read when the file changes (default: open service)",
+    )
+    p.add_argument("--tls-cert-file", default=None, help="PEM certificate chain: TLS on gRPC and HTTP")
+    p.add_argument("--tls-key-file", default=None, help="PEM private key of --tls-cert-file")
+    p.add_argument(
+        "--chat-template",
+        default=None,
+        help="Jinja chat template for /v1/chat/completions, a file or the template itself "
+        "(default: the built-in one, docs/runtime.md)",
+    )
     p.add_argument(
         "--grace-period-s", type=float, default=30.0, help="SIGTERM: time to finish in-flight work"
     )
@@ -170,7 +194,10 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 
 
 def parse_options(argv: list[str] | None = None, environ: dict[str, str] | None = None) -> ServeOptions:
-    ns = build_parser().parse_args(argv)
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    if (ns.tls_cert_file is None) != (ns.tls_key_file is None):
+        parser.error("--tls-cert-file and --tls-key-file go together")
     env = os.environ if environ is None else environ
     values = vars(ns)
     return ServeOptions(bind_host=env.get(BIND_HOST_ENV, "0.0.0.0"), **values)

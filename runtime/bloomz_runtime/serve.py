@@ -1,7 +1,8 @@
 """One rank of the runtime (what mpirun starts N times; ``launch`` starts it directly for N = 1).
 
 Every rank: rank variables from Open MPI, torch.distributed, model load and sharding.
-Rank 0 also serves gRPC and metrics and drives the engine; the others follow its commands.
+Rank 0 also serves gRPC, the OpenAI-compatible HTTP API and metrics, all on one event loop, and
+drives the engine; the others follow its commands.
 """
 
 from __future__ import annotations
@@ -17,11 +18,13 @@ from typing import Any
 
 from bloomz_api.constants import BENCHMARK_PROMPT
 
+from bloomz_runtime.auth import ApiKeys
 from bloomz_runtime.backends import get_backend
 from bloomz_runtime.commands import ControlChannel
 from bloomz_runtime.coordinator import Coordinator, worker_loop
 from bloomz_runtime.dist import DistContext, init_distributed, shorten_collective_timeout
 from bloomz_runtime.engine import BatchEngine
+from bloomz_runtime.http import HttpServer, create_app, load_chat_template, start_http_server
 from bloomz_runtime.launch import LEADER_PIDFILE_ENV
 from bloomz_runtime.lifetime import die_with_parent
 from bloomz_runtime.metrics import RuntimeMetrics
@@ -63,6 +66,13 @@ async def _give_up_if_stuck(coordinator: Coordinator, health: Any, limit_s: floa
     exit_stuck()
 
 
+def _read_tls(opts: ServeOptions) -> tuple[bytes, bytes] | None:
+    if opts.tls_cert_file is None or opts.tls_key_file is None:
+        return None
+    with open(opts.tls_cert_file, "rb") as cert, open(opts.tls_key_file, "rb") as key:
+        return cert.read(), key.read()
+
+
 async def run_leader(opts: ServeOptions, ctx: DistContext) -> int:
     from grpc_health.v1._async import HealthServicer
 
@@ -71,8 +81,21 @@ async def run_leader(opts: ServeOptions, ctx: DistContext) -> int:
     health = HealthServicer()
     await set_health(health, serving=False)
     service = TextGenerationService(opts, metrics)
-    server, port = await start_grpc_server(service, health, opts.bind_host, opts.port)
-    log.info("gRPC on %s:%d (NOT_SERVING until loaded and warmed up)", opts.bind_host, port)
+    api_keys = ApiKeys(opts.api_key_file) if opts.api_key_file else None
+    tls = _read_tls(opts)
+    server, port = await start_grpc_server(service, health, opts.bind_host, opts.port, api_keys, tls)
+    scheme = "TLS" if tls else "plaintext"
+    log.info("gRPC (%s) on %s:%d (NOT_SERVING until loaded and warmed up)", scheme, opts.bind_host, port)
+    http: HttpServer | None = None
+    chat = load_chat_template(opts.chat_template)
+    if opts.http_port:
+        app = create_app(service, opts.model_name, chat, metrics, api_keys)
+        http = await start_http_server(
+            app, opts.bind_host, opts.http_port, opts.tls_cert_file, opts.tls_key_file
+        )
+        log.info("HTTP (%s, OpenAI-compatible) on %s:%d", scheme, opts.bind_host, http.port)
+    if api_keys is None:
+        log.info("no --api-key-file: the service is open to anyone who can reach it")
 
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -95,6 +118,8 @@ async def run_leader(opts: ServeOptions, ctx: DistContext) -> int:
         await asyncio.to_thread(_warm_up_largest, opts, coordinator)
     coordinator.start()
     service.attach(runner, coordinator, queue)
+    chat.bos_token = getattr(runner.tokenizer, "bos_token", None) or ""
+    chat.eos_token = getattr(runner.tokenizer, "eos_token", None) or ""
     if opts.warmup and not stopping.is_set():
         await service.warmup()
     log.info("model loaded in %.1f s", time.monotonic() - started)
@@ -104,6 +129,7 @@ async def run_leader(opts: ServeOptions, ctx: DistContext) -> int:
     shorten_collective_timeout(ctx, opts.step_timeout_s)
     if not stopping.is_set():
         await set_health(health, serving=True)
+        service.serving = True
         log.info("SERVING")
 
     while not stopping.is_set() and coordinator.failure is None:
@@ -117,6 +143,7 @@ async def run_leader(opts: ServeOptions, ctx: DistContext) -> int:
     # Drain: stop taking work, let what is in flight finish within the grace period.
     log.info("draining (grace period %.0f s)", opts.grace_period_s)
     await set_health(health, serving=False)
+    service.serving = False
     service.draining = True
     drain_deadline = time.monotonic() + opts.grace_period_s
     while coordinator.busy and time.monotonic() < drain_deadline and coordinator.failure is None:
@@ -127,6 +154,8 @@ async def run_leader(opts: ServeOptions, ctx: DistContext) -> int:
     coordinator.stop()
     await asyncio.to_thread(coordinator.thread.join, 30.0)
     await server.stop(grace=1.0)
+    if http is not None:
+        await http.stop(grace_s=1.0)
     log.info("stopped")
     return 1 if coordinator.failure is not None else 0
 

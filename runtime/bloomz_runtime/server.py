@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import functools
 import statistics
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 from bloomz_api.constants import BENCHMARK_MAX_NEW_TOKENS, BENCHMARK_PROMPT
@@ -20,9 +19,11 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from bloomz_runtime import __version__
+from bloomz_runtime.auth import ApiKeys
 from bloomz_runtime.backends.base import ModelRunner
 from bloomz_runtime.coordinator import Coordinator
-from bloomz_runtime.errors import InvalidArgument, Unavailable, grpc_status
+from bloomz_runtime.errors import InvalidArgument, Unavailable
+from bloomz_runtime.interceptors import ServiceInterceptor
 from bloomz_runtime.metrics import RuntimeMetrics
 from bloomz_runtime.options import ServeOptions
 from bloomz_runtime.requests import (
@@ -58,8 +59,6 @@ FINISH_REASONS = {
     FINISH_STOP: pb.FINISH_REASON_STOP,
 }
 
-T = TypeVar("T")
-
 
 @dataclass
 class Attached:
@@ -87,30 +86,18 @@ def timings_of(req: GenerationRequest) -> pb.Timings:
     )
 
 
-def _unary(method: str) -> Callable[[Callable[..., Awaitable[T]]], Callable[..., Awaitable[T]]]:
-    """Count the call and turn domain errors into status codes (the only place that does)."""
-
-    def wrap(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
-        @functools.wraps(fn)
-        async def handler(self: TextGenerationService, request: Any, context: grpc.aio.ServicerContext) -> T:
-            try:
-                result = await fn(self, request, context)
-            except asyncio.CancelledError:
-                self.metrics.requests.labels(method, grpc.StatusCode.CANCELLED.name).inc()
-                raise
-            except Exception as exc:
-                code, details = grpc_status(exc)
-                self.metrics.requests.labels(method, code.name).inc()
-                await context.abort(code, details)
-            self.metrics.requests.labels(method, grpc.StatusCode.OK.name).inc()
-            return result
-
-        return handler
-
-    return wrap
+def proto_params(msg: pb.GenerationParameters | None) -> dict[str, Any]:
+    """The fields a caller set in a GenerationParameters message, for the shared validator."""
+    if msg is None:
+        return {}
+    return {field.name: value for field, value in msg.ListFields()}
 
 
 class TextGenerationService(pb_grpc.TextGenerationServicer):
+    """The servicer, and the engine front both protocols use (``prepare``, ``submit``, ``run_to_end``).
+
+    Domain errors and the request counter are the interceptor's job (interceptors.py)."""
+
     def __init__(self, opts: ServeOptions, metrics: RuntimeMetrics) -> None:
         self.opts = opts
         self.metrics = metrics
@@ -125,16 +112,22 @@ class TextGenerationService(pb_grpc.TextGenerationServicer):
         # a tokenizer object is not shared between concurrent calls).
         self._tokenizing = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tokenize")
         self._token_bytes = 1
+        # True while health says SERVING (loaded, warmed up, not draining); HTTP /health reads it.
+        self.serving = False
 
     def attach(self, runner: ModelRunner, coordinator: Coordinator, queue: RequestQueue) -> None:
         self._token_bytes = longest_token_bytes(runner.tokenizer.get_vocab())
         self.attached = Attached(runner, coordinator, queue)
 
-    def _ready(self) -> Attached:
+    def _ready(self, warming_up: bool = False) -> Attached:
+        """The engine, for callers; ``warming_up``: for the warm-up itself, which runs before SERVING."""
         if self.draining:
             raise Unavailable("server is draining (shutting down)")
         if self.attached is None:
             raise Unavailable("model is still loading")
+        if not (self.serving or warming_up):
+            # Callers wait for health to say SERVING: the warm-up must not compete with them for the queue.
+            raise Unavailable("model is warming up")
         return self.attached
 
     # -- submitting work -------------------------------------------------------------------
@@ -145,8 +138,9 @@ class TextGenerationService(pb_grpc.TextGenerationServicer):
         deadline_s: float | None = None,
         urgent: bool = False,
         label: str = "",
+        warming_up: bool = False,
     ) -> tuple[GenerationRequest, asyncio.Queue[Event]]:
-        att = self._ready()
+        att = self._ready(warming_up)
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[Event] = asyncio.Queue()
 
@@ -161,19 +155,18 @@ class TextGenerationService(pb_grpc.TextGenerationServicer):
         self.metrics.queue_depth.set(len(att.queue))
         return req, events
 
-    async def _prepare(self, request: pb.GenerateRequest) -> tuple[list[int], ValidatedParams]:
-        """Admission, cheapest checks first: loaded and not draining, room in the queue, parameters,
-        prompt size in bytes; only then tokenizing (in a worker thread), then the token limits."""
+    async def prepare(self, prompt: str, fields: Mapping[str, Any]) -> tuple[list[int], ValidatedParams]:
+        """Admission of one request, cheapest checks first: loaded and not draining, room in the queue,
+        parameters (``fields``: those the caller set; one validator for gRPC and HTTP), prompt size in
+        bytes; only then tokenizing (in a worker thread), then the token limits."""
         att = self._ready()
         att.queue.check_room()
-        validate_prompt(request.prompt)
-        params = validate_parameters(
-            request.parameters if request.HasField("parameters") else None, self.limits
-        )
+        validate_prompt(prompt)
+        params = validate_parameters(fields, self.limits)
         truncated = params.truncate_prompt_tokens is not None
-        validate_prompt_size(request.prompt, self.limits, self._token_bytes, truncated)
+        validate_prompt_size(prompt, self.limits, self._token_bytes, truncated)
         ids = await asyncio.get_running_loop().run_in_executor(
-            self._tokenizing, self._tokenize, att.runner.tokenizer, request.prompt
+            self._tokenizing, self._tokenize, att.runner.tokenizer, prompt
         )
         if params.truncate_prompt_tokens is not None:
             ids = ids[: params.truncate_prompt_tokens]
@@ -184,6 +177,10 @@ class TextGenerationService(pb_grpc.TextGenerationServicer):
     @staticmethod
     def _tokenize(tokenizer: Any, text: str) -> list[int]:
         return list(tokenizer(text, add_special_tokens=False).input_ids)
+
+    async def _prepare(self, request: pb.GenerateRequest) -> tuple[list[int], ValidatedParams]:
+        fields = proto_params(request.parameters if request.HasField("parameters") else None)
+        return await self.prepare(request.prompt, fields)
 
     async def run_to_end(self, req: GenerationRequest, events: asyncio.Queue[Event]) -> tuple[str, str]:
         """(text, finish reason) once the request ends; cancels it if the caller goes away."""
@@ -203,7 +200,6 @@ class TextGenerationService(pb_grpc.TextGenerationServicer):
                 req.cancelled = True
 
     # -- RPCs ------------------------------------------------------------------------------
-    @_unary("Generate")
     async def Generate(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> pb.GenerateResponse:
@@ -221,13 +217,14 @@ class TextGenerationService(pb_grpc.TextGenerationServicer):
         )
 
     def _decode_prompt(self, ids: list[int]) -> str:
-        assert self.attached is not None
-        return str(self.attached.runner.tokenizer.decode(ids, skip_special_tokens=True))
+        return self.decode(ids)
+
+    def decode(self, ids: list[int]) -> str:
+        return str(self._ready().runner.tokenizer.decode(ids, skip_special_tokens=True))
 
     async def GenerateStream(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.GenerateStreamResponse]:
-        method = "GenerateStream"
         req: GenerationRequest | None = None
         try:
             ids, params = await self._prepare(request)
@@ -247,19 +244,10 @@ class TextGenerationService(pb_grpc.TextGenerationServicer):
                     break
                 else:
                     raise event.error
-        except asyncio.CancelledError:
-            self.metrics.requests.labels(method, grpc.StatusCode.CANCELLED.name).inc()
-            raise
-        except Exception as exc:
-            code, details = grpc_status(exc)
-            self.metrics.requests.labels(method, code.name).inc()
-            await context.abort(code, details)
         finally:
             if req is not None and not req.done:
                 req.cancelled = True
-        self.metrics.requests.labels(method, grpc.StatusCode.OK.name).inc()
 
-    @_unary("Info")
     async def Info(self, request: pb.InfoRequest, context: grpc.aio.ServicerContext) -> pb.InfoResponse:
         att = self._ready()
         runner = att.runner
@@ -287,7 +275,6 @@ class TextGenerationService(pb_grpc.TextGenerationServicer):
             decode_weight_bytes=runner.decode_weight_bytes,
         )
 
-    @_unary("Benchmark")
     async def Benchmark(
         self, request: pb.BenchmarkRequest, context: grpc.aio.ServicerContext
     ) -> pb.BenchmarkResponse:
@@ -337,15 +324,15 @@ class TextGenerationService(pb_grpc.TextGenerationServicer):
 
     async def warmup(self) -> None:
         """Exercise prefill, decode, and joining a running batch before reporting SERVING."""
-        att = self._ready()
+        att = self._ready(warming_up=True)
         ids = list(att.runner.tokenizer(BENCHMARK_PROMPT, add_special_tokens=False).input_ids)
         params = ValidatedParams(max_new_tokens=4, sampling=SamplingParams(), ignore_eos=True)
-        first, first_events = self.submit(ids, params, urgent=True, label="warmup")
+        first, first_events = self.submit(ids, params, urgent=True, label="warmup", warming_up=True)
         # Once the first has its first token it is in the batch and the queue is empty again
         # (even a queue of one has room); the second then joins the running batch.
         head = await first_events.get()
         first_events.put_nowait(head)
-        second = self.submit(ids[:2], params, label="warmup")
+        second = self.submit(ids[:2], params, label="warmup", warming_up=True)
         await self.run_to_end(first, first_events)
         await self.run_to_end(*second)
 
@@ -355,12 +342,22 @@ def _seconds(a: float | None, b: float | None) -> float:
 
 
 async def start_grpc_server(
-    service: TextGenerationService, health: HealthServicer, host: str, port: int
+    service: TextGenerationService,
+    health: HealthServicer,
+    host: str,
+    port: int,
+    api_keys: ApiKeys | None = None,
+    tls: tuple[bytes, bytes] | None = None,
 ) -> tuple[grpc.aio.Server, int]:
-    """Serve TextGeneration, health and reflection; returns the server and the bound port."""
+    """Serve TextGeneration, health and reflection; returns the server and the bound port.
+
+    ``tls``: (certificate chain, private key) in PEM; ``api_keys``: required on TextGeneration."""
     # No SO_REUSEPORT (grpcio's default is on): a second server on the same address must fail to
     # start, not silently share the port with the first.
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    server = grpc.aio.server(
+        interceptors=[ServiceInterceptor(SERVICE_NAME, service.metrics, api_keys)],
+        options=[("grpc.so_reuseport", 0)],
+    )
     pb_grpc.add_TextGenerationServicer_to_server(service, server)
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     names = (
@@ -370,7 +367,11 @@ async def start_grpc_server(
     )
     reflection.enable_server_reflection(names, server)
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    bound = server.add_insecure_port(address)
+    if tls is None:
+        bound = server.add_insecure_port(address)
+    else:
+        cert, key = tls
+        bound = server.add_secure_port(address, grpc.ssl_server_credentials([(key, cert)]))
     await server.start()
     return server, bound
 

@@ -1,8 +1,13 @@
-"""Checking a request's parameters against the server's limits (pure; INVALID_ARGUMENT on failure)."""
+"""Checking a request's parameters against the server's limits: the one validator of both protocols.
+
+Pure; raises InvalidArgument. Each protocol hands in the fields its caller set, by their
+bloomz.v1.GenerationParameters names (gRPC: the message's set fields; HTTP: the mapped OpenAI fields).
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,43 +52,32 @@ class ValidatedParams:
     truncate_prompt_tokens: int | None = None
 
 
-def _has(msg: Any, name: str) -> bool:
-    try:
-        return bool(msg.HasField(name))
-    except ValueError:
-        return False
-
-
-def validate_parameters(params: Any, limits: Limits) -> ValidatedParams:
-    """``params`` is a bloomz.v1.GenerationParameters message (or None): unset optional fields
-    take defaults, set ones must be in range."""
-    if params is None:
-        return ValidatedParams(
-            max_new_tokens=min(limits.default_new_tokens, limits.max_new_tokens), sampling=SamplingParams()
-        )
+def validate_parameters(params: Mapping[str, Any] | None, limits: Limits) -> ValidatedParams:
+    """``params`` holds the fields the caller set (absent: the default); set ones must be in range."""
+    params = params or {}
     max_new = min(limits.default_new_tokens, limits.max_new_tokens)
-    if _has(params, "max_new_tokens"):
-        max_new = int(params.max_new_tokens)
+    if "max_new_tokens" in params:
+        max_new = int(params["max_new_tokens"])
         if max_new <= 0:
             raise InvalidArgument(f"max_new_tokens must be > 0, got {max_new}")
         if max_new > limits.max_new_tokens:
             raise InvalidArgument(
                 f"max_new_tokens {max_new} exceeds the server limit {limits.max_new_tokens}"
             )
-    do_sample = bool(params.do_sample)
-    temperature = float(params.temperature) if _has(params, "temperature") else 1.0
+    do_sample = bool(params.get("do_sample", False))
+    temperature = float(params.get("temperature", 1.0))
     if not math.isfinite(temperature) or temperature < 0 or (do_sample and temperature == 0):
         raise InvalidArgument(f"temperature must be > 0 when sampling, got {temperature}")
-    top_k = int(params.top_k) if _has(params, "top_k") else 0
+    top_k = int(params.get("top_k", 0))
     if top_k < 0:
         raise InvalidArgument(f"top_k must be >= 0 (0 = off), got {top_k}")
-    top_p = float(params.top_p) if _has(params, "top_p") else 1.0
+    top_p = float(params.get("top_p", 1.0))
     if not (0.0 < top_p <= 1.0):
         raise InvalidArgument(f"top_p must be in (0, 1], got {top_p}")
-    penalty = float(params.repetition_penalty) if _has(params, "repetition_penalty") else 1.0
+    penalty = float(params.get("repetition_penalty", 1.0))
     if not math.isfinite(penalty) or penalty <= 0:
         raise InvalidArgument(f"repetition_penalty must be > 0, got {penalty}")
-    stop = tuple(params.stop)
+    stop = tuple(params.get("stop", ()))
     if len(stop) > limits.max_stop_strings:
         raise InvalidArgument(f"at most {limits.max_stop_strings} stop strings, got {len(stop)}")
     for s in stop:
@@ -91,7 +85,7 @@ def validate_parameters(params: Any, limits: Limits) -> ValidatedParams:
             raise InvalidArgument("stop strings must not be empty")
         if len(s) > limits.max_stop_length:
             raise InvalidArgument(f"stop strings are limited to {limits.max_stop_length} characters")
-    truncate = int(params.truncate_prompt_tokens) if _has(params, "truncate_prompt_tokens") else None
+    truncate = int(params["truncate_prompt_tokens"]) if "truncate_prompt_tokens" in params else None
     if truncate is not None and truncate <= 0:
         raise InvalidArgument(f"truncate_prompt_tokens must be > 0, got {truncate}")
     return ValidatedParams(
@@ -102,10 +96,10 @@ def validate_parameters(params: Any, limits: Limits) -> ValidatedParams:
             top_k=top_k,
             top_p=top_p,
             repetition_penalty=penalty,
-            seed=int(params.seed) if _has(params, "seed") else None,
+            seed=int(params["seed"]) if "seed" in params else None,
         ),
         stop=stop,
-        ignore_eos=bool(params.ignore_eos),
+        ignore_eos=bool(params.get("ignore_eos", False)),
         truncate_prompt_tokens=truncate,
     )
 

@@ -76,13 +76,14 @@ def test_command_line_is_the_launcher_contract() -> None:
     # The required flags, the ports and grace period the pod depends on, and what differs from the defaults.
     assert c["args"] == [
         "--model", "bigscience/bloomz-7b1", "--device", "hpu", "--world-size", "8",
-        "--port", "50051", "--metrics-port", "9090", "--dtype", "bfloat16", "--grace-period-s", "30.0",
+        "--port", "50051", "--metrics-port", "9090", "--dtype", "bfloat16", "--http-port", "8000",
+        "--grace-period-s", "30.0",
     ]  # fmt: skip
     assert parse_options(c["args"], environ={}) == ServeOptions(
         model="bigscience/bloomz-7b1", device="hpu", world_size=8, dtype="bfloat16", grace_period_s=30.0
     )
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
-    assert ports == {"grpc": 50051, "metrics": 9090}
+    assert ports == {"grpc": 50051, "metrics": 9090, "http": 8000}
 
 
 def test_dtype_left_to_the_launcher_when_unset_and_flags_switch_off() -> None:
@@ -286,7 +287,7 @@ def test_service_exposes_grpc_and_metrics() -> None:
         "inference.bloomz.dev/name": "bloomz-7b1",
     }
     ports = {(p["name"], p["port"], p["targetPort"]) for p in svc["spec"]["ports"]}
-    assert ports == {("grpc", 50051, "grpc"), ("metrics", 9090, "metrics")}
+    assert ports == {("grpc", 50051, "grpc"), ("metrics", 9090, "metrics"), ("http", 8000, "http")}
     assert service_endpoint(OWNER) == "bloomz-7b1.ml.svc:50051"
     # The selector picks the pods.
     (pod,) = build_pods(OWNER, parse_spec({"model": "m"}), Settings())

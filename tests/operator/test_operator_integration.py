@@ -233,7 +233,7 @@ def test_kubectl_apply_gaudi_example_through_latency_rollout_and_delete(
     assert limits["habana.ai/gaudi"] == "8" and pod["spec"]["hostIPC"] is True
     svc = wait_for("the service", lambda: cluster.core.read_namespaced_service(name, NS))
     assert svc.metadata.owner_references[0].uid == uid
-    assert {p.name: p.port for p in svc.spec.ports} == {"grpc": 50051, "metrics": 9090}
+    assert {p.name: p.port for p in svc.spec.ports} == {"grpc": 50051, "metrics": 9090, "http": 8000}
     first_pod = pod["metadata"]["name"]
     wait_for("the finalizer", lambda: FINALIZER in cluster.resource(name)["metadata"].get("finalizers", []))
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 from bloomz_operator.builders import build_pod_spec
-from bloomz_operator.constants import GRPC_PORT, METRICS_PORT
+from bloomz_operator.constants import GRPC_PORT, HTTP_PORT, METRICS_PORT
 from bloomz_operator.settings import DEFAULT_IMAGES, GAUDI_BASE_IMAGE, Settings
 from bloomz_operator.spec import parse_spec
 from conftest import CHART, REPO, find_tool, pyproject, run
@@ -56,10 +56,9 @@ def test_runtime_image_entrypoint_is_the_command_the_operator_gives_its_pods(dev
     assert image.entrypoint() == container["command"]
     # The pod's default image is the one this Dockerfile builds.
     assert container["image"].rsplit(":", 1)[0].endswith(f"/{RUNTIME_IMAGES[device]}")
-    # The gRPC and metrics ports the pod declares are the ones the image exposes.
-    assert (
-        image.exposed_ports() == {p["containerPort"] for p in container["ports"]} == {GRPC_PORT, METRICS_PORT}
-    )
+    # The gRPC, HTTP and metrics ports the pod declares are the ones the image exposes.
+    declared = {p["containerPort"] for p in container["ports"]}
+    assert image.exposed_ports() == declared == {GRPC_PORT, HTTP_PORT, METRICS_PORT}
 
 
 def test_operator_image_entrypoint_user_and_port() -> None:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from bloomz_api.proto import generate_pb2 as pb
 from bloomz_runtime.errors import InvalidArgument
+from bloomz_runtime.server import proto_params
 from bloomz_runtime.validation import (
     MAX_STOP_LENGTH,
     MAX_STOP_STRINGS,
@@ -73,6 +74,11 @@ REFUSED: list[tuple[dict[str, Any], str]] = [
 ]
 
 
+def validate(params: pb.GenerationParameters | None, limits: Limits) -> Any:
+    """The shared validator, fed the way the gRPC server feeds it (the fields the message sets)."""
+    return validate_parameters(proto_params(params), limits)
+
+
 def field(validated: Any, name: str) -> Any:
     holder = validated.sampling if hasattr(SamplingParams, name) else validated
     return getattr(holder, name)
@@ -82,13 +88,13 @@ def field(validated: Any, name: str) -> Any:
 def test_values_on_the_accepted_side_of_a_bound_are_kept(
     fields: dict[str, Any], name: str, expected: Any
 ) -> None:
-    assert field(validate_parameters(pb.GenerationParameters(**fields), LIMITS), name) == expected
+    assert field(validate(pb.GenerationParameters(**fields), LIMITS), name) == expected
 
 
 @pytest.mark.parametrize(("fields", "reason"), REFUSED, ids=[str(f) for f, _ in REFUSED])
 def test_values_past_a_bound_are_refused_with_the_reason(fields: dict[str, Any], reason: str) -> None:
     with pytest.raises(InvalidArgument, match=reason):
-        validate_parameters(pb.GenerationParameters(**fields), LIMITS)
+        validate(pb.GenerationParameters(**fields), LIMITS)
 
 
 @pytest.mark.parametrize(("count", "ok"), [(2, True), (3, False)])
@@ -96,10 +102,10 @@ def test_the_stop_count_bound_comes_from_the_limits(count: int, ok: bool) -> Non
     limits = Limits(max_input_tokens=8, max_new_tokens=8, max_stop_strings=2, max_stop_length=3)
     params = pb.GenerationParameters(stop=["a"] * count)
     if ok:
-        assert validate_parameters(params, limits).stop == ("a",) * count
+        assert validate(params, limits).stop == ("a",) * count
     else:
         with pytest.raises(InvalidArgument, match="at most 2 stop strings, got 3"):
-            validate_parameters(params, limits)
+            validate(params, limits)
 
 
 @pytest.mark.parametrize(("length", "ok"), [(3, True), (4, False)])
@@ -107,10 +113,10 @@ def test_the_stop_length_bound_comes_from_the_limits(length: int, ok: bool) -> N
     limits = Limits(max_input_tokens=8, max_new_tokens=8, max_stop_strings=2, max_stop_length=3)
     params = pb.GenerationParameters(stop=["s" * length])
     if ok:
-        assert validate_parameters(params, limits).stop == ("s" * length,)
+        assert validate(params, limits).stop == ("s" * length,)
     else:
         with pytest.raises(InvalidArgument, match="limited to 3 characters"):
-            validate_parameters(params, limits)
+            validate(params, limits)
 
 
 @pytest.mark.parametrize("params", [None, pb.GenerationParameters(), pb.GenerationParameters(top_k=3)])
@@ -121,12 +127,12 @@ def test_the_default_new_token_count_is_capped_by_the_limit(
     params: Any, default: int, limit: int, expected: int
 ) -> None:
     limits = Limits(max_input_tokens=8, max_new_tokens=limit, default_new_tokens=default)
-    assert validate_parameters(params, limits).max_new_tokens == expected
+    assert validate(params, limits).max_new_tokens == expected
 
 
 def test_unset_parameters_are_plain_greedy_defaults() -> None:
     for params in (None, pb.GenerationParameters()):
-        v = validate_parameters(params, LIMITS)
+        v = validate(params, LIMITS)
         assert v.sampling == SamplingParams(
             do_sample=False, temperature=1.0, top_k=0, top_p=1.0, repetition_penalty=1.0, seed=None
         )
@@ -169,7 +175,7 @@ def test_an_empty_prompt_is_refused_and_one_character_is_not() -> None:
 def test_the_emptiness_messages_are_exact() -> None:
     for check, expected in (
         (
-            lambda: validate_parameters(pb.GenerationParameters(stop=[""]), LIMITS),
+            lambda: validate(pb.GenerationParameters(stop=[""]), LIMITS),
             "stop strings must not be empty",
         ),
         (lambda: validate_prompt(""), "prompt must not be empty"),

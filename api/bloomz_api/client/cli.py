@@ -13,6 +13,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, TextIO
 
 from google.protobuf import json_format
@@ -50,6 +51,28 @@ def _common_options(parser: argparse.ArgumentParser, *, top_level: bool) -> None
         action="store_true",
         default=default(False),
         help="print JSON for scripts" if top_level else argparse.SUPPRESS,
+    )
+    parser.add_argument(
+        "--api-key",
+        default=default(os.environ.get("BLOOMZ_API_KEY")),
+        help="API key sent as 'authorization: Bearer <key>' (default: $BLOOMZ_API_KEY)"
+        if top_level
+        else argparse.SUPPRESS,
+    )
+    parser.add_argument(
+        "--tls",
+        action="store_true",
+        default=default(False),
+        help="connect with TLS (verified with --ca-cert, else the system's roots)"
+        if top_level
+        else argparse.SUPPRESS,
+    )
+    parser.add_argument(
+        "--ca-cert",
+        default=default(None),
+        help="PEM file of the CA that signed the server's certificate (implies --tls)"
+        if top_level
+        else argparse.SUPPRESS,
     )
     parser.add_argument(
         "--timeout",
@@ -325,7 +348,14 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
     err = err or sys.stderr
     args = build_parser().parse_args(argv)
     try:
-        with TextGenerationClient(args.target, timeout=args.timeout) as client:
+        ca_cert = Path(args.ca_cert).read_bytes() if args.ca_cert else None
+    except OSError as problem:
+        print(f"error: --ca-cert: {problem}", file=err)
+        return EXIT_USAGE
+    try:
+        with TextGenerationClient(
+            args.target, timeout=args.timeout, api_key=args.api_key, tls=args.tls, ca_cert=ca_cert
+        ) as client:
             _COMMANDS[args.command](client, args, out)
     except RpcFailure as failure:
         print(f"error: {failure.method} failed: {failure.code.name}: {failure.details}", file=err)

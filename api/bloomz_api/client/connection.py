@@ -39,16 +39,29 @@ def _as_failure(error: grpc.RpcError, method: str) -> RpcFailure:
 class TextGenerationClient:
     """Synchronous client for Generate, GenerateStream, Info, Benchmark and the health service."""
 
-    def __init__(self, target: str, timeout: float | None = None) -> None:
+    def __init__(
+        self,
+        target: str,
+        timeout: float | None = None,
+        *,
+        api_key: str | None = None,
+        tls: bool = False,
+        ca_cert: bytes | None = None,
+    ) -> None:
+        """``api_key``: sent as ``authorization: Bearer <key>``; ``tls``: verify the server with
+        ``ca_cert`` (PEM) or, without it, the system's roots."""
         self.target = target
         self.timeout = timeout
-        self._channel = grpc.insecure_channel(
-            target,
-            options=[
-                ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
-            ],
-        )
+        self._metadata = (("authorization", f"Bearer {api_key}"),) if api_key else None
+        options = [
+            ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
+        ]
+        if tls or ca_cert is not None:
+            credentials = grpc.ssl_channel_credentials(root_certificates=ca_cert)
+            self._channel = grpc.secure_channel(target, credentials, options=options)
+        else:
+            self._channel = grpc.insecure_channel(target, options=options)
         self._stub = generate_pb2_grpc.TextGenerationStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
@@ -65,7 +78,9 @@ class TextGenerationClient:
 
     def generate(self, request: generate_pb2.GenerateRequest) -> generate_pb2.GenerateResponse:
         try:
-            response: generate_pb2.GenerateResponse = self._stub.Generate(request, timeout=self.timeout)
+            response: generate_pb2.GenerateResponse = self._stub.Generate(
+                request, timeout=self.timeout, metadata=self._metadata
+            )
         except grpc.RpcError as error:
             raise _as_failure(error, "Generate") from None
         return response
@@ -74,7 +89,10 @@ class TextGenerationClient:
         self, requests: list[generate_pb2.GenerateRequest]
     ) -> list[generate_pb2.GenerateResponse]:
         """Sends all requests at once (the server batches them) and returns the answers in order."""
-        futures = [self._stub.Generate.future(request, timeout=self.timeout) for request in requests]
+        futures = [
+            self._stub.Generate.future(request, timeout=self.timeout, metadata=self._metadata)
+            for request in requests
+        ]
         responses: list[generate_pb2.GenerateResponse] = []
         try:
             for future in futures:
@@ -89,7 +107,7 @@ class TextGenerationClient:
         self, request: generate_pb2.GenerateRequest
     ) -> Iterator[generate_pb2.GenerateStreamResponse]:
         """Yields the streamed pieces; closing the iterator early cancels the call on the server."""
-        call = self._stub.GenerateStream(request, timeout=self.timeout)
+        call = self._stub.GenerateStream(request, timeout=self.timeout, metadata=self._metadata)
         try:
             yield from call
         except grpc.RpcError as error:
@@ -100,7 +118,7 @@ class TextGenerationClient:
     def info(self) -> generate_pb2.InfoResponse:
         try:
             response: generate_pb2.InfoResponse = self._stub.Info(
-                generate_pb2.InfoRequest(), timeout=self.timeout
+                generate_pb2.InfoRequest(), timeout=self.timeout, metadata=self._metadata
             )
         except grpc.RpcError as error:
             raise _as_failure(error, "Info") from None
@@ -108,7 +126,9 @@ class TextGenerationClient:
 
     def benchmark(self, request: generate_pb2.BenchmarkRequest) -> generate_pb2.BenchmarkResponse:
         try:
-            response: generate_pb2.BenchmarkResponse = self._stub.Benchmark(request, timeout=self.timeout)
+            response: generate_pb2.BenchmarkResponse = self._stub.Benchmark(
+                request, timeout=self.timeout, metadata=self._metadata
+            )
         except grpc.RpcError as error:
             raise _as_failure(error, "Benchmark") from None
         return response

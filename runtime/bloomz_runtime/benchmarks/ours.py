@@ -84,7 +84,7 @@ def launched_runtime(
     command = [
         sys.executable, "-m", "bloomz_runtime.launch",
         "--model", str(model_dir), "--device", "cpu", "--world-size", str(world_size),
-        "--port", str(port), "--metrics-port", str(metrics_port), *extra_args,
+        "--port", str(port), "--metrics-port", str(metrics_port), "--http-port", "0", *extra_args,
     ]  # fmt: skip
     env = {**os.environ, "BLOOMZ_BIND_HOST": "127.0.0.1"}
     target = f"127.0.0.1:{port}"
