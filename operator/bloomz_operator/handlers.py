@@ -24,6 +24,7 @@ from .groups import current_template_hash
 from .kubeapi import KubeAPI, make_api_client
 from .latency import PodTarget, benchmark_due, benchmark_requested, measure_pods, summarize
 from .reconciler import clean_up, reconcile
+from .scaling import keeps_latency
 from .settings import Settings
 from .spec import SpecError, parse_spec
 
@@ -137,10 +138,18 @@ def register_handlers(
                 wake(ref.get("uid"))
 
     @kopf.on.update(GROUP, VERSION, PLURAL, field="spec", id="spec-change", registry=registry)
-    async def on_spec_change(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
-        # A latency measured on another spec says nothing about this one.
-        patch.status["latency"] = None
+    async def on_spec_change(body: kopf.Body, old: Any, new: Any, patch: kopf.Patch, **_: Any) -> None:
+        # A latency measured on another template or benchmark says nothing about this spec; one measured on
+        # the same pods does (a scale, an interval change): keep it, with no new benchmark.
+        if not _latency_still_valid((body.get("status") or {}).get("latency"), old, new):
+            patch.status["latency"] = None
         wake(body["metadata"]["uid"])  # roll the pods now, not at the next interval
+
+    def _latency_still_valid(latency: Any, old: Any, new: Any) -> bool:
+        try:
+            return keeps_latency(latency, parse_spec(dict(old or {})), parse_spec(dict(new or {})), settings)
+        except SpecError:
+            return False
 
     @kopf.on.delete(GROUP, VERSION, PLURAL, id="cleanup", registry=registry)
     def on_delete(body: kopf.Body, logger: Any, **_: Any) -> None:

@@ -18,6 +18,7 @@ from .groups import build_groups, build_headless_service, current_template_hash,
 from .kubeapi import KubeAPI
 from .latency import format_time
 from .planning import Action, CreatePod, DeletePod, GroupFailure, find_broken_groups, plan_groups, plan_pods
+from .scaling import selector_string
 from .settings import Settings
 from .spec import SpecError, parse_spec
 from .sshkeys import build_ssh_secret, generate_key_pair, ssh_secret_name
@@ -47,7 +48,8 @@ def reconcile(
         status = invalid_spec_status(str(error), generation, old_status, owner)
         return Outcome(status=status, events=status_events(old_status, status))
     current_hash = current_template_hash(parsed, settings)
-    _ensure_service(api, build_service(owner, leaders_only=parsed.multi_node), logger)
+    service = build_service(owner, leaders_only=parsed.multi_node)
+    _ensure_service(api, service, logger)
     failures: list[GroupFailure] = []
     if parsed.multi_node:
         _ensure_group_plumbing(api, owner, logger)
@@ -78,6 +80,8 @@ def reconcile(
         now=now,
         nodes=parsed.nodes,
     )
+    # The scale subresource's labelSelectorPath: the pods that serve, one per replica (a group's leader).
+    status["selector"] = selector_string(service["spec"]["selector"])
     events = status_events(old_status, status)
     last_failure = (old_status or {}).get("lastGroupFailure")
     for failure in failures:
