@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 DEVICES = ("hpu", "cuda", "cpu")
 DTYPES = ("bfloat16", "float16", "float32")
+LOG_FORMATS = ("text", "json")
 BIND_HOST_ENV = "BLOOMZ_BIND_HOST"
 
 
@@ -35,6 +36,7 @@ class ServeOptions:
     warmup: bool = True
     served_model_name: str | None = None
     grace_period_s: float = 30.0
+    log_format: str = "text"
     bind_host: str = field(default="0.0.0.0")
 
     @property
@@ -94,6 +96,12 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument(
         "--grace-period-s", type=float, default=30.0, help="SIGTERM: time to finish in-flight work"
     )
+    p.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default="text",
+        help="json: one JSON object per log line (request lines carry request_id, tokens, timings, code)",
+    )
     return p
 
 
@@ -127,6 +135,8 @@ def to_argv(opts: ServeOptions) -> list[str]:
         argv.append("--screened-greedy" if opts.screened_greedy else "--no-screened-greedy")
     if not opts.warmup:
         argv.append("--no-warmup")
+    if opts.log_format != "text":
+        argv += ["--log-format", opts.log_format]
     if opts.served_model_name:
         argv += ["--served-model-name", opts.served_model_name]
     return argv
