@@ -210,7 +210,14 @@ def register_handlers(
                 return  # nothing serves yet: measure once pods are ready (a request stays pending)
             logger.info(f"measuring latency on {len(targets)} pod(s)")
             measurements = await measure_pods(targets, parsed.benchmark, settings.benchmark.timeout_seconds)
-            result = summarize(measurements, parsed.benchmark, current_hash=current_hash, now=now)
+            per_device = settings.device(parsed.device).memory_bandwidth
+            result = summarize(
+                measurements,
+                parsed.benchmark,
+                current_hash=current_hash,
+                now=now,
+                bandwidth=per_device * parsed.cards if per_device else None,
+            )
             patch.status["latency"] = result
             if requested:
                 patch.metadata.annotations[BENCHMARK_ANNOTATION] = None

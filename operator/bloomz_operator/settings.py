@@ -49,6 +49,9 @@ class DeviceSettings:
     memory: str | None = None
     hugepages_2mi: str | None = None
     host_ipc: bool = False
+    # Memory bandwidth of one device in bytes/s: the roofline that status.latency.bandwidthEfficiency is a
+    # fraction of (Gaudi2 HBM2E 2.45 TB/s, H100 SXM HBM3 3.35 TB/s; a CPU's depends on the machine).
+    memory_bandwidth: float | None = None
 
 
 @dataclass(frozen=True)
@@ -84,8 +87,11 @@ DEFAULT_DEVICES: dict[str, DeviceSettings] = {
         memory="409Gi",
         hugepages_2mi="95000Mi",
         host_ipc=True,
+        memory_bandwidth=2.45e12,
     ),
-    "cuda": DeviceSettings(image=DEFAULT_IMAGES["cuda"], resource_name="nvidia.com/gpu"),
+    "cuda": DeviceSettings(
+        image=DEFAULT_IMAGES["cuda"], resource_name="nvidia.com/gpu", memory_bandwidth=3.35e12
+    ),
     "cpu": DeviceSettings(image=DEFAULT_IMAGES["cpu"]),
 }
 
@@ -98,6 +104,7 @@ _DEVICE_KEYS = {
     "memory": "memory",
     "hugepages2Mi": "hugepages_2mi",
     "hostIPC": "host_ipc",
+    "memoryBandwidth": "memory_bandwidth",
 }
 _BENCHMARK_KEYS = {
     "enabled": "enabled",
@@ -176,6 +183,10 @@ def _device(name: str, data: Any, base: DeviceSettings) -> DeviceSettings:
             changes[attr] = tuple(_expect(t, dict, f"{at}[{i}]") for i, t in enumerate(items))
         elif key == "hostIPC":
             changes[attr] = _expect(value, bool, at)
+        elif key == "memoryBandwidth":
+            changes[attr] = None if value is None else float(_expect(value, (int, float), at))
+            if value is not None and changes[attr] <= 0:
+                raise SettingsError(f"{at}: must be > 0 bytes/s, got {value!r}")
         elif value is None and key in ("memory", "hugepages2Mi", "resourceName"):
             changes[attr] = None  # explicitly switched off
         else:

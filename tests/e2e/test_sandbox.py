@@ -239,6 +239,8 @@ def test_kubectl_scale_1_2_0_1_keeps_the_latency_and_the_card_count(job: MainJob
     )
     before = wait_for("Ready, measured", lambda: resource_ready(job))
     measured_at = before["status"]["latency"]["measuredAt"]
+    # The sandbox's CPU roofline (operator setting devices.cpu.memoryBandwidth) gives an efficiency.
+    assert 0 < before["status"]["latency"]["bandwidthEfficiency"] < 2
     cards = before["spec"]["cards"]
 
     def settled(replicas: int) -> dict[str, Any] | None:
