@@ -23,6 +23,7 @@ from .constants import BENCHMARK_ANNOTATION, GROUP, KIND, LABEL_MANAGED_BY, MANA
 from .groups import current_template_hash
 from .kubeapi import KubeAPI, make_api_client
 from .latency import PodTarget, benchmark_due, benchmark_requested, measure_pods, summarize
+from .metrics import OperatorMetrics
 from .reconciler import clean_up, reconcile
 from .scaling import keeps_latency
 from .settings import Settings
@@ -45,8 +46,10 @@ def register_handlers(
     registry: kopf.OperatorRegistry,
     settings: Settings,
     api_factory: Callable[[], Any] = make_api_client,
+    metrics: OperatorMetrics | None = None,
 ) -> None:
-    """Register every handler of the operator in `registry`."""
+    """Register every handler of the operator in `registry` (`metrics`: where the handlers count)."""
+    metrics = metrics or OperatorMetrics()
     api_lock = threading.Lock()
     api_holder: list[KubeAPI] = []
     # One reconciliation (or clean-up) at a time per resource.
@@ -102,6 +105,7 @@ def register_handlers(
             )
             if any(status.get(key) != value for key, value in outcome.status.items()):
                 api().patch_status(owner.namespace, owner.name, outcome.status)
+        metrics.reconciled(owner.namespace, owner.name, outcome.observed, outcome.status.get("phase"))
         for event in outcome.events:
             kopf.event(body, type=event.type, reason=event.reason, message=event.message)
 
@@ -118,6 +122,8 @@ def register_handlers(
                 try:
                     await asyncio.to_thread(reconcile_and_report, body, logger)
                 except Exception as error:  # the API may fail for a while: keep the loop alive
+                    meta = body["metadata"]
+                    metrics.failed(meta.get("namespace", ""), meta.get("name", ""), error)
                     logger.warning(f"reconciliation failed, will retry: {error}")
                 deadline = loop.time() + settings.reconcile_interval_seconds
                 while not stopped and not woken.is_set() and loop.time() < deadline:
@@ -156,6 +162,7 @@ def register_handlers(
         owner = _owner(body)
         with lock_for(owner.uid):
             clean_up(api(), owner, logger)
+        metrics.forget(owner.namespace, owner.name)
         with api_lock:
             resource_locks.pop(owner.uid, None)
 
@@ -219,6 +226,7 @@ def register_handlers(
                 bandwidth=per_device * parsed.cards if per_device else None,
             )
             patch.status["latency"] = result
+            metrics.measured(owner.namespace, owner.name, result)
             if requested:
                 patch.metadata.annotations[BENCHMARK_ANNOTATION] = None
             errors = [m for m in measurements if m.error]

@@ -30,6 +30,7 @@ class Outcome:
     status: dict[str, Any]
     actions: list[Action] = field(default_factory=list)
     events: list[StatusEvent] = field(default_factory=list)
+    observed: list[Mapping[str, Any]] = field(default_factory=list)  # the owned pods after the actions
 
 
 def reconcile(
@@ -90,7 +91,7 @@ def reconcile(
         events.append(StatusEvent("Warning", "GroupRecreated", message))
     if last_failure:
         status["lastGroupFailure"] = last_failure
-    return Outcome(status=status, actions=actions, events=events)
+    return Outcome(status=status, actions=actions, events=events, observed=list(observed))
 
 
 def _ensure_service(

@@ -69,6 +69,8 @@ class Settings:
     namespaces: tuple[str, ...] = ()
     log_level: str = "INFO"
     liveness_port: int = 8080
+    # Prometheus endpoint of the operator (its own series); 0 = none. The chart turns it on.
+    metrics_port: int = 0
     image_pull_policy: str = "IfNotPresent"
     # Secrets (in the resource's namespace) the kubelet uses to pull the runtime images.
     image_pull_secrets: tuple[str, ...] = ()
@@ -116,6 +118,7 @@ _TOP_KEYS = {
     "namespaces",
     "logLevel",
     "livenessPort",
+    "metricsPort",
     "imagePullPolicy",
     "imagePullSecrets",
     "reconcileIntervalSeconds",
@@ -212,6 +215,8 @@ def parse_settings(data: Mapping[str, Any] | None) -> Settings:
         changes["log_level"] = level
     if "livenessPort" in data:
         changes["liveness_port"] = _port(data["livenessPort"], "livenessPort")
+    if "metricsPort" in data and data["metricsPort"] != 0:
+        changes["metrics_port"] = _port(data["metricsPort"], "metricsPort")
     if "imagePullPolicy" in data:
         policy = _expect(data["imagePullPolicy"], str, "imagePullPolicy")
         if policy not in IMAGE_PULL_POLICIES:
