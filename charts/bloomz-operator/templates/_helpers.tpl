@@ -76,6 +76,7 @@ left out (the operator's built-in default applies); an empty memory / hugepages2
   "namespaces" .Values.watchNamespaces
   "logLevel" $config.logLevel
   "livenessPort" $config.livenessPort
+  "metricsPort" .Values.metrics.port
   "imagePullPolicy" $config.imagePullPolicy
   "imagePullSecrets" $config.imagePullSecrets
   "benchmark" $config.benchmark
