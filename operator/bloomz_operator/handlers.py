@@ -149,6 +149,7 @@ def register_handlers(
         # the same pods does (a scale, an interval change): keep it, with no new benchmark.
         if not _latency_still_valid((body.get("status") or {}).get("latency"), old, new):
             patch.status["latency"] = None
+            metrics.latency_dropped(body["metadata"]["namespace"], body["metadata"]["name"])
         wake(body["metadata"]["uid"])  # roll the pods now, not at the next interval
 
     def _latency_still_valid(latency: Any, old: Any, new: Any) -> bool:

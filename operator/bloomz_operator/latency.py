@@ -85,13 +85,22 @@ def _describe_rpc_error(error: grpc.aio.AioRpcError) -> str:
     return f"{error.code().name}: {error.details() or 'no details'}"
 
 
+async def _decode_weight_bytes(stub: generate_pb2_grpc.TextGenerationStub, timeout_s: float) -> int | None:
+    """Info's weight bytes per greedy step; None when the runtime does not say (the latency still counts)."""
+    try:
+        info = await stub.Info(generate_pb2.InfoRequest(), timeout=timeout_s)
+    except grpc.aio.AioRpcError:
+        return None
+    return int(info.decode_weight_bytes) or None
+
+
 async def measure_pod(target: PodTarget, bench: BenchmarkSpec, timeout_s: float) -> PodMeasurement:
     """Run the Benchmark RPC on one pod; any failure becomes the pod's `error`, never an exception."""
     try:
         async with grpc.aio.insecure_channel(target.address) as channel:
             stub = generate_pb2_grpc.TextGenerationStub(channel)
             reply = await stub.Benchmark(benchmark_request(bench), timeout=timeout_s)
-            info = await stub.Info(generate_pb2.InfoRequest(), timeout=timeout_s)
+            weight_bytes = await _decode_weight_bytes(stub, timeout_s)
     except grpc.aio.AioRpcError as error:
         return PodMeasurement(target.pod, error=_describe_rpc_error(error))
     except (OSError, asyncio.TimeoutError) as error:
@@ -105,7 +114,7 @@ async def measure_pod(target: PodTarget, bench: BenchmarkSpec, timeout_s: float)
         prompt_tokens=reply.prompt_tokens,
         iterations=reply.iterations,
         max_new_tokens=reply.max_new_tokens or bench.max_new_tokens,
-        decode_weight_bytes=info.decode_weight_bytes or None,
+        decode_weight_bytes=weight_bytes,
     )
 
 

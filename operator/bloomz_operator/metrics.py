@@ -83,9 +83,18 @@ class OperatorMetrics:
             if isinstance(value, (int, float)):
                 self.latency[field].labels(namespace, name).set(value * factor)
 
+    def latency_dropped(self, namespace: str, name: str) -> None:
+        """The spec changed what a measurement means: no gauge keeps the old template's latency."""
+        self._remove(namespace, name, self.latency.values())
+
     def forget(self, namespace: str, name: str) -> None:
         """A deleted resource's series go with it (no stale latency to alert on)."""
-        for metric in (self.pods, self.phase, self.reconcile_errors, self.reconciles, *self.latency.values()):
+        metrics = (self.pods, self.phase, self.reconcile_errors, self.reconciles, *self.latency.values())
+        self._remove(namespace, name, metrics)
+
+    @staticmethod
+    def _remove(namespace: str, name: str, metrics: Iterable[Any]) -> None:
+        for metric in metrics:
             for labels in [key for key in _label_sets(metric) if key[:2] == (namespace, name)]:
                 metric.remove(*labels)
 

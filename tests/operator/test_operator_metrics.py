@@ -55,6 +55,10 @@ def test_series_over_http_after_known_passes() -> None:
     assert got[f"bloomz_operator_measured_latency_seconds{{{resource}}}"] == 0.737
     assert f"bloomz_operator_measured_bandwidth_efficiency{{{resource}}}" not in got  # not measured
 
+    metrics.latency_dropped("ns", "a")
+    left = scrape(port)
+    assert not [n for n in left if n.startswith("bloomz_operator_measured_") and resource in n]
+    assert left[f"bloomz_operator_reconciles_total{{{resource}}}"] == 2
     metrics.forget("ns", "a")
     assert not [name for name in scrape(port) if resource in name]
 

@@ -82,7 +82,12 @@ def test_kubectl_scale_1_2_0_1_keeps_the_latency_until_the_template_changes(clus
     )
     assert status["selector"] == f"app.kubernetes.io/name=bloomz-runtime,{GROUP}/name={NAME}"
     # As the latency timer would have written it, for the pods of the current template.
-    latency = {"seconds": 0.5, "perTokenMs": 30.0, "measuredAt": "2026-01-01T00:00:00Z"}
+    latency = {
+        "seconds": 0.5,
+        "perTokenMs": 30.0,
+        "bandwidthEfficiency": 0.42,
+        "measuredAt": "2026-01-01T00:00:00Z",
+    }
     latency["templateHash"] = status["templateHash"]
     cluster.custom.patch_namespaced_custom_object_status(
         GROUP, VERSION, NS, PLURAL, NAME, {"status": {"latency": latency}}
@@ -110,6 +115,11 @@ def test_kubectl_scale_1_2_0_1_keeps_the_latency_until_the_template_changes(clus
         assert now["status"]["latency"] == latency  # not blanked, not re-measured
         if replicas == 0:
             assert now["status"]["phase"] == "Stopped"
+
+    # kubectl get -o wide: the efficiency column.
+    header, row = cluster.kubectl("get", "bloomz", NAME, "-o", "wide").splitlines()
+    column = header.index("BW-EFF")  # kubectl aligns the cells under their header (empty ones too)
+    assert row[column:].split()[0] == "0.42"
 
     # A template change: the latency described other pods.
     patch = {"spec": {"generation": {"maxNewTokens": 32}}}
