@@ -248,7 +248,9 @@ def test_kubectl_scale_1_2_0_1_keeps_the_latency_and_the_card_count(job: MainJob
         status = resource.get("status") or {}
         pods = [p for p in pods_of(job, NAME) if not p["metadata"].get("deletionTimestamp")]
         serving = [
-            p for p in pods if all(s.get("ready") for s in p["status"].get("containerStatuses") or [{}])
+            p
+            for p in pods
+            if all(s.get("ready") for s in p.get("status", {}).get("containerStatuses") or [{}])
         ]
         phase = "Ready" if replicas else "Stopped"
         done = len(pods) == len(pods_of(job, NAME)) == len(serving) == replicas
