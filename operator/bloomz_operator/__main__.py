@@ -13,7 +13,10 @@ import kopf
 
 from . import logfilters
 from .handlers import register_handlers
+from .metrics import OperatorMetrics
 from .settings import LOG_LEVELS, Settings, SettingsError, load_settings
+
+LOG_FORMATS = {"plain": kopf.LogFormat.PLAIN, "full": kopf.LogFormat.FULL, "json": kopf.LogFormat.JSON}
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -37,6 +40,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--liveness-port", type=int, help="port of the /healthz endpoint (overrides config)")
     parser.add_argument(
+        "--metrics-port", type=int, help="port of the Prometheus endpoint, 0 = none (overrides config)"
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default="full",
+        help="Kopf's log format: json = one JSON object per line (for log pipelines)",
+    )
+    parser.add_argument(
         "--standalone",
         action="store_true",
         help="no Kopf peering (one operator replica; the chart's default)",
@@ -54,13 +66,18 @@ def effective_settings(args: argparse.Namespace, settings: Settings) -> Settings
         settings = replace(settings, log_level=args.log_level)
     if args.liveness_port:
         settings = replace(settings, liveness_port=args.liveness_port)
+    if args.metrics_port is not None:
+        settings = replace(settings, metrics_port=args.metrics_port)
     return settings
 
 
-def liveness_endpoint(port: int) -> str:
+def bind_host() -> str:
     # BLOOMZ_BIND_HOST (as for the runtime): the local sandbox and tests bind to a loopback address.
-    host = os.environ.get("BLOOMZ_BIND_HOST") or "0.0.0.0"
-    return f"http://{host}:{port}/healthz"
+    return os.environ.get("BLOOMZ_BIND_HOST") or "0.0.0.0"
+
+
+def liveness_endpoint(port: int) -> str:
+    return f"http://{bind_host()}:{port}/healthz"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -71,11 +88,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"bloomz-operator: {error}", file=sys.stderr)
         return 2
     # Kopf installs its own log handler; one more (basicConfig) would print every line twice.
-    kopf.configure(verbose=settings.log_level == "DEBUG")
+    kopf.configure(verbose=settings.log_level == "DEBUG", log_format=LOG_FORMATS[args.log_format])
     logging.getLogger().setLevel(getattr(logging, settings.log_level))
     logfilters.install(settings.log_level)
     registry = kopf.OperatorRegistry()
-    register_handlers(registry, settings)
+    metrics = OperatorMetrics()
+    metrics.serve(settings.metrics_port, bind_host())
+    register_handlers(registry, settings, metrics=metrics)
     kopf.run(
         registry=registry,
         standalone=args.standalone,

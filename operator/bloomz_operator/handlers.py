@@ -28,8 +28,10 @@ from .constants import BENCHMARK_ANNOTATION, GROUP, KIND, LABEL_MANAGED_BY, MANA
 from .groups import current_template_hash
 from .kubeapi import OWNED_PODS_SELECTOR, KubeAPI, make_api_client
 from .latency import Access, PodTarget, benchmark_due, benchmark_requested, measure_pods, summarize
+from .metrics import OperatorMetrics
 from .planning import RolloutGate
 from .reconciler import clean_up, failed_pass_status, reconcile
+from .scaling import keeps_latency
 from .settings import Settings
 from .spec import InferenceSpec, SpecError, parse_spec
 
@@ -67,8 +69,10 @@ def register_handlers(
     registry: kopf.OperatorRegistry,
     settings: Settings,
     api_factory: Callable[[], Any] = make_api_client,
+    metrics: OperatorMetrics | None = None,
 ) -> None:
-    """Register every handler of the operator in `registry`."""
+    """Register every handler of the operator in `registry` (`metrics`: where the handlers count)."""
+    metrics = metrics or OperatorMetrics()
     api_lock = threading.Lock()
     api_holder: list[KubeAPI] = []
     # One reconciliation (or clean-up) at a time per resource.
@@ -147,6 +151,7 @@ def register_handlers(
             )
             if any(status.get(key) != value for key, value in outcome.status.items()):
                 api().patch_status(owner.namespace, owner.name, outcome.status)
+        metrics.reconciled(owner.namespace, owner.name, outcome.observed, outcome.status.get("phase"))
         for event in outcome.events:
             kopf.event(body, type=event.type, reason=event.reason, message=event.message)
         return outcome.api_failure is None
@@ -182,6 +187,8 @@ def register_handlers(
                 try:
                     in_sync = await asyncio.to_thread(reconcile_and_report, body, logger)
                 except Exception as error:  # the API may fail for a while: keep the loop alive
+                    meta = body["metadata"]
+                    metrics.failed(meta.get("namespace", ""), meta.get("name", ""), error)
                     failures += 1
                     delay = retry_delay(failures)
                     logger.warning(f"reconciliation failed ({failures}x), retrying in {delay:.1f} s: {error}")
@@ -214,10 +221,19 @@ def register_handlers(
                 wake(ref.get("uid"))
 
     @kopf.on.update(GROUP, VERSION, PLURAL, field="spec", id="spec-change", registry=registry)
-    async def on_spec_change(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
-        # A latency measured on another spec says nothing about this one.
-        patch.status["latency"] = None
+    async def on_spec_change(body: kopf.Body, old: Any, new: Any, patch: kopf.Patch, **_: Any) -> None:
+        # A latency measured on another template or benchmark says nothing about this spec; one measured on
+        # the same pods does (a scale, an interval change): keep it, with no new benchmark.
+        if not _latency_still_valid((body.get("status") or {}).get("latency"), old, new):
+            patch.status["latency"] = None
+            metrics.latency_dropped(body["metadata"]["namespace"], body["metadata"]["name"])
         wake(body["metadata"]["uid"])  # roll the pods now, not at the next interval
+
+    def _latency_still_valid(latency: Any, old: Any, new: Any) -> bool:
+        try:
+            return keeps_latency(latency, parse_spec(dict(old or {})), parse_spec(dict(new or {})), settings)
+        except SpecError:
+            return False
 
     @kopf.on.delete(GROUP, VERSION, PLURAL, id="cleanup", registry=registry)
     def on_delete(body: kopf.Body, logger: Any, **_: Any) -> None:
@@ -226,6 +242,7 @@ def register_handlers(
             clean_up(api(), owner, logger)
         gate.finish(owner.uid)
         timer_started.discard(owner.uid)
+        metrics.forget(owner.namespace, owner.name)
         with api_lock:
             resource_locks.pop(owner.uid, None)
 
@@ -297,8 +314,16 @@ def register_handlers(
             measurements = await measure_pods(
                 targets, parsed.benchmark, settings.benchmark.timeout_seconds, access
             )
-            result = summarize(measurements, parsed.benchmark, current_hash=current_hash, now=now)
+            per_device = settings.device(parsed.device).memory_bandwidth
+            result = summarize(
+                measurements,
+                parsed.benchmark,
+                current_hash=current_hash,
+                now=now,
+                bandwidth=per_device * parsed.cards if per_device else None,
+            )
             patch.status["latency"] = result
+            metrics.measured(owner.namespace, owner.name, result)
             if requested:
                 patch.metadata.annotations[BENCHMARK_ANNOTATION] = None
             errors = [m for m in measurements if m.error]

@@ -60,6 +60,7 @@ class PodMeasurement:
     prompt_tokens: int | None = None
     iterations: int | None = None
     max_new_tokens: int | None = None
+    decode_weight_bytes: int | None = None  # Info: weight bytes one greedy step reads on the replica
     error: str | None = None
 
 
@@ -115,6 +116,17 @@ def _describe_rpc_error(error: grpc.aio.AioRpcError) -> str:
     return f"{error.code().name}: {error.details() or 'no details'}"
 
 
+async def _decode_weight_bytes(
+    stub: generate_pb2_grpc.TextGenerationStub, timeout_s: float, access: Access
+) -> int | None:
+    """Info's weight bytes per greedy step; None when the runtime does not say (the latency still counts)."""
+    try:
+        info = await stub.Info(generate_pb2.InfoRequest(), timeout=timeout_s, metadata=access.metadata())
+    except grpc.aio.AioRpcError:
+        return None
+    return int(info.decode_weight_bytes) or None
+
+
 async def measure_pod(
     target: PodTarget, bench: BenchmarkSpec, timeout_s: float, access: Access | None = None
 ) -> PodMeasurement:
@@ -126,6 +138,7 @@ async def measure_pod(
             reply = await stub.Benchmark(
                 benchmark_request(bench), timeout=timeout_s, metadata=access.metadata()
             )
+            weight_bytes = await _decode_weight_bytes(stub, timeout_s, access)
     except grpc.aio.AioRpcError as error:
         return PodMeasurement(target.pod, error=_describe_rpc_error(error))
     except (OSError, asyncio.TimeoutError) as error:
@@ -139,6 +152,7 @@ async def measure_pod(
         prompt_tokens=reply.prompt_tokens,
         iterations=reply.iterations,
         max_new_tokens=reply.max_new_tokens or bench.max_new_tokens,
+        decode_weight_bytes=weight_bytes,
     )
 
 
@@ -153,10 +167,27 @@ def _rounded(value: float | None, digits: int) -> float | None:
     return None if value is None else round(value, digits)
 
 
+def bandwidth_efficiency(
+    decode_weight_bytes: int | None, per_token_ms: float | None, bandwidth: float | None
+) -> float | None:
+    """The fraction of the memory-bandwidth roofline a decode step reached: the weight bytes it reads per
+    token over the time it took, divided by the replica's bandwidth (bytes/s, all its devices)."""
+    if not decode_weight_bytes or not per_token_ms or not bandwidth:
+        return None
+    # Four significant digits: a tiny test model reaches a ten-thousandth of a Gaudi's roofline.
+    return float(f"{decode_weight_bytes / (per_token_ms / 1000.0) / bandwidth:.4g}")
+
+
 def summarize(
-    measurements: Sequence[PodMeasurement], bench: BenchmarkSpec, *, current_hash: str, now: datetime
+    measurements: Sequence[PodMeasurement],
+    bench: BenchmarkSpec,
+    *,
+    current_hash: str,
+    now: datetime,
+    bandwidth: float | None = None,
 ) -> dict[str, Any]:
-    """status.latency: the median over the pods that answered, and every pod's own values or error."""
+    """status.latency: the median over the pods that answered, and every pod's own values or error.
+    `bandwidth`: the replica's memory bandwidth in bytes/s (None: no efficiency reported)."""
     good = [m for m in measurements if m.error is None and m.seconds is not None]
     pods: list[dict[str, Any]] = []
     for m in measurements:
@@ -170,6 +201,9 @@ def summarize(
                 firstTokenMs=_rounded(m.first_token_ms, 2),
                 perTokenMs=_rounded(m.per_token_ms, 2),
             )
+            efficiency = bandwidth_efficiency(m.decode_weight_bytes, m.per_token_ms, bandwidth)
+            if efficiency is not None:
+                entry["bandwidthEfficiency"] = efficiency
         pods.append(entry)
     latency: dict[str, Any] = {
         "maxNewTokens": bench.max_new_tokens,
@@ -192,4 +226,11 @@ def summarize(
             iterations=int(statistics.median(m.iterations or 0 for m in good)),
             maxNewTokens=int(statistics.median(m.max_new_tokens or bench.max_new_tokens for m in good)),
         )
+        efficiencies = [
+            e
+            for m in good
+            if (e := bandwidth_efficiency(m.decode_weight_bytes, m.per_token_ms, bandwidth)) is not None
+        ]
+        if efficiencies:
+            latency["bandwidthEfficiency"] = float(f"{statistics.median(efficiencies):.4g}")
     return latency

@@ -40,6 +40,7 @@ from .planning import (
 )
 from .policy import violations
 from .protection import build_disruption_budget, build_network_policy
+from .scaling import selector_string
 from .settings import Settings
 from .spec import SpecError, parse_spec
 from .sshkeys import KeyPair, build_ssh_secret, generate_key_pair, ssh_secret_name, ssh_secret_patch
@@ -58,6 +59,7 @@ class Outcome:
     actions: list[Action] = field(default_factory=list)
     events: list[StatusEvent] = field(default_factory=list)
     api_failure: ApiFailure | None = None  # a write the API server refused (the pass is retried sooner)
+    observed: list[Mapping[str, Any]] = field(default_factory=list)  # the owned pods after the actions
 
 
 def reconcile(
@@ -126,6 +128,9 @@ def reconcile(
     )
     status["conditions"].append(reconciled_condition(api_failure, old_status, now))
     status = with_conflicts(status, conflicts, previous_conditions=previous_conditions, now=now)
+    # The scale subresource's labelSelectorPath: the pods that serve, one per replica (a group's leader).
+    service_selector = build_service(owner, leaders_only=parsed.multi_node)["spec"]["selector"]
+    status["selector"] = selector_string(service_selector)
     events = status_events(old_status, status)
     last_failure = (old_status or {}).get("lastGroupFailure")
     for failure in failures:
@@ -135,7 +140,9 @@ def reconcile(
     if last_failure:
         status["lastGroupFailure"] = last_failure
     status["endpoints"] = service_endpoints(owner.name, owner.namespace, parsed)
-    return Outcome(status=status, actions=actions, events=events, api_failure=api_failure)
+    return Outcome(
+        status=status, actions=actions, events=events, api_failure=api_failure, observed=list(observed)
+    )
 
 
 # API errors: a write the API server refuses (e.g. a pod create denied by Pod Security admission) is

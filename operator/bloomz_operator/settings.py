@@ -61,6 +61,9 @@ class DeviceSettings:
     memory_per_card: str | None = None
     hugepages_2mi_per_card: str | None = None
     host_ipc: bool = False
+    # Memory bandwidth of one device in bytes/s: the roofline that status.latency.bandwidthEfficiency is a
+    # fraction of (Gaudi2 HBM2E 2.45 TB/s, H100 SXM HBM3 3.35 TB/s; a CPU's depends on the machine).
+    memory_bandwidth: float | None = None
     # Least privilege: the uid the runtime runs as (None: the image's user, e.g. root in vendor images) and
     # the Linux capabilities added back after dropping ALL (Gaudi: SYS_NICE, per Intel's pod recipe).
     run_as_user: int | None = None
@@ -127,6 +130,8 @@ class Settings:
     namespaces: tuple[str, ...] = ()
     log_level: str = "INFO"
     liveness_port: int = 8080
+    # Prometheus endpoint of the operator (its own series); 0 = none. The chart turns it on.
+    metrics_port: int = 0
     image_pull_policy: str = "IfNotPresent"
     # Secrets (in the resource's namespace) the kubelet uses to pull the runtime images.
     image_pull_secrets: tuple[str, ...] = ()
@@ -150,8 +155,11 @@ DEFAULT_DEVICES: dict[str, DeviceSettings] = {
         hugepages_2mi_per_card=GAUDI_HUGEPAGES_2MI_PER_CARD,
         host_ipc=True,
         capabilities=("SYS_NICE",),
+        memory_bandwidth=2.45e12,
     ),
-    "cuda": DeviceSettings(image=DEFAULT_IMAGES["cuda"], resource_name="nvidia.com/gpu"),
+    "cuda": DeviceSettings(
+        image=DEFAULT_IMAGES["cuda"], resource_name="nvidia.com/gpu", memory_bandwidth=3.35e12
+    ),
     # The CPU runtime image's own user (docker/runtime-cpu.Dockerfile: USER 10001).
     "cpu": DeviceSettings(image=DEFAULT_IMAGES["cpu"], run_as_user=10001),
 }
@@ -169,6 +177,7 @@ _DEVICE_KEYS = {
     "hostIPC": "host_ipc",
     "runAsUser": "run_as_user",
     "capabilities": "capabilities",
+    "memoryBandwidth": "memory_bandwidth",
 }
 _POLICY_KEYS = {
     "hostPathPrefixes": "host_path_prefixes",
@@ -188,6 +197,7 @@ _TOP_KEYS = {
     "namespaces",
     "logLevel",
     "livenessPort",
+    "metricsPort",
     "imagePullPolicy",
     "imagePullSecrets",
     "reconcileIntervalSeconds",
@@ -326,6 +336,10 @@ def _device(name: str, data: Any, base: DeviceSettings) -> DeviceSettings:
             changes[attr] = tuple(_expect(t, dict, f"{at}[{i}]") for i, t in enumerate(items))
         elif key == "hostIPC":
             changes[attr] = _expect(value, bool, at)
+        elif key == "memoryBandwidth":
+            changes[attr] = None if value is None else float(_expect(value, (int, float), at))
+            if value is not None and changes[attr] <= 0:
+                raise SettingsError(f"{at}: must be > 0 bytes/s, got {value!r}")
         elif key == "runAsUser":
             changes[attr] = None if value is None else _uid(value, at)
         elif key == "capabilities":
@@ -384,6 +398,8 @@ def parse_settings(data: Mapping[str, Any] | None) -> Settings:
         changes["log_level"] = level
     if "livenessPort" in data:
         changes["liveness_port"] = _port(data["livenessPort"], "livenessPort")
+    if "metricsPort" in data and data["metricsPort"] != 0:
+        changes["metrics_port"] = _port(data["metricsPort"], "metricsPort")
     if "imagePullPolicy" in data:
         policy = _expect(data["imagePullPolicy"], str, "imagePullPolicy")
         if policy not in IMAGE_PULL_POLICIES:

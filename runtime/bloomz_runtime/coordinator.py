@@ -178,6 +178,9 @@ class Coordinator:
         self._drop = []
         self.metrics.queue_depth.set(len(self.queue))
         self.metrics.running.set(len(keep) + len(admitted))
+        self.metrics.kv_cache_slots_used.set(
+            sum(len(r.prompt_ids) + len(r.generated) for r in keep + admitted)
+        )
         return step, admitted
 
     def _advance(self, scores: StepScores, admitted: list[GenerationRequest]) -> None:

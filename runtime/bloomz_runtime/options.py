@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 DEVICES = ("hpu", "cuda", "cpu")
 DTYPES = ("bfloat16", "float16", "float32")
+LOG_FORMATS = ("text", "json")
 BIND_HOST_ENV = "BLOOMZ_BIND_HOST"
 
 
@@ -56,6 +57,7 @@ class ServeOptions:
     max_prefill_tokens: int = 8192
     # Prompt + new tokens of one request (None: max_input_tokens + max_new_tokens).
     max_total_tokens: int | None = None
+    log_format: str = "text"
     bind_host: str = field(default="0.0.0.0")
 
     @property
@@ -189,6 +191,12 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         type=_positive,
         default=None,
         help="prompt + max_new_tokens of one request (default: max input + max new tokens)",
+    )
+    p.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default="text",
+        help="json: one JSON object per log line (request lines carry request_id, tokens, timings, code)",
     )
     return p
 

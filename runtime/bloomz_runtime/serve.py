@@ -29,6 +29,7 @@ from bloomz_runtime.launch import LEADER_PIDFILE_ENV
 from bloomz_runtime.lifetime import die_with_parent
 from bloomz_runtime.metrics import RuntimeMetrics
 from bloomz_runtime.options import ServeOptions, parse_options
+from bloomz_runtime.requestlog import JsonFormatter
 from bloomz_runtime.scheduler import RequestQueue, largest_prefill
 from bloomz_runtime.server import TextGenerationService, set_health, start_grpc_server
 from bloomz_runtime.watchdog import FLUSH_S, exit_stuck, fail_all, overdue, stuck_error
@@ -170,6 +171,9 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s rank=%(rank)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if opts.log_format == "json":
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(JsonFormatter())
     ctx = init_distributed(opts.device, opts.world_size)
     old_factory = logging.getLogRecordFactory()
 

@@ -18,13 +18,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from bloomz_runtime import __version__
+from bloomz_runtime import __version__, requestlog
 from bloomz_runtime.auth import ApiKeys
 from bloomz_runtime.backends.base import ModelRunner
 from bloomz_runtime.coordinator import Coordinator
 from bloomz_runtime.errors import InvalidArgument, Unavailable
 from bloomz_runtime.interceptors import ServiceInterceptor
-from bloomz_runtime.metrics import RuntimeMetrics
+from bloomz_runtime.metrics import DEFAULT_PROTOCOL, RuntimeMetrics
 from bloomz_runtime.options import ServeOptions
 from bloomz_runtime.requests import (
     FINISH_EOS,
@@ -139,12 +139,17 @@ class TextGenerationService(pb_grpc.TextGenerationServicer):
         urgent: bool = False,
         label: str = "",
         warming_up: bool = False,
+        protocol: str = DEFAULT_PROTOCOL,
     ) -> tuple[GenerationRequest, asyncio.Queue[Event]]:
         att = self._ready(warming_up)
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[Event] = asyncio.Queue()
 
         def sink(event: Event) -> None:
+            if not isinstance(event, TokenEvent):  # the request ended: its metrics and log line
+                requestlog.report(
+                    self.metrics, requestlog.finished_request(req, event, protocol, time.monotonic())
+                )
             loop.call_soon_threadsafe(events.put_nowait, event)
 
         deadline = time.monotonic() + deadline_s if deadline_s is not None else None

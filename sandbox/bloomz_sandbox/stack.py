@@ -41,6 +41,7 @@ from bloomz_sandbox.node.podrunner import PodRunner, RunnerConfig, default_capac
 from bloomz_sandbox.node.processes import kill_group_now, spawn, stop_group
 
 SANDBOX_CPU_IMAGE = "sandbox.local/bloomz-runtime-cpu:dev"  # never pulled: the runner runs the command
+CPU_MEMORY_BANDWIDTH = 25e9  # bytes/s: a memory read on the development machines (the CPU roofline)
 # Time limits of the stop stages (seconds). The whole stop stays under STOP_LIMIT_S (defaults: 15 s
 # pod grace -> uninstall 30 + controller 5 + operator 25 + pods 35 + client 5 + emulator 35 = 135), which
 # the main job enforces with a last-resort exit.
@@ -218,6 +219,11 @@ class Sandbox:
                 "config.logLevel": self.options.operator_log_level,
                 "config.livenessPort": str(free_port()),  # the pod shares this machine's ports
                 "config.devices.cpu.image": SANDBOX_CPU_IMAGE,
+                # As for the subprocess operator (_start_operator): the examples' namespace, their model on
+                # the node's /var/lib/bloomz (hostPath is off by default), this machine's memory read.
+                "watchNamespaces": f"{{{self.options.namespace}}}",
+                "config.policy.hostPathPrefixes": "{/var/lib/bloomz/}",
+                "config.devices.cpu.memoryBandwidth": str(int(CPU_MEMORY_BANDWIDTH)),
             }
         )
         deadline = started + 120
@@ -266,7 +272,7 @@ class Sandbox:
             "namespaces": [self.options.namespace],
             "logLevel": self.options.operator_log_level,
             "livenessPort": free_port(),
-            "devices": {"cpu": {"image": SANDBOX_CPU_IMAGE}},
+            "devices": {"cpu": {"image": SANDBOX_CPU_IMAGE, "memoryBandwidth": CPU_MEMORY_BANDWIDTH}},
             # The examples read the model from the node's /var/lib/bloomz (hostPath is off by default).
             "policy": {"hostPathPrefixes": ["/var/lib/bloomz/"]},
         }

@@ -2,7 +2,8 @@
 real kubectl. One sandbox for the module (the main job in its keep-running mode), then one `--once` run.
 
 Order matters (pytest runs a module's tests in file order): apply -> Ready -> generate -> spec edit ->
-crash + restart -> Gaudi pod that does not fit -> delete everything -> Ctrl-C -> nothing left.
+kubectl scale 1 -> 2 -> 0 -> 1 -> crash + restart -> Gaudi pod that does not fit -> delete everything ->
+Ctrl-C -> nothing left.
 """
 
 from __future__ import annotations
@@ -233,6 +234,57 @@ def test_a_spec_edit_replaces_the_pod_and_measures_again(job: MainJob) -> None:
     assert new_pod is not None and "--max-new-tokens" in new_pod["spec"]["containers"][0]["args"]
     args = new_pod["spec"]["containers"][0]["args"]
     assert args[args.index("--max-new-tokens") + 1] == "32"
+
+
+def test_kubectl_scale_1_2_0_1_keeps_the_latency_and_the_card_count(job: MainJob) -> None:
+    # Measure once per template from now on: any new measurement below would be a scale's doing.
+    job.kubectl(
+        "patch", "bloomz", NAME, "--type", "merge", "-p", '{"spec":{"benchmark":{"intervalSeconds":0}}}'
+    )
+    before = wait_for("Ready, measured", lambda: resource_ready(job))
+    measured_at = before["status"]["latency"]["measuredAt"]
+    # The sandbox's CPU roofline (operator setting devices.cpu.memoryBandwidth) gives an efficiency.
+    assert 0 < before["status"]["latency"]["bandwidthEfficiency"] < 2
+    cards = before["spec"]["cards"]
+
+    def settled(replicas: int) -> dict[str, Any] | None:
+        resource = job.get("bloomz", NAME)
+        status = resource.get("status") or {}
+        pods = [p for p in pods_of(job, NAME) if not p["metadata"].get("deletionTimestamp")]
+        serving = [
+            p
+            for p in pods
+            if all(s.get("ready") for s in p.get("status", {}).get("containerStatuses") or [{}])
+        ]
+        phase = "Ready" if replicas else "Stopped"
+        done = len(pods) == len(pods_of(job, NAME)) == len(serving) == replicas
+        counts = (status.get("replicas"), status.get("readyReplicas"), status.get("phase"))
+        return resource if done and counts == (replicas, replicas, phase) else None
+
+    for replicas in (2, 0, 1):
+        result = job.kubectl("scale", f"bloomz/{NAME}", f"--replicas={replicas}")
+        assert "scaled" in result.stdout
+        resource = wait_for(f"{replicas} replica(s) settled", lambda: settled(replicas))  # noqa: B023
+        status = resource["status"]
+        pods = pods_of(job, NAME)
+        # Card accounting: each replica asks for `cards` CPUs on the node, no more, no less.
+        asked = sum(int(p["spec"]["containers"][0]["resources"]["requests"]["cpu"]) for p in pods)
+        assert asked == cards * replicas and all(p["spec"]["nodeName"] == "sandbox-node" for p in pods)
+        selected = job.get("pods", "-l", status["selector"]).get("items") or []
+        assert sorted(p["metadata"]["name"] for p in selected) == sorted(p["metadata"]["name"] for p in pods)
+        scale = json.loads(
+            job.kubectl(
+                "get",
+                "--raw",
+                f"/apis/inference.bloomz.dev/v1alpha1/namespaces/default/bloomzinferences/{NAME}/scale",
+            ).stdout
+        )
+        assert scale["spec"]["replicas"] == scale["status"]["replicas"] == replicas
+        # The pods that serve are the same template: no new benchmark, no blank latency.
+        assert status["latency"]["measuredAt"] == measured_at
+        if replicas == 0:
+            ready = conditions(resource)["Ready"]
+            assert (ready["status"], ready["reason"]) == ("False", "ScaledToZero")
 
 
 def test_a_killed_runtime_is_restarted_and_the_resource_is_ready_again(job: MainJob) -> None:

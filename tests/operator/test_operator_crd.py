@@ -68,7 +68,14 @@ def test_crd_names_and_subresources(crd: dict[str, Any]) -> None:
     assert "bloomz" in spec["names"]["shortNames"]
     (version,) = spec["versions"]
     assert version["name"] == constants.VERSION and version["served"] and version["storage"]
-    assert version["subresources"] == {"status": {}}
+    assert version["subresources"] == {
+        "status": {},
+        "scale": {
+            "specReplicasPath": ".spec.replicas",
+            "statusReplicasPath": ".status.replicas",
+            "labelSelectorPath": ".status.selector",
+        },
+    }
     columns = {c["name"]: c["jsonPath"] for c in version["additionalPrinterColumns"]}
     assert columns["Device"] == ".spec.device"
     assert columns["Cards"] == ".spec.cards"

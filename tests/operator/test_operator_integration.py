@@ -261,8 +261,11 @@ def test_kubectl_apply_gaudi_example_through_latency_rollout_and_delete(
             "tokensPerSecond": latency["tokensPerSecond"],
             "firstTokenMs": latency["firstTokenMs"],
             "perTokenMs": latency["perTokenMs"],
+            # Info's weight bytes per token / the per-token time / 8 cards x the hpu bandwidth setting.
+            "bandwidthEfficiency": latency["bandwidthEfficiency"],
         }
     ]
+    assert 0 < latency["bandwidthEfficiency"] < 1
     status = cluster.resource(name)["status"]
     assert status["phase"] == "Ready" and status["readyReplicas"] == 1
     assert status["endpoint"] == f"{name}.{NS}.svc:50051"

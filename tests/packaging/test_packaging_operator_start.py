@@ -4,6 +4,7 @@ endpoint answers where the probe looks, and the runtime pods it creates use the 
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -28,6 +29,7 @@ START_TIMEOUT_S = 120.0
 class Operator:
     def __init__(self, process: subprocess.Popen[bytes], liveness_url: str, log: Path) -> None:
         self.process, self.liveness_url, self.log = process, liveness_url, log
+        self.metrics_url = ""
 
     def healthz(self) -> int | None:
         try:
@@ -47,7 +49,7 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SandboxAPIServer]:
 @pytest.fixture(scope="module")
 def operator(api: SandboxAPIServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
     root = tmp_path_factory.mktemp("operator-pod")
-    port = free_port()
+    port, metrics_port = free_port(), free_port()
     objects = documents(
         helm_template(
             "--set",
@@ -56,8 +58,12 @@ def operator(api: SandboxAPIServer, tmp_path_factory: pytest.TempPathFactory) ->
             f"config.devices.cpu.image={CPU_IMAGE}",
             "--set",
             "watchNamespaces={default}",  # the chart's default is its own namespace only
+            "--set",
+            f"metrics.port={metrics_port}",
+            "--set",
+            "extraArgs={--log-format,json}",
         ).stdout
-    )
+    )  # fmt: skip
     deployment, configmap = single(objects, "Deployment"), single(objects, "ConfigMap")
     pod = deployment["spec"]["template"]["spec"]
     (container,) = pod["containers"]
@@ -98,6 +104,7 @@ def operator(api: SandboxAPIServer, tmp_path_factory: pytest.TempPathFactory) ->
             cwd=root,
         )
     handle = Operator(process, f"http://127.0.0.1:{probe_port}{probe['path']}", log)
+    handle.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
     try:
         yield handle
     finally:
@@ -141,3 +148,22 @@ def test_operator_creates_runtime_pods_with_the_charts_settings(
     (container,) = pod.spec.containers
     assert container.image == CPU_IMAGE
     assert container.command == parse(REPO / "docker" / "runtime-cpu.Dockerfile").entrypoint()
+
+
+def test_the_operators_metrics_and_json_logs_with_the_charts_settings(operator: Operator) -> None:
+    """After the resource above: its series on the port the chart gives the operator, and JSON log lines."""
+
+    def reconciled() -> float:
+        assert operator.process.poll() is None, f"operator exited:\n{operator.log.read_text()[-3000:]}"
+        try:
+            body = urllib.request.urlopen(operator.metrics_url, timeout=5).read().decode()
+        except (urllib.error.URLError, OSError):
+            return 0.0
+        series = 'bloomz_operator_reconciles_total{name="chart-check",namespace="default"} '
+        return next((float(line.split()[-1]) for line in body.splitlines() if line.startswith(series)), 0.0)
+
+    assert wait_for("a reconciliation counted on the operator's metrics port", reconciled) >= 1
+    lines = [line for line in operator.log.read_text().splitlines() if line.strip()]
+    parsed = [json.loads(line) for line in lines if line.startswith("{")]
+    assert parsed and all("message" in entry for entry in parsed)
+    assert len(parsed) == len(lines), [line for line in lines if not line.startswith("{")][:3]

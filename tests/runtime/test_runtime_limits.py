@@ -24,7 +24,7 @@ def long_request(n: int = 400) -> pb.GenerateRequest:
 def queue_depth(metrics_port: int) -> float:
     body = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
     return next(
-        float(line.split()[1]) for line in body.splitlines() if line.startswith("bloomz_queue_depth ")
+        float(line.split()[1]) for line in body.splitlines() if line.startswith("bloomz_waiting_requests ")
     )
 
 

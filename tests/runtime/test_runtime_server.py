@@ -239,9 +239,9 @@ def test_metrics_endpoint_exposes_the_series(
         urllib.request.urlopen(f"http://127.0.0.1:{runtime.metrics_port}/metrics", timeout=10).read().decode()
     )
     for series in (
-        'bloomz_requests_total{code="OK",method="Generate"}',
-        'bloomz_requests_total{code="INVALID_ARGUMENT",method="Generate"}',
-        "bloomz_queue_depth",
+        'bloomz_requests_total{code="OK",method="Generate",protocol="grpc"}',
+        'bloomz_requests_total{code="INVALID_ARGUMENT",method="Generate",protocol="grpc"}',
+        "bloomz_waiting_requests",
         "bloomz_running_requests",
         "bloomz_batch_size_bucket",
         "bloomz_time_to_first_token_seconds_bucket",

@@ -80,6 +80,7 @@ memoryPerCard / hugepages2MiPerCard becomes null (not requested).
   "network" $network
   "logLevel" $config.logLevel
   "livenessPort" $config.livenessPort
+  "metricsPort" .Values.metrics.port
   "imagePullPolicy" $config.imagePullPolicy
   "imagePullSecrets" $config.imagePullSecrets
   "benchmark" $config.benchmark

@@ -72,7 +72,9 @@ class ApiEdge:
             await self.app(_as_json(scope), receive, counting_send)
         finally:
             route = path if path.startswith("/v1/") or path in OPEN_PATHS else "other"
-            self.metrics.http_requests.labels(route, str(status[0] or 499)).inc()
+            code = str(status[0] or 499)
+            self.metrics.http_requests.labels(route, code).inc()
+            self.metrics.requests.labels(route, code, "http").inc()
 
 
 def _as_json(scope: Scope) -> Scope:
@@ -142,7 +144,7 @@ class OpenAIRoutes:
         choices: list[Choice] = []
         try:
             for i, (ids, params) in enumerate(prepared):
-                row, events = self.service.submit(ids, params, label=label)
+                row, events = self.service.submit(ids, params, label=label, protocol="http")
                 choices.append(Choice(i, ids, row, events))
         except BaseException:
             self.cancel(choices)

@@ -36,6 +36,8 @@ class ResourceType:
     custom: bool = False
     # The CRD version's openAPIV3Schema: published at /openapi/v3 (kubectl explain), not enforced.
     schema: Mapping[str, Any] | None = field(default=None, compare=False)
+    # The CRD version's `subresources.scale` (specReplicasPath, statusReplicasPath, labelSelectorPath).
+    scale: Mapping[str, Any] | None = field(default=None, compare=False)
 
     @property
     def group_version(self) -> str:
@@ -69,16 +71,16 @@ class ResourceType:
             main["categories"] = list(self.categories)
         entries = [main]
         for subresource in self.subresources:
-            kind = "Scale" if subresource == "scale" else self.kind
-            entries.append(
-                {
-                    "name": f"{self.plural}/{subresource}",
-                    "singularName": "",
-                    "namespaced": self.namespaced,
-                    "kind": kind,
-                    "verbs": ["get", "patch", "update"],
-                }
-            )
+            entry = {
+                "name": f"{self.plural}/{subresource}",
+                "singularName": "",
+                "namespaced": self.namespaced,
+                "kind": self.kind,
+                "verbs": ["get", "patch", "update"],
+            }
+            if subresource == "scale":  # served as autoscaling/v1 Scale, whatever the resource's group
+                entry.update(kind="Scale", group="autoscaling", version="v1")
+            entries.append(entry)
         return entries
 
 
@@ -190,6 +192,7 @@ def resources_of_crd(crd: Mapping[str, Any]) -> list[ResourceType]:
                 printer_columns=tuple(version.get("additionalPrinterColumns") or ()),
                 custom=True,
                 schema=(version.get("schema") or {}).get("openAPIV3Schema"),
+                scale=(version.get("subresources") or {}).get("scale"),
             )
         )
     return result

@@ -20,6 +20,7 @@ from aiohttp import web
 from . import errors as errors
 from . import openapi as openapi
 from . import protobuf as protobuf
+from . import scale as scale
 from .access import AccessControl
 from .faults import Faults
 from .patches import json_patch, merge_patch, strategic_merge_patch
@@ -231,6 +232,8 @@ class ApiHttpHandler:
             return _json(
                 self.access.issue_token(namespace, name, int(spec.get("expirationSeconds") or 3600)), 201
             )
+        if subresource == "scale" and name is not None and resource.scale is not None:
+            return await self._scale(request, resource, namespace, name)
         if subresource not in (None, "status") or (
             subresource == "status" and not resource.has_status_subresource
         ):
@@ -264,6 +267,33 @@ class ApiHttpHandler:
         if method == "DELETE":
             return await self._delete(request, resource, namespace, name, dry_run)
         raise errors.method_not_allowed()
+
+    async def _scale(
+        self, request: web.BaseRequest, resource: ResourceType, namespace: str | None, name: str
+    ) -> web.Response:
+        """GET, PUT and PATCH (merge or JSON patch) of the autoscaling/v1 Scale of a custom resource."""
+        paths = resource.scale or {}
+        dry_run = bool(request.query.getall("dryRun", []))
+        current = self.store.get(resource, namespace, name)
+        if request.method == "GET":
+            return _json(scale.to_scale(current, paths))
+        body = await self._body(request)
+        if request.method == "PUT":
+            wanted = body
+        elif request.method == "PATCH":
+            content_type = request.headers.get("Content-Type", "").split(";")[0].strip()
+            if content_type == "application/merge-patch+json":
+                wanted = merge_patch(scale.to_scale(current, paths), body)
+            elif content_type == "application/json-patch+json":
+                wanted = json_patch(scale.to_scale(current, paths), body)
+            else:
+                raise errors.unsupported_media_type(content_type)
+        else:
+            raise errors.method_not_allowed()
+        updated = self.store.update(
+            resource, namespace, name, lambda obj: scale.scaled(obj, paths, wanted), dry_run=dry_run
+        )
+        return _json(scale.to_scale(updated, paths))
 
     async def _body(self, request: web.BaseRequest) -> Any:
         raw = await request.read()

@@ -64,6 +64,8 @@ What it emulates (like a real API server):
 - status subresource (CRDs that declare it; pods, services, nodes, namespaces, PVCs): writes to
   ``.../status`` change only ``status``; writes to the object keep the stored ``status``. Pod status is
   reset to ``{"phase": "Pending"}`` on create, so the pod runner must write pod status via ``pods/status``.
+- scale subresource (CRDs that declare it, see ``scale``): GET, PUT and merge / JSON patches of an
+  ``autoscaling/v1`` Scale mapped through the CRD's replica and selector paths (``kubectl scale``, HPA).
 - deletion: finalizers set ``deletionTimestamp`` (``deletionGracePeriodSeconds`` 0, as for real custom
   resources) and keep the object until the last finalizer is patched away (adding finalizers then is
   refused). Pods are deleted gracefully like on a real server: a pod bound to a node (``spec.nodeName``)
