@@ -102,19 +102,20 @@ MODULES = (
     Module("greedy_head", "bloomz_runtime/backends/greedy_head.py", (RT + "greedy_head.py",)),
     Module(
         "options",
-        "bloomz_runtime/options.py",
+        "bloomz_api/options.py",
         (RT + "runtime_launch.py", RT + "multinode.py", RT + "options_flags.py"),
     ),
     Module(
         "launch",
         "bloomz_runtime/launch.py",
-        (RT + "runtime_launch.py", RT + "multinode.py", RT + "launch_rendering.py"),
+        (RT + "runtime_launch.py", RT + "multinode.py", RT + "launch_rendering.py", RT + "placement.py"),
         # the command rendering; the supervisor and the shm clean-up are side effects, run by other tests
         (
             "threads_per_rank",
-            "mpirun_binding_flags",
             "forwarded_env_names",
             "rank_environment",
+            "serve_program",
+            "plan_job",
             "build_command",
         ),
     ),

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from bloomz_runtime.options import ServeOptions, to_argv
+from bloomz_api.options import ServeOptions, to_argv
 
 from .access import fill_owner_secrets, service_options, service_volumes
 from .constants import (

@@ -22,11 +22,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from bloomz_api.options import BIND_HOST_ENV, ServeOptions, parse_options, to_argv
+
 from bloomz_runtime.dist import SHM_DIR, deepspeed_shm_prefix, hpu_environment
 from bloomz_runtime.lifetime import preexec_die_with_parent
 from bloomz_runtime.mpijob import DEFAULT_MPI_MAJOR, MpiJob, detect_mpi_major, device_binding, render
 from bloomz_runtime.multinode import ROLE_LEADER, ROLE_WORKER, prepare_leader, run_worker, split_args
-from bloomz_runtime.options import BIND_HOST_ENV, ServeOptions, parse_options, to_argv
 from bloomz_runtime.topology import CpuTopology, current_topology
 
 SERVE_MODULE = "bloomz_runtime.serve"

@@ -26,11 +26,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from bloomz_runtime.mpijob import MpiJob, hostfile_text
-
 # BLOOMZ_BIND_HOST: the address the runtime's servers bind to (unset in a real pod: every address); a
 # worker's sshd listens there too.
-from bloomz_runtime.options import BIND_HOST_ENV
+from bloomz_api.options import BIND_HOST_ENV
+
+from bloomz_runtime.mpijob import MpiJob, hostfile_text
 
 ROLE_LEADER = "leader"
 ROLE_WORKER = "worker"

@@ -17,6 +17,7 @@ import time
 from typing import Any
 
 from bloomz_api.constants import BENCHMARK_PROMPT
+from bloomz_api.options import ServeOptions, parse_options
 
 from bloomz_runtime.auth import ApiKeys
 from bloomz_runtime.backends import get_backend
@@ -28,7 +29,6 @@ from bloomz_runtime.http import HttpServer, create_app, load_chat_template, star
 from bloomz_runtime.launch import LEADER_PIDFILE_ENV
 from bloomz_runtime.lifetime import die_with_parent
 from bloomz_runtime.metrics import RuntimeMetrics
-from bloomz_runtime.options import ServeOptions, parse_options
 from bloomz_runtime.requestlog import JsonFormatter
 from bloomz_runtime.scheduler import RequestQueue, largest_prefill
 from bloomz_runtime.server import TextGenerationService, set_health, start_grpc_server

@@ -12,6 +12,7 @@ from typing import Any
 
 import grpc
 from bloomz_api.constants import BENCHMARK_MAX_NEW_TOKENS, BENCHMARK_PROMPT
+from bloomz_api.options import ServeOptions
 from bloomz_api.proto import generate_pb2 as pb
 from bloomz_api.proto import generate_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -25,7 +26,6 @@ from bloomz_runtime.coordinator import Coordinator
 from bloomz_runtime.errors import InvalidArgument, Unavailable
 from bloomz_runtime.interceptors import ServiceInterceptor
 from bloomz_runtime.metrics import DEFAULT_PROTOCOL, RuntimeMetrics
-from bloomz_runtime.options import ServeOptions
 from bloomz_runtime.requests import (
     FINISH_EOS,
     FINISH_LENGTH,

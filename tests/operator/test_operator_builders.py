@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 import yaml
+from bloomz_api.options import ServeOptions, parse_options
 from bloomz_operator import constants
 from bloomz_operator.builders import (
     Owner,
@@ -23,7 +24,6 @@ from bloomz_operator.builders import (
 from bloomz_operator.ownership import owner_tag
 from bloomz_operator.settings import Settings, parse_settings
 from bloomz_operator.spec import parse_spec
-from bloomz_runtime.options import ServeOptions, parse_options
 
 ROOT = Path(__file__).resolve().parents[2]
 OWNER = Owner(name="bloomz-7b1", namespace="ml", uid="uid-1")

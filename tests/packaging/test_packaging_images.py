@@ -219,6 +219,29 @@ def test_each_image_installs_only_the_packages_it_needs(image: str, tmp_path: Pa
         assert "bloomz_api/proto/generate_pb2.py" in archive.namelist()
 
 
+# Every module the operator image runs, imported where the runtime and the sandbox cannot be found: what the
+# image's wheel holds is not enough, its imports must stay inside it too.
+_WITHOUT_RUNTIME = """
+import importlib, pkgutil, sys
+class Absent:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("bloomz_runtime", "bloomz_sandbox", "torch"):
+            raise ModuleNotFoundError(f"{name} is not in the operator image")
+sys.meta_path.insert(0, Absent())
+import bloomz_operator
+names = [m.name for m in pkgutil.walk_packages(bloomz_operator.__path__, "bloomz_operator.")]
+for name in ["bloomz_api.client", "bloomz_api.options", *names]:
+    importlib.import_module(name)
+print(len(names))
+"""
+
+
+def test_the_operator_imports_nothing_of_the_runtime_or_the_sandbox() -> None:
+    result = subprocess.run([sys.executable, "-c", _WITHOUT_RUNTIME], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert int(result.stdout.strip()) > 10
+
+
 def test_build_context_resolves_the_image_extras(tmp_path: Path) -> None:
     """The extras the operator and CPU images install resolve offline under constraints-cpu.txt, and the
     build context never carries the sandbox."""

@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from bloomz_api.options import ServeOptions
 from bloomz_runtime.dist import hpu_environment, init_distributed
 from bloomz_runtime.launch import rank_environment
-from bloomz_runtime.options import ServeOptions
 
 SEEN_AT_IMPORT: dict[str, str | None] = {}
 

@@ -178,7 +178,7 @@ def test_a_screening_cpu_process_runs_the_int8_head_on_the_vnni_kernel(
         "from bloomz_runtime.backends.cpu import CpuBackend\n"
         "from bloomz_runtime.backends.greedy_head import screen_pays_off\n"
         "from bloomz_runtime.dist import DistContext\n"
-        "from bloomz_runtime.options import ServeOptions\n"
+        "from bloomz_api.options import ServeOptions\n"
         f"opts = ServeOptions(model={str(tiny_checkpoint)!r}, device='cpu', screened_greedy={forced})\n"
         "runner = CpuBackend().load(opts, DistContext(0, 1, 0))\n"
         f"expected = {forced} if {forced} is not None else screen_pays_off()\n"

@@ -4,8 +4,8 @@ line are in test_placement.py)."""
 from __future__ import annotations
 
 import pytest
+from bloomz_api.options import ServeOptions
 from bloomz_runtime.launch import rank_environment, threads_per_rank
-from bloomz_runtime.options import ServeOptions
 
 
 @pytest.mark.parametrize(("cpus", "ranks", "threads"), [(8, 2, 4), (9, 2, 4), (1, 4, 1), (0, 1, 1)])

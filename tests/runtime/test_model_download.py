@@ -96,8 +96,8 @@ def test_a_local_directory_is_used_as_it_is(tiny_checkpoint: Path) -> None:
 
 
 def test_cpu_backend_serves_a_bin_only_repository(bin_only_hub: FakeHub, tiny_checkpoint: Path) -> None:
+    from bloomz_api.options import ServeOptions
     from bloomz_runtime.backends.cpu import CpuBackend
-    from bloomz_runtime.options import ServeOptions
     from transformers import AutoModelForCausalLM
 
     opts = ServeOptions(model=REPO, device="cpu", revision="v1", screened_greedy=False)

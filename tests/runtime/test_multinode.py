@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from bloomz_api.options import ServeOptions, parse_options, to_argv
 from bloomz_runtime import launch
 from bloomz_runtime.mpijob import MpiJob, hostfile_text, render
 from bloomz_runtime.multinode import (
@@ -29,7 +30,6 @@ from bloomz_runtime.multinode import (
     wait_for_workers,
     worker_session_env,
 )
-from bloomz_runtime.options import ServeOptions, parse_options, to_argv
 from bloomz_runtime.topology import parse_lscpu
 
 TWO_SOCKETS_HT = parse_lscpu(Path(__file__).with_name("topologies").joinpath("2x40-ht.lscpu").read_text())

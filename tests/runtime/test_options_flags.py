@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from bloomz_runtime.options import BIND_HOST_ENV, ServeOptions, build_parser, parse_options, to_argv
+from bloomz_api.options import BIND_HOST_ENV, ServeOptions, build_parser, parse_options, to_argv
 
 MINIMAL = ["--model", "m", "--device", "cpu"]
 

@@ -10,6 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from bloomz_api.options import ServeOptions
 from bloomz_runtime.launch import build_command, plan_job
 from bloomz_runtime.mpijob import (
     Binding,
@@ -21,7 +22,6 @@ from bloomz_runtime.mpijob import (
     render,
     socket_shares,
 )
-from bloomz_runtime.options import ServeOptions
 from bloomz_runtime.topology import CpuTopology, LogicalCpu, current_topology, parse_lscpu, read_sysfs
 
 TOPOLOGIES = Path(__file__).with_name("topologies")

@@ -15,13 +15,13 @@ from typing import Any
 
 import pytest
 import torch
+from bloomz_api.options import parse_options, to_argv
 from bloomz_runtime.backends.base import StepScores
 from bloomz_runtime.commands import ControlChannel, Step
 from bloomz_runtime.coordinator import Coordinator, ended_error
 from bloomz_runtime.dist import DistContext
 from bloomz_runtime.errors import Cancelled, DeadlineExceeded, InvalidArgument, QueueFull, Unavailable
 from bloomz_runtime.metrics import RuntimeMetrics
-from bloomz_runtime.options import parse_options, to_argv
 from bloomz_runtime.requests import Event, FailedEvent, FinishedEvent, GenerationRequest, TokenEvent
 from bloomz_runtime.scheduler import RequestQueue, fits_prefill_budget, largest_prefill, split_admissible
 from bloomz_runtime.validation import (

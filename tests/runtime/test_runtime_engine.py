@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from bloomz_api.options import ServeOptions
 from bloomz_runtime.backends.base import ModelRunner
 from bloomz_runtime.backends.cpu import CpuBackend
 from bloomz_runtime.commands import Step
 from bloomz_runtime.dist import DistContext
 from bloomz_runtime.engine import BatchEngine
-from bloomz_runtime.options import ServeOptions
 
 PROMPTS = [
     "DeepSpeed is a machine learning framework",

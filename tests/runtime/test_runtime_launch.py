@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from bloomz_api.options import ServeOptions, parse_options, to_argv
 from bloomz_runtime.dist import rank_env
 from bloomz_runtime.launch import (
     LEADER_PIDFILE_ENV,
@@ -14,7 +15,6 @@ from bloomz_runtime.launch import (
     rank_environment,
     threads_per_rank,
 )
-from bloomz_runtime.options import ServeOptions, parse_options, to_argv
 
 
 def opts(**kw: object) -> ServeOptions:
@@ -130,7 +130,7 @@ def test_every_option_field_but_the_bind_host_is_a_flag() -> None:
     # A field without a flag would silently never reach the ranks.
     from dataclasses import fields
 
-    from bloomz_runtime.options import build_parser
+    from bloomz_api.options import build_parser
 
     dests = {a.dest for a in build_parser()._actions if a.option_strings and a.dest != "help"}
     assert {f.name for f in fields(ServeOptions)} - dests == {"bind_host"}

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from bloomz_api.options import ServeOptions
 from bloomz_runtime.backends.cpu import CpuBackend, PackedLinear, can_pack_linears, pack_linears
 from bloomz_runtime.dist import DistContext
-from bloomz_runtime.options import ServeOptions
 
 
 def test_packing_applies_to_float32_only() -> None:

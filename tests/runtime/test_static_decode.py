@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import torch
+from bloomz_api.options import ServeOptions, parse_options, to_argv
 from bloomz_runtime.backends.bloom import BloomRunner
 from bloomz_runtime.backends.capture import compiled
 from bloomz_runtime.backends.cpu import CpuBackend
@@ -19,7 +20,6 @@ from bloomz_runtime.backends.static import SlotBatch, batch_bucket, bucket_lengt
 from bloomz_runtime.commands import Step
 from bloomz_runtime.dist import DistContext
 from bloomz_runtime.engine import BatchEngine
-from bloomz_runtime.options import ServeOptions, parse_options, to_argv
 from runtime_reference import PROMPTS, Reference
 
 PROMPTS5 = [*PROMPTS, "one two"]

@@ -6,10 +6,10 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
+from bloomz_api.options import ServeOptions
 
 from bloomz_runtime.dist import DistContext
 from bloomz_runtime.kvcache import KV
-from bloomz_runtime.options import ServeOptions
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 

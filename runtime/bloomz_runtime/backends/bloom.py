@@ -14,11 +14,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from bloomz_api.options import ServeOptions
 
 from bloomz_runtime.backends.base import ModelRunner, StepScores
 from bloomz_runtime.backends.greedy_head import ScreenedGreedyHead
 from bloomz_runtime.kvcache import KV
-from bloomz_runtime.options import ServeOptions
 
 
 def supports_lean_forward(model: Any) -> bool:

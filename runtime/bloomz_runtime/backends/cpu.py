@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import torch
+from bloomz_api.options import ServeOptions
 
 from bloomz_runtime.backends.base import ModelRunner, count_parameters, torch_dtype
 from bloomz_runtime.backends.bloom import BloomRunner, supports_lean_forward
@@ -17,7 +18,6 @@ from bloomz_runtime.backends.greedy_head import (
 from bloomz_runtime.backends.loading import model_dir_for
 from bloomz_runtime.dist import DistContext, unlink_own_shm_segment
 from bloomz_runtime.multinode import avoid_shared_memory_all_reduce_across_nodes
-from bloomz_runtime.options import ServeOptions
 
 # Rows a running batch usually holds; oneDNN picks its weight layout for this many (any count works).
 PACKED_BATCH_HINT = 16

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from bloomz_api.options import ServeOptions
 
 from bloomz_runtime.backends.base import ModelRunner, count_parameters, torch_dtype
 from bloomz_runtime.backends.bloom import BloomRunner, supports_lean_forward
@@ -19,7 +20,6 @@ from bloomz_runtime.backends.loading import (
 )
 from bloomz_runtime.backends.static import SlotShape
 from bloomz_runtime.dist import DistContext
-from bloomz_runtime.options import ServeOptions
 
 # Attention reads the cache up to a multiple of this many positions: one CUDA graph per batch
 # bucket covers 128 tokens (a 7B1 step reads ~14 GB of weights; 128 extra key columns are noise).

@@ -17,6 +17,7 @@ import os
 from typing import Any
 
 import torch
+from bloomz_api.options import ServeOptions
 
 from bloomz_runtime.backends.base import ModelRunner, count_parameters, torch_dtype
 from bloomz_runtime.backends.bloom import BloomRunner, supports_lean_forward
@@ -29,7 +30,6 @@ from bloomz_runtime.backends.loading import (
 )
 from bloomz_runtime.backends.static import SlotShape, bucket_length
 from bloomz_runtime.dist import DistContext, hpu_environment
-from bloomz_runtime.options import ServeOptions
 
 # Prompt lengths are padded up to a multiple of this (optimum-habana's --bucket_size default is
 # per model; 128 keeps a 2048-token limit to 16 graph shapes).

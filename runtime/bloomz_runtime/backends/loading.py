@@ -15,8 +15,9 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from bloomz_api.options import ServeOptions
+
 from bloomz_runtime.dist import DistContext
-from bloomz_runtime.options import ServeOptions
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
 # What a Hub download fetches besides the weights: config, tokenizer, generation settings.

@@ -72,9 +72,9 @@ class ApiEdge:
             await self.app(_as_json(scope), receive, counting_send)
         finally:
             route = path if path.startswith("/v1/") or path in OPEN_PATHS else "other"
-            code = str(status[0] or 499)
-            self.metrics.http_requests.labels(route, code).inc()
-            self.metrics.requests.labels(route, code, "http").inc()
+            answered = str(status[0] or 499)
+            self.metrics.http_requests.labels(route, answered).inc()
+            self.metrics.requests.labels(route, answered, "http").inc()
 
 
 def _as_json(scope: Scope) -> Scope:

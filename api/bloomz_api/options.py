@@ -1,4 +1,5 @@
-"""The runtime's command-line options: one parser shared by the launcher and every rank.
+"""The runtime's command-line options (a contract the operator renders too): one parser shared by the
+launcher, every rank and the operator.
 
 The launcher parses the flags, then hands the same options to each rank as argv again
 (``to_argv``, which reads the flags off the parser), so the two can never disagree about a default;
@@ -13,6 +14,8 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from bloomz_api.constants import GRPC_PORT, HTTP_PORT, METRICS_PORT
+
 DEVICES = ("hpu", "cuda", "cpu")
 DTYPES = ("bfloat16", "float16", "float32")
 LOG_FORMATS = ("text", "json")
@@ -26,8 +29,8 @@ class ServeOptions:
     # A Hub branch, tag or commit to pin (None: the default branch); ignored for a local directory.
     revision: str | None = None
     world_size: int = 1
-    port: int = 50051
-    metrics_port: int = 9090
+    port: int = GRPC_PORT
+    metrics_port: int = METRICS_PORT
     dtype: str | None = None
     max_input_tokens: int = 2048
     max_new_tokens: int = 1024
@@ -45,7 +48,7 @@ class ServeOptions:
     warmup_largest: bool | None = None
     served_model_name: str | None = None
     # OpenAI-compatible HTTP beside gRPC (0: off), API keys and TLS for both protocols.
-    http_port: int = 8000
+    http_port: int = HTTP_PORT
     api_key_file: str | None = None
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
@@ -115,9 +118,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         "--revision", default=None, help="Hub branch, tag or commit of --model (default: the main branch)"
     )
     p.add_argument("--world-size", type=_positive, default=1, help="tensor-parallel ranks (mpirun -np)")
-    p.add_argument("--port", type=_port, default=50051, help="gRPC port")
+    p.add_argument("--port", type=_port, default=GRPC_PORT, help="gRPC port")
     p.add_argument(
-        "--metrics-port", type=_port, default=9090, help="Prometheus port (0: no metrics endpoint)"
+        "--metrics-port", type=_port, default=METRICS_PORT, help="Prometheus port (0: no metrics endpoint)"
     )
     p.add_argument(
         "--dtype", choices=DTYPES, default=None, help="default: bfloat16 on hpu/cuda, float32 on cpu"
@@ -155,7 +158,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         "--served-model-name", default=None, help="model id of Info and /v1/models (default: --model)"
     )
     p.add_argument(
-        "--http-port", type=_port, default=8000, help="OpenAI-compatible HTTP API port (0: no HTTP)"
+        "--http-port", type=_port, default=HTTP_PORT, help="OpenAI-compatible HTTP API port (0: no HTTP)"
     )
     p.add_argument(
         "--api-key-file",
