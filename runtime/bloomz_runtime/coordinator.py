@@ -118,9 +118,12 @@ class Coordinator:
             log.exception("engine failed")
             self.failure = exc
             now = time.monotonic()
+            # The replica is going down (a rank died or a step failed): UNAVAILABLE, which clients retry
+            # on another replica, not INTERNAL.
+            gone = Unavailable(f"the engine stopped ({type(exc).__name__}: {exc}); retry the request")
             for req in [*self.active, *self.admitting]:
                 if not req.done:
-                    req.fail(exc, now)
+                    req.fail(gone, now)
 
     def _loop(self) -> None:
         last_sent = time.monotonic()
