@@ -1,4 +1,4 @@
-"""`python -m bloomz_operator`: the operator process (contract 5), a thin wrapper around kopf.run."""
+"""`python -m bloomz_operator`: the operator process, a thin wrapper around kopf.run."""
 
 from __future__ import annotations
 

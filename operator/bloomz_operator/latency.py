@@ -1,6 +1,6 @@
 """Latency: when a measurement is due (pure), a Benchmark RPC per ready pod (grpc.aio), the summary (pure).
 
-The seed's method runs server-side in the runtime (batch 1, greedy, `maxNewTokens` tokens, EOS ignored);
+The blog's method runs server-side in the runtime (batch 1, greedy, `maxNewTokens` tokens, EOS ignored);
 the operator only asks each ready pod for it and keeps the median over pods in `status.latency`.
 """
 

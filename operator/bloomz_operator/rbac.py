@@ -1,4 +1,4 @@
-"""The operator's RBAC rules, least privilege (contract 5); the Helm chart renders exactly these.
+"""The operator's RBAC rules, least privilege; the Helm chart renders exactly these.
 
 NAMESPACED_RULES: what the operator needs in each watched namespace (bound with a RoleBinding per namespace,
 or with a ClusterRoleBinding when it watches all namespaces). CLUSTER_RULES: what it needs cluster-wide.

@@ -1,4 +1,4 @@
-"""Operator settings (contract 5): a YAML file, every key optional, built-in defaults.
+"""Operator settings: a YAML file, every key optional, built-in defaults.
 
 `load_settings(path)` reads and validates the file; unknown keys and wrong types are refused with a
 message that names the key, so a typo in a Helm value never silently falls back to a default.

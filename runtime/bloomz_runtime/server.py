@@ -298,7 +298,7 @@ class TextGenerationService(pb_grpc.TextGenerationServicer):
             )
         ids = list(att.runner.tokenizer(prompt, add_special_tokens=False).input_ids)
         validate_prompt_tokens(len(ids), self.limits)
-        # The seed's method: greedy, batch 1, eos ignored so every run makes exactly new_tokens.
+        # The blog's method: greedy, batch 1, eos ignored so every run makes exactly new_tokens.
         params = ValidatedParams(max_new_tokens=new_tokens, sampling=SamplingParams(), ignore_eos=True)
         runs: list[GenerationRequest] = []
         for i in range(warmup + iterations):

@@ -142,7 +142,7 @@ _WORDS = [
 
 
 def training_corpus(lines: int = 4000, seed: int = 1234) -> list[str]:
-    """Built-in text: the seed paragraph plus deterministic word salad for a rich merge table."""
+    """Built-in text: the blog's benchmark sentence plus deterministic word salad for a rich merge table."""
     rng = random.Random(seed)
     corpus = _SEED_TEXT.splitlines()
     for _ in range(lines):

@@ -1,7 +1,7 @@
-"""The seed's latency measurement, seen from the server (Benchmark RPC) and from this process.
+"""The BLOOMZ-on-Gaudi2 blog's latency measurement, seen from the server (Benchmark RPC) and from here.
 
 `server` mode asks the runtime to time itself; `client` mode times greedy GenerateStream calls end to
-end through gRPC (first streamed message = first token). Both give one `BenchRow` with the seed's
+end through gRPC (first streamed message = first token). Both give one `BenchRow` with the blog's
 table columns; the aggregation is pure so it is unit-tested without a server.
 """
 
@@ -20,7 +20,7 @@ from bloomz_api.proto import generate_pb2
 
 @dataclass(frozen=True)
 class BenchRow:
-    """One line of the seed's table (model, cards, latency) plus what explains it."""
+    """One line of the blog's table (model, cards, latency) plus what explains it."""
 
     mode: str
     model: str
@@ -201,7 +201,7 @@ def run_client_bench(
     warmup: int,
     iterations: int,
 ) -> BenchRow:
-    """Greedy, batch 1, eos ignored so every run makes exactly max_new_tokens (the seed's method)."""
+    """Greedy, batch 1, eos ignored so every run makes exactly max_new_tokens (the blog's method)."""
     request = warmed_up_client_request(client, prompt, max_new_tokens, warmup)
     runs = [time_stream(client, request) for _ in range(max(iterations, 1))]
     return summarize_client_runs(info.model, info.world_size, runs)

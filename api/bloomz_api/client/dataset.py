@@ -1,8 +1,8 @@
-"""The seed's whole-dataset mode: complete the first N tokens of every sample of a dataset.
+"""The BLOOMZ-on-Gaudi2 blog's whole-dataset mode: complete the first N tokens of every sample of a dataset.
 
 Samples are loaded with `datasets.load_dataset` (a local JSON/JSONL/CSV/Parquet file through the
 same builders a Hub dataset uses, or a Hub dataset by name), grouped in batches whose requests are
-sent together so the server batches them, and reported per batch like the seed's script.
+sent together so the server batches them, and reported per batch like the blog's script.
 `datasets` and `tqdm` are imported lazily: the rest of the client needs only grpcio.
 """
 
@@ -28,7 +28,7 @@ _BUILDERS = {
 }
 _COMPRESSIONS = (".gz", ".bz2", ".xz", ".zst")
 FORMATS = ("json", "jsonl", "csv", "parquet")
-# The news-style sample shipped with the package (headline, content), like the seed's tldr_news.
+# The news-style sample shipped with the package (headline, content), like the blog's tldr_news.
 SAMPLE_DATASET = Path(__file__).resolve().parent.parent / "data" / "news.jsonl"
 
 
@@ -78,7 +78,7 @@ def load_texts(
     file_format: str | None = None,
     limit: int | None = None,
 ) -> list[str]:
-    """Loads one text column from a local file or a Hub dataset, the way the seed's script does.
+    """Loads one text column from a local file or a Hub dataset, the way the blog's script does.
 
     With neither, the packaged news sample is used.
     """
@@ -105,7 +105,7 @@ def load_texts(
 class BatchResult:
     number: int
     inputs: list[str]  # the prompts as the model saw them (after truncation)
-    outputs: list[str]  # prompt + continuation, like the seed's decoded outputs
+    outputs: list[str]  # prompt + continuation, like the blog's script's decoded outputs
     generated_tokens: int
     seconds: float
 

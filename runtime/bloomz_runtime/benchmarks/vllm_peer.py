@@ -36,7 +36,7 @@ def timed(generate: Generate, prompts: list[list[int]], new_tokens: int) -> tupl
 
 
 def run_command(generate: Generate, spec: dict[str, Any], command: dict[str, Any]) -> dict[str, Any]:
-    """One measurement: "latency" (the seed's prompt, all new tokens), "first_token" (one token),
+    """One measurement: "latency" (the benchmark prompt, all new tokens), "first_token" (one token),
     "batched" (every concurrent prompt at once) or "warmup" (both shapes, untimed)."""
     op = command.get("op")
     ids, new_tokens = spec["prompt_ids"], spec["max_new_tokens"]
