@@ -72,6 +72,7 @@ MODULES = (
             OP + "operator_planning.py",
             OP + "operator_multinode.py",
             OP + "planning_rollout_sim.py",
+            OP + "planning_rollout_hold.py",
             OP + "operator_api_faults.py",  # the settings rollout: hold_rollout, RolloutGate
         ),
     ),

@@ -175,3 +175,22 @@ def test_paths_keep_their_own_letters() -> None:
     assert model_size_billions("org/BLOOMX") is None  # not the 176B "bloom"
     env = env_of({"model": "m", "cards": 8, "storage": {"mountPath": "/DATAX/"}})
     assert {e["name"]: e.get("value") for e in env}["HF_HOME"] == "/DATAX/huggingface"
+
+
+def test_the_pod_security_context_whole() -> None:
+    def pod_security(uid: int | None) -> dict[str, Any]:
+        settings = Settings(devices={**Settings().devices, "cpu": DeviceSettings(image="i", run_as_user=uid)})
+        (pod,) = build_pods(OWNER, parse_spec({"model": "m", "device": "cpu"}), settings)
+        return dict(pod["spec"]["securityContext"])
+
+    seccomp = {"seccompProfile": {"type": "RuntimeDefault"}}
+    assert pod_security(None) == seccomp  # the image's own user
+    ids = {"runAsUser": 1, "runAsGroup": 1, "fsGroup": 1}
+    assert pod_security(1) == {**seccomp, "runAsNonRoot": True, **ids}
+    assert pod_security(0) == {
+        **seccomp,
+        "runAsNonRoot": False,
+        "runAsUser": 0,
+        "runAsGroup": 0,
+        "fsGroup": 0,
+    }
