@@ -61,13 +61,20 @@ MODULES = (
             OP + "operator_multinode.py",
             OP + "spec_fields.py",
             OP + "builders_objects.py",
+            OP + "operator_podsecurity.py",
         ),
     ),
     Module("groups", "bloomz_operator/groups.py", (OP + "operator_multinode.py", OP + "builders_objects.py")),
     Module(
         "planning",
         "bloomz_operator/planning.py",
-        (OP + "operator_planning.py", OP + "operator_multinode.py", OP + "planning_rollout_sim.py"),
+        (
+            OP + "operator_planning.py",
+            OP + "operator_multinode.py",
+            OP + "planning_rollout_sim.py",
+            OP + "planning_rollout_hold.py",
+            OP + "operator_api_faults.py",  # the settings rollout: hold_rollout, RolloutGate
+        ),
     ),
     Module(
         "status",

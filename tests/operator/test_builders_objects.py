@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from bloomz_operator.builders import Owner, build_pods, build_service, pod_name, template_hash
-from bloomz_operator.groups import build_headless_service, headless_service_name
+from bloomz_operator.groups import build_headless_service, headless_service_name, member_name
 from bloomz_operator.settings import DeviceSettings, Settings
 from bloomz_operator.spec import parse_spec
 
@@ -87,8 +87,12 @@ def test_the_pod_environment() -> None:
 
 def test_names_fit_kubernetes_limits() -> None:
     long = "x" * 70
-    assert pod_name(long, "0123456789", 3) == "x" * 40 + "-0123456789-3"
-    assert pod_name("ends-" + "y" * 34 + "-", "h", 0) == "ends-" + "y" * 34 + "-h-0"
+    # 33 characters of the name, a 5-character digest of the uid, the template hash, the index.
+    assert pod_name(Owner(long, "ml", "u"), "0123456789", 3) == "x" * 33 + "-0bfe9-0123456789-3"
+    assert pod_name(Owner("ends-" + "y" * 27 + "-", "ml", "u"), "h", 0) == "ends-" + "y" * 27 + "-0bfe9-h-0"
+    assert pod_name(OWNER, "h", 0) == "big-445c9-h-0"
+    member = member_name(Owner(long, "ml", "u"), "0123456789", 9999, 99)
+    assert member == "x" * 33 + "-0bfe9-0123456789-9999-99" and len(member) <= 63  # a DNS label
     assert headless_service_name(long) == "x" * 56 + "-hosts"
     assert len(headless_service_name(long)) <= 63
     assert template_hash({"a": 1}) == template_hash({"a": 1}) != template_hash({"a": 2})
@@ -114,7 +118,7 @@ def test_every_built_object_matches_the_kubernetes_schemas() -> None:
     objects += [
         p for g in build_groups(OWNER, parse_spec({"model": "m", "cards": 16}), Settings()) for p in g
     ]
-    objects.append(build_ssh_secret(OWNER, generate_key_pair("test")))
+    objects.append(build_ssh_secret(OWNER, generate_key_pair("test"), "0123456789"))
     for obj in objects:
         kubernetes_validate.validate(obj, "1.31.0", strict=True)
 
@@ -171,3 +175,22 @@ def test_paths_keep_their_own_letters() -> None:
     assert model_size_billions("org/BLOOMX") is None  # not the 176B "bloom"
     env = env_of({"model": "m", "cards": 8, "storage": {"mountPath": "/DATAX/"}})
     assert {e["name"]: e.get("value") for e in env}["HF_HOME"] == "/DATAX/huggingface"
+
+
+def test_the_pod_security_context_whole() -> None:
+    def pod_security(uid: int | None) -> dict[str, Any]:
+        settings = Settings(devices={**Settings().devices, "cpu": DeviceSettings(image="i", run_as_user=uid)})
+        (pod,) = build_pods(OWNER, parse_spec({"model": "m", "device": "cpu"}), settings)
+        return dict(pod["spec"]["securityContext"])
+
+    seccomp = {"seccompProfile": {"type": "RuntimeDefault"}}
+    assert pod_security(None) == seccomp  # the image's own user
+    ids = {"runAsUser": 1, "runAsGroup": 1, "fsGroup": 1}
+    assert pod_security(1) == {**seccomp, "runAsNonRoot": True, **ids}
+    assert pod_security(0) == {
+        **seccomp,
+        "runAsNonRoot": False,
+        "runAsUser": 0,
+        "runAsGroup": 0,
+        "fsGroup": 0,
+    }

@@ -3,7 +3,9 @@
 Every pass checks the rules the planner promises: the same observation plans the same actions; pods
 (or groups) are only created while the total, terminating ones included, stays within replicas +
 maxSurge; at least replicas - 1 (replicas, with a surge) keep serving while a template rolls out; and
-the cluster converges to exactly the desired pods, all ready, with nothing left to do."""
+the cluster converges to exactly the desired pods, all ready, with nothing left to do. A group that is
+scaled down or replaced goes leader first (it drains while its workers still run its ranks) and its
+workers on a later pass, once the leader is gone; only a broken group of the current template goes whole."""
 
 from __future__ import annotations
 
@@ -119,7 +121,29 @@ ROLLOUTS = [
     Rollout(PAIR, 3, 2, "m/new"),
     Rollout(PAIR, 1, 2, "m/new", surge=1),
     Rollout(PAIR, 2, 2, "m/new", old_ready=False),
+    Rollout(PAIR, 3, 3, "m/new", stop_ticks=3),  # each leader drains over several passes
+    Rollout(PAIR, 3, 1, "m/old", stop_ticks=2),  # scale-down: leaders, then their workers
+    Rollout(PAIR, 2, 0, "m/new", surge=1),
 ]
+
+
+def assert_leader_first(actions: Sequence[Any], seen: Sequence[dict[str, Any]]) -> None:
+    """A worker is deleted only once its group's leader is gone or ended, or with the whole broken group."""
+    by_name = {name(p): p for p in seen}
+    for action in actions:
+        if not isinstance(action, DeletePod) or action.reason.endswith("recreating it"):
+            continue
+        pod = by_name[action.name]
+        if labels(pod).get(LABEL_GROUP_MEMBER, "0") == "0":
+            continue
+        draining = [
+            p
+            for p in seen
+            if unit_key(p) == unit_key(pod)
+            and labels(p).get(LABEL_GROUP_MEMBER) == "0"
+            and p["status"]["phase"] not in ("Failed", "Succeeded")
+        ]
+        assert not draining, (action, [name(p) for p in draining])
 
 
 def run_to_convergence(
@@ -135,6 +159,7 @@ def run_to_convergence(
         seen = cluster.observe()
         actions = shape.plan(want, seen, surge)
         assert shape.plan(want, seen, surge) == actions  # idempotent
+        assert_leader_first(actions, seen)
         cluster.apply(actions)
         if creates(actions):
             # Every unit that holds devices (terminating ones too; a Failed pod has released them).
@@ -261,6 +286,11 @@ def pod_names(groups: list[list[dict[str, Any]]], *indices: int) -> list[str]:
     return [name(p) for i in indices for p in groups[i]]
 
 
+def leader_names(groups: list[list[dict[str, Any]]], *indices: int) -> list[str]:
+    """What goes first of each unit: the only pod, or a group's leader (its workers once it is gone)."""
+    return [name(groups[i][0]) for i in indices]
+
+
 def stage(shape: Shape, *, old: int, ready_old: Sequence[int] = (), new: int, ready_new: Sequence[int] = ()):
     """(desired new groups, observed pods): old groups 0..old-1, the given ones ready, others Pending."""
     old_groups, new_groups = shape.desired("m/old", old), shape.desired("m/new", new)
@@ -280,34 +310,34 @@ def test_not_ready_old_members_go_as_far_as_their_room_is_needed(
     old, new, seen = stage(shape, old=3, new=3)
     actions = shape.plan(new, seen, surge)
     assert sorted(creates(actions)) == sorted(pod_names(new, *range(surge)))
-    assert reasons(actions) == [(n, "template changed") for n in pod_names(old, *range(deleted))]
+    assert reasons(actions) == [(n, "template changed") for n in leader_names(old, *range(deleted))]
 
 
 @pytest.mark.parametrize("shape", [SINGLE, PAIR], ids=["pods", "groups"])
 def test_a_not_ready_old_member_goes_once_every_new_one_exists(shape: Shape) -> None:
     old, new, seen = stage(shape, old=2, new=2, ready_new=(0,))
     actions = shape.plan(new, seen, 0)  # new 1 is missing and one room is needed: old 0 goes, old 1 stays
-    assert reasons(actions) == [(n, "template changed") for n in pod_names(old, 0)]
+    assert reasons(actions) == [(n, "template changed") for n in leader_names(old, 0)]
     _, new, seen = stage(shape, old=1, new=2, ready_new=(0, 1))
-    assert reasons(shape.plan(new, seen, 0)) == [(n, "template changed") for n in pod_names(old, 0)]
+    assert reasons(shape.plan(new, seen, 0)) == [(n, "template changed") for n in leader_names(old, 0)]
 
 
 @pytest.mark.parametrize("shape", [SINGLE, PAIR], ids=["pods", "groups"])
 def test_a_serving_old_member_never_goes_in_the_pass_that_frees_another(shape: Shape) -> None:
     old, new, seen = stage(shape, old=2, ready_old=(1,), new=2)
     actions = shape.plan(new, seen, 0)
-    assert reasons(actions) == [(n, "template changed") for n in pod_names(old, 0)]
+    assert reasons(actions) == [(n, "template changed") for n in leader_names(old, 0)]
 
 
 @pytest.mark.parametrize("shape", [SINGLE, PAIR], ids=["pods", "groups"])
 def test_scale_down_reasons_and_the_old_template(shape: Shape) -> None:
     old, new, seen = stage(shape, old=3, ready_old=(0, 1, 2), new=1)
     assert reasons(shape.plan(new, seen, 0)) == [
-        (n, "scale down (old template)") for n in pod_names(old, 1, 2)
+        (n, "scale down (old template)") for n in leader_names(old, 1, 2)
     ]
     current = shape.desired("m/new", 3)
     seen = [observed(p) for g in current for p in g]
-    assert reasons(shape.plan(new, seen, 0)) == [(n, "scale down") for n in pod_names(current, 1, 2)]
+    assert reasons(shape.plan(new, seen, 0)) == [(n, "scale down") for n in leader_names(current, 1, 2)]
 
 
 def test_the_lowest_replica_index_is_replaced_first() -> None:
@@ -336,7 +366,8 @@ def test_old_groups_that_cannot_serve_all_go_when_room_is_needed(member: int, si
     old, new = PAIR.desired("m/old", 2), PAIR.desired("m/new", 2)
     seen = [observed(p, **sick) if m == member else observed(p) for g in old for m, p in enumerate(g)]
     went = reasons(PAIR.plan(new, seen, 0))
-    assert went == [(n, "template changed") for g in old for n in names(g)]  # both, not one at a time
+    # Both, not one at a time; each through its leader (it may still hold requests), a Failed worker too.
+    assert went == [(name(g[0]), "template changed") for g in old]
 
 
 def test_an_old_group_partly_going_away_is_waited_for() -> None:
@@ -350,7 +381,7 @@ def test_a_terminating_group_is_skipped_and_the_rest_still_scaled_down() -> None
     want = PAIR.desired("m/new", 1)
     bigger = PAIR.desired("m/new", 2)
     seen = [*(observed(p, terminating=True) for p in bigger[0]), *(observed(p) for p in bigger[1])]
-    assert reasons(PAIR.plan(want, seen, 0)) == [(n, "scale down") for n in names(bigger[1])]
+    assert reasons(PAIR.plan(want, seen, 0)) == [(name(bigger[1][0]), "scale down")]
 
 
 def test_a_pod_without_a_replica_index_is_scaled_down() -> None:
@@ -393,13 +424,34 @@ def test_the_lowest_group_index_is_replaced_first() -> None:
     old, new = PAIR.desired("m/old", 11), PAIR.desired("m/new", 11)
     seen = [observed(p) for i in (10, 2) for p in old[i]]
     seen += [observed(p) for i in range(11) if i not in (2, 10) for p in new[i]]
-    assert reasons(PAIR.plan(new, seen, 0)) == [(n, "template changed") for n in names(old[2])]
+    assert reasons(PAIR.plan(new, seen, 0)) == [(name(old[2][0]), "template changed")]
 
 
-def test_groups_scaled_to_zero_all_go() -> None:
+def test_groups_scaled_to_zero_all_go_leaders_first() -> None:
     old = PAIR.desired("m/old", 2)
-    seen = [observed(p) for g in old for p in g]
-    assert sorted(deletes(PAIR.plan([], seen, 0))) == sorted(name(p) for g in old for p in g)
+    cluster = SimCluster(stop_ticks=2)
+    for group in old:
+        for pod in group:
+            cluster.add(pod)
+    first = PAIR.plan([], cluster.observe(), 0)
+    assert reasons(first) == [(name(g[0]), "scale down (old template)") for g in old]
+    cluster.apply(first)
+    cluster.tick()
+    assert PAIR.plan([], cluster.observe(), 0) == []  # the leaders still drain: their workers stay
+    cluster.tick()
+    workers = PAIR.plan([], cluster.observe(), 0)
+    assert reasons(workers) == [(name(g[1]), "its leader is gone") for g in old]
+    cluster.apply(workers)
+    cluster.tick()
+    cluster.tick()
+    assert cluster.pods == {} and PAIR.plan([], cluster.observe(), 0) == []
+
+
+def test_a_group_whose_leader_ended_goes_whole() -> None:
+    old, new = PAIR.desired("m/old", 1), PAIR.desired("m/new", 1)
+    leader, worker = old[0]
+    seen = [observed(leader, phase="Failed", ready=False), observed(worker)]
+    assert reasons(PAIR.plan(new, seen, 0)) == [(n, "template changed") for n in names(old[0])]
 
 
 def test_serving_groups_of_several_old_templates_go_by_index_first() -> None:
@@ -409,4 +461,4 @@ def test_serving_groups_of_several_old_templates_go_by_index_first() -> None:
     )
     new = PAIR.desired("m/new", 2)
     seen = [*(observed(p) for p in first[1]), *(observed(p) for p in second[0])]
-    assert reasons(PAIR.plan(new, seen, 0)) == [(n, "template changed") for n in names(second[0])]
+    assert reasons(PAIR.plan(new, seen, 0)) == [(name(second[0][0]), "template changed")]

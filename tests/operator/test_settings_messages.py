@@ -18,9 +18,10 @@ from bloomz_operator.settings import (
     parse_settings,
 )
 
-TOP = "benchmark, devices, imagePullPolicy, imagePullSecrets, livenessPort, logLevel, namespaces, "
-TOP += "reconcileIntervalSeconds"
-DEVICE_KEYS = "env, hostIPC, hugepages2Mi, image, memory, nodeSelector, resourceName, tolerations"
+TOP = "api, benchmark, devices, imagePullPolicy, imagePullSecrets, livenessPort, logLevel, namespaces, "
+TOP += "network, policy, reconcileIntervalSeconds, rollout"
+DEVICE_KEYS = "capabilities, env, hostIPC, hugepages2Mi, hugepages2MiPerCard, image, memory, memoryPerCard, "
+DEVICE_KEYS += "nodeSelector, resourceName, runAsUser, tolerations"
 
 REFUSED: list[tuple[Any, str]] = [
     ([1], "settings: expected dict, got list [1]"),
@@ -125,10 +126,14 @@ def test_a_device_override_changes_only_what_it_names() -> None:
         tolerations=({"key": "k"},),
         env={"A": "1", "B": "2.5"},
         memory=None,
-        hugepages_2mi="95000Mi",
+        memory_per_card="52352Mi",
+        hugepages_2mi_per_card="11874Mi",
         host_ipc=True,
+        capabilities=("SYS_NICE",),
     )
-    assert cpu == DeviceSettings(image="img", node_selector={"pool": "3"}, hugepages_2mi="64", host_ipc=True)
+    assert cpu == DeviceSettings(
+        image="img", node_selector={"pool": "3"}, hugepages_2mi="64", host_ipc=True, run_as_user=10001
+    )
     assert s.device("cuda") == DEFAULT_DEVICES["cuda"]
     off = parse_settings({"devices": {"cuda": {"resourceName": None}}}).device("cuda")
     assert off.resource_name is None and off.image == DEFAULT_DEVICES["cuda"].image

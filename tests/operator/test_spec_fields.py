@@ -205,7 +205,7 @@ def test_grace_period_and_probe_thresholds_reach_the_pods(
         pod_spec = leader["spec"]
         (container,) = pod_spec["containers"]
         args = container["args"]
-        assert args[args.index("--grace-period-s") + 1] == "30"  # the launcher drains this long on SIGTERM
+        assert args[args.index("--grace-period-s") + 1] == "30.0"  # the launcher drains this long on SIGTERM
         # The kubelet waits longer than that drain before it kills, on every pod of the replica.
         assert {pod["spec"]["terminationGracePeriodSeconds"] for pod in api.pods.values()} == {45}
         startup = container["startupProbe"]
