@@ -18,7 +18,9 @@ _spec.loader.exec_module(mutation)
 
 def test_every_module_and_test_file_exists() -> None:
     for module in mutation.MODULES:
-        assert (ROOT / "operator" / module.source).is_file() or (ROOT / "runtime" / module.source).is_file()
+        assert any((ROOT / root / module.source).is_file() for root in ("operator", "runtime", "api")), (
+            module.name
+        )
         assert all((ROOT / t).is_file() for t in module.tests), module.name
 
 
@@ -40,7 +42,7 @@ def test_the_staged_config_replaces_the_shared_table() -> None:
 def test_mutant_names_and_results() -> None:
     assert mutation.mutant_globs(mutation.BY_NAME["spec"]) == ["bloomz_operator.spec.*"]
     launch = mutation.mutant_globs(mutation.BY_NAME["launch"])
-    assert "bloomz_runtime.launch.x_build_command__mutmut_*" in launch and len(launch) == 5
+    assert "bloomz_runtime.launch.x_build_command__mutmut_*" in launch and len(launch) == 6
     out = "    bloomz_runtime.text.xǁStopMatcherǁfeed__mutmut_3: survived\n"
     out += "    a.b.x_f__mutmut_1: killed\nnoise\n"
     assert mutation.parse_results(out) == {

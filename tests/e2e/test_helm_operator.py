@@ -163,6 +163,11 @@ def test_namespaced_mode_runs_with_roles_in_the_watched_namespace_only(cluster: 
 UNREACHED_RULES: dict[tuple[str, str, str], str] = {
     ("", "secrets", "create"): "the SSH key pair of a multi-node group (tests/e2e/test_sandbox_multinode.py)",
     ("", "secrets", "get"): "the SSH key pair of a multi-node group (tests/e2e/test_sandbox_multinode.py)",
+    (
+        "",
+        "secrets",
+        "patch",
+    ): "new SSH keys for a multi-node group's new template (tests/operator)",
     ("", "namespaces", "list"): "Kopf lists namespaces only in namespaced mode (the test above)",
     ("", "namespaces", "watch"): "Kopf watches namespaces only in namespaced mode (the test above)",
 }

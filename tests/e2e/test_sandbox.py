@@ -348,6 +348,11 @@ def test_deleting_everything_leaves_no_process_and_no_port(job: MainJob) -> None
 UNREACHED_RULES: dict[tuple[str, str, str], str] = {
     ("", "secrets", "create"): "the SSH key pair of a multi-node group (make demo-multinode)",
     ("", "secrets", "get"): "the SSH key pair of a multi-node group (make demo-multinode)",
+    (
+        "",
+        "secrets",
+        "patch",
+    ): "new SSH keys for a multi-node group's new template (make demo-multinode)",
     # Kopf lists and watches namespaces only when it watches a list of namespaces (watchNamespaces, see
     # tests/e2e/test_helm_operator.py); watching all namespaces, as here, it does not.
     ("", "namespaces", "list"): "Kopf, namespaced mode only",

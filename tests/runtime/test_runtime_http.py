@@ -101,7 +101,7 @@ def metric(runtime: RuntimeProcess, name: str, **labels: str) -> float:
 
 def wait_until_idle(runtime: RuntimeProcess) -> None:
     deadline = time.monotonic() + 60
-    while metric(runtime, "bloomz_running_requests") + metric(runtime, "bloomz_queue_depth") != 0:
+    while metric(runtime, "bloomz_running_requests") + metric(runtime, "bloomz_waiting_requests") != 0:
         assert time.monotonic() < deadline, "runtime never went idle"
         time.sleep(0.1)
 

@@ -184,7 +184,7 @@ def test_a_full_queue_is_429_and_the_server_keeps_serving(
     next(iter(running))  # it holds the only batch slot
     waiting = client.completions.create(**body)
     deadline = time.monotonic() + 60
-    while metric(runtime, "bloomz_queue_depth") < 1:
+    while metric(runtime, "bloomz_waiting_requests") < 1:
         assert time.monotonic() < deadline
         time.sleep(0.05)
     with pytest.raises(openai.RateLimitError, match="queue is full"):
@@ -192,7 +192,7 @@ def test_a_full_queue_is_429_and_the_server_keeps_serving(
     running.close()
     waiting.close()
     # Both rows are dropped once the engine sees their clients gone.
-    while metric(runtime, "bloomz_queue_depth") + metric(runtime, "bloomz_running_requests") > 0:
+    while metric(runtime, "bloomz_waiting_requests") + metric(runtime, "bloomz_running_requests") > 0:
         assert time.monotonic() < deadline + 60
         time.sleep(0.05)
     assert client.completions.create(model=MODEL, prompt="x", max_tokens=2).usage.completion_tokens == 2  # type: ignore[union-attr]
