@@ -340,7 +340,7 @@ def desired_template_hash(spec: InferenceSpec, settings: Settings) -> str:
 
 
 def build_service(owner: Owner, *, leaders_only: bool = False) -> dict[str, Any]:
-    """The Service in front of the replicas: gRPC and Prometheus metrics.
+    """The Service in front of the replicas: gRPC, Prometheus metrics and the HTTP API.
 
     `leaders_only`: multi-node replicas serve from their leader pod only (workers run sshd and ranks)."""
     selector = selector_labels(owner.name)

@@ -314,8 +314,10 @@ def test_a_gaudi_resource_that_does_not_fit_is_not_scheduled_with_the_message(jo
     job.kubectl("apply", "--validate=false", "-f", str(GAUDI_EXAMPLE))
 
     def unscheduled() -> dict[str, Any] | None:
+        # Scheduled=False first says "waiting for the scheduler", then carries the scheduler's message.
         scheduled = conditions(job.get("bloomz", name)).get("Scheduled") or {}
-        return scheduled if scheduled.get("status") == "False" else None
+        insufficient = "Insufficient" in scheduled.get("message", "")
+        return scheduled if scheduled.get("status") == "False" and insufficient else None
 
     scheduled = wait_for("Scheduled=False on the Gaudi resource", unscheduled, timeout=120)
     assert "0/1 nodes are available: 1 Insufficient habana.ai/gaudi." in scheduled["message"]

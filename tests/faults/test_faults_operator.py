@@ -78,7 +78,8 @@ def edit_max_new_tokens(sandbox: Sandbox, value: int) -> None:
 def sandbox(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path) -> Iterator[Sandbox]:
     workdir = tmp_path_factory.mktemp("sandbox-faults")
     shutil.copytree(tiny_checkpoint, workdir / MODEL_ON_NODE)
-    stack = Sandbox(SandboxOptions(workdir=workdir, backoff_max_seconds=5.0))
+    # The operator as a subprocess: these tests kill it and restart it, and read its log directly.
+    stack = Sandbox(SandboxOptions(workdir=workdir, backoff_max_seconds=5.0, operator_from_chart=False))
     stack.start()
     try:
         stack.kubectl("apply", "--validate=false", "-f", str(EXAMPLE))

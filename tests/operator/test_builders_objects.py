@@ -34,6 +34,7 @@ SELECTOR = {"app.kubernetes.io/name": "bloomz-runtime", "inference.bloomz.dev/na
 PORTS = [
     {"name": "grpc", "port": 50051, "targetPort": "grpc", "protocol": "TCP", "appProtocol": "grpc"},
     {"name": "metrics", "port": 9090, "targetPort": "metrics", "protocol": "TCP"},
+    {"name": "http", "port": 8000, "targetPort": "http", "protocol": "TCP"},
 ]
 
 

@@ -18,9 +18,13 @@ from bloomz_operator.settings import (
     parse_settings,
 )
 
-TOP = "api, benchmark, devices, imagePullPolicy, imagePullSecrets, livenessPort, logLevel, namespaces, "
+TOP = "api, benchmark, devices, imagePullPolicy, imagePullSecrets, livenessPort, logLevel, metricsPort, "
+TOP += "namespaces, "
 TOP += "network, policy, reconcileIntervalSeconds, rollout"
-DEVICE_KEYS = "capabilities, env, hostIPC, hugepages2Mi, hugepages2MiPerCard, image, memory, memoryPerCard, "
+DEVICE_KEYS = (
+    "capabilities, env, hostIPC, hugepages2Mi, hugepages2MiPerCard, image, memory, memoryBandwidth, "
+)
+DEVICE_KEYS += "memoryPerCard, "
 DEVICE_KEYS += "nodeSelector, resourceName, runAsUser, tolerations"
 
 REFUSED: list[tuple[Any, str]] = [
@@ -130,6 +134,7 @@ def test_a_device_override_changes_only_what_it_names() -> None:
         hugepages_2mi_per_card="11874Mi",
         host_ipc=True,
         capabilities=("SYS_NICE",),
+        memory_bandwidth=2.45e12,
     )
     assert cpu == DeviceSettings(
         image="img", node_selector={"pool": "3"}, hugepages_2mi="64", host_ipc=True, run_as_user=10001
