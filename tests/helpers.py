@@ -210,3 +210,15 @@ def run_runtime(
         elif body_failed:
             sys.stderr.write(f"runtime log kept at {rt.log_path} (exit code {code})\n")
     assert code == 0, f"runtime exited with {code}; log kept at {rt.log_path}:\n{rt.log()[-5000:]}"
+
+
+# Rules the chart grants that a single-node lifecycle does not reach, and why: the least-privilege tests
+# (tests/e2e/test_sandbox.py, test_helm_operator.py) require every other granted rule to be used.
+LIFECYCLE_UNREACHED_RULES: dict[tuple[str, str, str], str] = {
+    ("", "secrets", "create"): "the SSH key pair of a multi-node group (tests/e2e/test_sandbox_multinode.py)",
+    ("", "secrets", "get"): "the SSH key pair of a multi-node group (tests/e2e/test_sandbox_multinode.py)",
+    ("", "secrets", "patch"): "new SSH keys for a multi-node group's new template (tests/operator)",
+    # Kopf lists and watches namespaces only when it is given a list of namespaces, not cluster-wide.
+    ("", "namespaces", "list"): "Kopf, when watching a list of namespaces only",
+    ("", "namespaces", "watch"): "Kopf, when watching a list of namespaces only",
+}

@@ -17,6 +17,7 @@ import yaml
 from bloomz_sandbox.apiserver import SandboxAPIServer
 from bloomz_sandbox.controllers.deployments import DeploymentController
 from bloomz_sandbox.node.podrunner import PodRunner, RunnerConfig
+from helpers import LIFECYCLE_UNREACHED_RULES
 
 REPO = Path(__file__).resolve().parents[2]
 HELM = REPO / ".tools" / "bin" / "helm"
@@ -159,24 +160,10 @@ def test_namespaced_mode_runs_with_roles_in_the_watched_namespace_only(cluster: 
     cluster.wait("no operator pod", lambda: not cluster.operator_pods())
 
 
-# Granted rules the lifecycle below cannot reach, and why (every other granted rule must be used).
-UNREACHED_RULES: dict[tuple[str, str, str], str] = {
-    ("", "secrets", "create"): "the SSH key pair of a multi-node group (tests/e2e/test_sandbox_multinode.py)",
-    ("", "secrets", "get"): "the SSH key pair of a multi-node group (tests/e2e/test_sandbox_multinode.py)",
-    (
-        "",
-        "secrets",
-        "patch",
-    ): "new SSH keys for a multi-node group's new template (tests/operator)",
-    ("", "namespaces", "list"): "Kopf lists namespaces only in namespaced mode (the test above)",
-    ("", "namespaces", "watch"): "Kopf watches namespaces only in namespaced mode (the test above)",
-}
-
-
 def test_least_privilege_over_a_lifecycle(tmp_path: Path) -> None:
     """The sandbox stack (helm-installed operator): create, scale, a pod failure, a spec change, deletion
     of a Gaudi resource (its pods are bound but never started, so this needs no runtime); then every call
-    of the operator was allowed and every rule the chart grants was used (or is in UNREACHED_RULES)."""
+    of the operator was allowed and every rule the chart grants was used (or is a lifecycle-unreached one)."""
     from bloomz_operator.constants import GROUP, PLURAL, VERSION
     from bloomz_operator.rbac import CLUSTER_RULES, NAMESPACED_RULES
     from bloomz_sandbox.stack import Sandbox, SandboxOptions
@@ -232,5 +219,5 @@ def test_least_privilege_over_a_lifecycle(tmp_path: Path) -> None:
         for resource in rule["resources"]
         for verb in rule["verbs"]
     }
-    assert set(UNREACHED_RULES) <= granted
-    assert not sorted(granted - used - set(UNREACHED_RULES)), "granted but never used"
+    assert set(LIFECYCLE_UNREACHED_RULES) <= granted
+    assert not sorted(granted - used - set(LIFECYCLE_UNREACHED_RULES)), "granted but never used"

@@ -24,6 +24,7 @@ import psutil
 import pytest
 import yaml
 from bloomz_sandbox.node.addresses import port_listening
+from helpers import LIFECYCLE_UNREACHED_RULES
 from helpers import wait_for as poll_until
 
 pytestmark = pytest.mark.slow
@@ -346,25 +347,9 @@ def test_deleting_everything_leaves_no_process_and_no_port(job: MainJob) -> None
     assert job.alive_descendants() == []
 
 
-# Granted rules this lifecycle does not reach, and why (every other rule must be used).
-UNREACHED_RULES: dict[tuple[str, str, str], str] = {
-    ("", "secrets", "create"): "the SSH key pair of a multi-node group (make demo-multinode)",
-    ("", "secrets", "get"): "the SSH key pair of a multi-node group (make demo-multinode)",
-    (
-        "",
-        "secrets",
-        "patch",
-    ): "new SSH keys for a multi-node group's new template (make demo-multinode)",
-    # Kopf lists and watches namespaces only when it watches a list of namespaces (watchNamespaces, see
-    # tests/e2e/test_helm_operator.py); watching all namespaces, as here, it does not.
-    ("", "namespaces", "list"): "Kopf, namespaced mode only",
-    ("", "namespaces", "watch"): "Kopf, namespaced mode only",
-}
-
-
 def test_the_operator_used_its_chart_rbac_and_nothing_else(job: MainJob) -> None:
     """Least privilege: over the whole lifecycle above, no call of the operator was refused, and every
-    (group, resource, verb) its chart grants was used (or is listed in UNREACHED_RULES with the reason)."""
+    (group, resource, verb) its chart grants was used (or is a lifecycle-unreached rule, with its reason)."""
     from bloomz_operator.rbac import CLUSTER_RULES, NAMESPACED_RULES
     from bloomz_sandbox.chart import NAMESPACE, RELEASE
 
@@ -392,10 +377,10 @@ def test_the_operator_used_its_chart_rbac_and_nothing_else(job: MainJob) -> None
         for resource in rule["resources"]
         for verb in rule["verbs"]
     }
-    unused = sorted(granted - used - set(UNREACHED_RULES))
+    unused = sorted(granted - used - set(LIFECYCLE_UNREACHED_RULES))
     assert not unused, f"granted but never used: {unused}"
     assert not used - granted  # nothing refused means this holds; a second look at the same fact
-    assert set(UNREACHED_RULES) <= granted
+    assert set(LIFECYCLE_UNREACHED_RULES) <= granted
 
 
 def test_the_main_job_once_exits_zero(tmp_path: Path, tiny_checkpoint: Path) -> None:
