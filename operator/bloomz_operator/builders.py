@@ -15,6 +15,8 @@ from typing import Any
 from bloomz_api.options import ServeOptions, to_argv
 
 from .access import fill_owner_secrets, service_options, service_volumes
+from .cachemount import cache_volume
+from .cachemount import runtime_env as cache_env
 from .constants import (
     API_VERSION,
     CONTAINER_NAME,
@@ -159,6 +161,10 @@ def _env(spec: InferenceSpec, settings: Settings) -> list[dict[str, Any]]:
     if spec.storage is not None and not spec.model.startswith("/"):
         # Hub downloads go to the model volume, so a restarted pod does not fetch the weights again.
         put("HF_HOME", f"{spec.storage.mount_path.rstrip('/')}/huggingface")
+    if spec.cache is not None:
+        # The download Job filled the cache: load from it only, never from the Hub.
+        for name, value in cache_env(spec.cache).items():
+            put(name, value)
     for name, value in settings.device(spec.device).env.items():
         put(name, value)
     for item in spec.env:
@@ -228,6 +234,10 @@ def _volumes(spec: InferenceSpec) -> tuple[list[dict[str, Any]], list[dict[str, 
                 {"name": MODELS_VOLUME, "hostPath": {"path": storage.host_path, "type": "Directory"}}
             )
         mounts.append(mount)
+    if spec.cache is not None:
+        cache, cache_mount = cache_volume(spec.cache, read_only=True)
+        volumes.append(cache)
+        mounts.append(cache_mount)
     return volumes, mounts
 
 

@@ -24,6 +24,7 @@ from .access import OPERATOR_KEY_ITEM, api_key_secret_name, service_host
 from .apikeys import secret_value
 from .backoff import backoff_delay, jittered
 from .builders import Owner
+from .cache import LABEL_CACHE_KEY
 from .constants import BENCHMARK_ANNOTATION, GROUP, KIND, LABEL_MANAGED_BY, MANAGER_NAME, PLURAL, VERSION
 from .groups import current_template_hash
 from .kubeapi import OWNED_PODS_SELECTOR, KubeAPI, make_api_client
@@ -216,6 +217,12 @@ def register_handlers(
         "", "v1", "pods", labels={LABEL_MANAGED_BY: MANAGER_NAME}, id="pod-change", registry=registry
     )
     async def on_pod_change(body: kopf.Body, **_: Any) -> None:
+        if LABEL_CACHE_KEY in (body.get("metadata", {}).get("labels") or {}):
+            # A model download's pod (owned by its Job, shared by every resource of that cache key): each
+            # resource looks again; only those waiting on that key find something new.
+            for uid in list(wakers):
+                wake(uid)
+            return
         for ref in body.get("metadata", {}).get("ownerReferences") or ():
             if ref.get("kind") == KIND and ref.get("apiVersion", "").startswith(f"{GROUP}/"):
                 wake(ref.get("uid"))

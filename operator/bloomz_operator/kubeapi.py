@@ -40,6 +40,12 @@ API_CALLS: frozenset[tuple[str, str, str]] = frozenset(
         ("networking.k8s.io", "networkpolicies", "create"),
         ("policy", "poddisruptionbudgets", "get"),
         ("policy", "poddisruptionbudgets", "create"),
+        # The model cache (spec.cache): its PVC, the download Job, the Job pod's progress line.
+        ("", "persistentvolumeclaims", "get"),
+        ("", "persistentvolumeclaims", "create"),
+        ("batch", "jobs", "get"),
+        ("batch", "jobs", "create"),
+        ("", "pods/log", "get"),
     }
 )
 
@@ -116,6 +122,7 @@ class KubeAPI:
         self.custom: Any = _Bounded(kubernetes.client.CustomObjectsApi(api_client), self._timeout)
         self.networking: Any = _Bounded(kubernetes.client.NetworkingV1Api(api_client), self._timeout)
         self.policy: Any = _Bounded(kubernetes.client.PolicyV1Api(api_client), self._timeout)
+        self.batch: Any = _Bounded(kubernetes.client.BatchV1Api(api_client), self._timeout)
 
     def list_pods(self, namespace: str, owner_name: str | None = None) -> list[dict[str, Any]]:
         """The operator's pods in the namespace (of one resource, with `owner_name`). The label selector keeps
@@ -226,6 +233,46 @@ class KubeAPI:
                 namespace, dict(body), _preload_content=False
             )
         )
+
+    def read_pvc(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return _read(
+            lambda: self.core.read_namespaced_persistent_volume_claim(name, namespace, _preload_content=False)
+        )
+
+    def create_pvc(self, namespace: str, body: Mapping[str, Any]) -> bool:
+        return _created(
+            lambda: self.core.create_namespaced_persistent_volume_claim(
+                namespace, dict(body), _preload_content=False
+            )
+        )
+
+    def read_job(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return _read(lambda: self.batch.read_namespaced_job(name, namespace, _preload_content=False))
+
+    def create_job(self, namespace: str, body: Mapping[str, Any]) -> bool:
+        return _created(
+            lambda: self.batch.create_namespaced_job(namespace, dict(body), _preload_content=False)
+        )
+
+    def list_job_pods(self, namespace: str, job_name: str) -> list[dict[str, Any]]:
+        """The pods of a Job (by the Job controller's label; callers check the owner uid too)."""
+        response = self.core.list_namespaced_pod(
+            namespace, label_selector=f"batch.kubernetes.io/job-name={job_name}", _preload_content=False
+        )
+        items: list[dict[str, Any]] = json.loads(response.data).get("items") or []
+        return items
+
+    def read_pod_log_tail(self, namespace: str, name: str, container: str, lines: int = 5) -> str:
+        """The last lines of a container's log ("" when there is none yet, or the pod is gone)."""
+        try:
+            response = self.core.read_namespaced_pod_log(
+                name, namespace, container=container, tail_lines=lines, _preload_content=False
+            )
+        except ApiException as error:
+            if error.status in (400, 404):  # not started yet, or deleted meanwhile
+                return ""
+            raise
+        return bytes(response.data).decode("utf-8", errors="replace")
 
     def patch_secret(self, namespace: str, name: str, patch: Mapping[str, Any]) -> None:
         self.core.patch_namespaced_secret(name, namespace, dict(patch), _preload_content=False)

@@ -21,6 +21,7 @@ from . import pods as podview
 from .access import api_key_secret_name, service_endpoints
 from .apikeys import build_api_key_secret, generate_api_key
 from .builders import Owner, build_pods, build_service, service_endpoint
+from .cache import CacheGate, ensure_model_cached, with_transition
 from .groups import build_groups, build_headless_service, current_template_hash, headless_service_name
 from .kubeapi import KubeAPI, describe_api_error
 from .latency import format_time
@@ -88,6 +89,10 @@ def reconcile(
     if parsed.api_key_secret:
         key_conflict = _ensure_api_key(api, owner, logger)
         conflicts += [key_conflict] if key_conflict is not None else []
+    cache: CacheGate | None = None
+    if parsed.cache is not None:
+        cache = ensure_model_cached(api, settings, owner, parsed, old_status, logger)
+        conflicts += [cache.conflict] if cache.conflict is not None else []
     failures: list[GroupFailure] = []
     actions: list[Action] = []
     units: list[list[dict[str, Any]]] = []
@@ -100,6 +105,8 @@ def reconcile(
         desired = build_pods(owner, parsed, settings)
         units = [[pod] for pod in desired]
         actions = plan_pods(desired, observed, max_surge=parsed.max_surge)
+    if cache is not None and not cache.ready:
+        actions = []  # no runtime pod before the model is in the cache; the pods that serve keep serving
     status_hash = current_hash
     if gate is not None and settings_rollout(old_status, generation, current_hash):
         if gate.admit(owner.uid, time.monotonic()):
@@ -127,6 +134,11 @@ def reconcile(
         nodes=parsed.nodes,
     )
     status["conditions"].append(reconciled_condition(api_failure, old_status, now))
+    if cache is not None:
+        status["conditions"].append(with_transition(cache.condition, previous_conditions, now))
+        status["modelCache"] = cache.status
+        if cache.failed and not observed:
+            status["phase"] = "Failed"
     status = with_conflicts(status, conflicts, previous_conditions=previous_conditions, now=now)
     # The scale subresource's labelSelectorPath: the pods that serve, one per replica (a group's leader).
     service_selector = build_service(owner, leaders_only=parsed.multi_node)["spec"]["selector"]

@@ -136,6 +136,8 @@ class Settings:
     # Secrets (in the resource's namespace) the kubelet uses to pull the runtime images.
     image_pull_secrets: tuple[str, ...] = ()
     reconcile_interval_seconds: float = 15.0
+    # HF_ENDPOINT of the model-download Jobs: a Hub mirror (air-gapped clusters); None = huggingface.co.
+    hub_endpoint: str | None = None
     benchmark: BenchmarkSettings = field(default_factory=BenchmarkSettings)
     api: ApiSettings = field(default_factory=ApiSettings)
     rollout: RolloutSettings = field(default_factory=RolloutSettings)
@@ -201,6 +203,7 @@ _TOP_KEYS = {
     "imagePullPolicy",
     "imagePullSecrets",
     "reconcileIntervalSeconds",
+    "hubEndpoint",
     "benchmark",
     "api",
     "rollout",
@@ -417,6 +420,11 @@ def parse_settings(data: Mapping[str, Any] | None) -> Settings:
         changes["reconcile_interval_seconds"] = _positive(
             data["reconcileIntervalSeconds"], "reconcileIntervalSeconds"
         )
+    if data.get("hubEndpoint"):
+        endpoint = _expect(data["hubEndpoint"], str, "hubEndpoint")
+        if not endpoint.startswith(("http://", "https://")):
+            raise SettingsError(f"hubEndpoint: must be an http:// or https:// URL, got {endpoint!r}")
+        changes["hub_endpoint"] = endpoint.rstrip("/")
     if "benchmark" in data:
         bench = _expect(data["benchmark"], dict, "benchmark")
         _check_keys(bench, _BENCHMARK_KEYS, "benchmark")

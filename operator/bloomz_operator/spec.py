@@ -13,6 +13,7 @@ from typing import Any
 from .constants import BENCHMARK_MAX_NEW_TOKENS, BENCHMARK_PROMPT
 
 DEFAULT_MOUNT_PATH = "/models"
+DEFAULT_CACHE_MOUNT_PATH = "/model-cache"
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,17 @@ class StorageSpec:
 
 
 @dataclass(frozen=True)
+class CacheSpec:
+    """A PVC the model is downloaded into once, by a Job, before any runtime pod starts."""
+
+    claim_name: str  # an existing PVC, or the name of the one to create (with `size`)
+    size: str | None = None  # set: the operator creates (and owns) the PVC
+    storage_class_name: str | None = None
+    access_mode: str = "ReadWriteMany"
+    mount_path: str = DEFAULT_CACHE_MOUNT_PATH
+
+
+@dataclass(frozen=True)
 class InferenceSpec:
     model: str
     device: str = "hpu"
@@ -61,6 +73,7 @@ class InferenceSpec:
     benchmark: BenchmarkSpec = field(default_factory=BenchmarkSpec)
     max_surge: int = 0
     storage: StorageSpec | None = None
+    cache: CacheSpec | None = None
     resources: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     node_selector: Mapping[str, str] = field(default_factory=dict)
     tolerations: tuple[Mapping[str, Any], ...] = ()
@@ -153,6 +166,17 @@ def _parse(spec: Mapping[str, Any]) -> InferenceSpec:
             pvc_read_only=bool(pvc.get("readOnly", False)),
             host_path=host.get("path"),
         )
+    cache: CacheSpec | None = None
+    raw_cache = spec.get("cache")
+    if raw_cache:
+        size = raw_cache.get("size")
+        cache = CacheSpec(
+            claim_name=str(raw_cache.get("claimName") or ""),
+            size=str(size) if size not in (None, "") else None,
+            storage_class_name=raw_cache.get("storageClassName") or None,
+            access_mode=str(_pick(raw_cache, "accessMode", "ReadWriteMany")),
+            mount_path=str(_pick(raw_cache, "mountPath", DEFAULT_CACHE_MOUNT_PATH)),
+        )
     rollout = spec.get("rollout") or {}
     parsed = InferenceSpec(
         model=str(spec["model"]),
@@ -167,6 +191,7 @@ def _parse(spec: Mapping[str, Any]) -> InferenceSpec:
         benchmark=benchmark,
         max_surge=int(_pick(rollout, "maxSurge", 0)),
         storage=storage,
+        cache=cache,
         resources={k: dict(v) for k, v in (spec.get("resources") or {}).items()},
         node_selector=dict(spec.get("nodeSelector") or {}),
         tolerations=tuple(dict(t) for t in spec.get("tolerations") or ()),
@@ -194,5 +219,16 @@ def _check(spec: InferenceSpec) -> None:
         raise SpecError(cards_per_node_message(spec.cards, spec.cards_per_node))
     if spec.replicas < 0:
         raise SpecError(f"spec.replicas must be >= 0, got {spec.replicas}")
+    if spec.cache is not None:
+        if not spec.cache.claim_name:
+            raise SpecError(
+                "spec.cache.claimName is required (an existing PVC, or the one to create with size)"
+            )
+        if spec.storage is not None:
+            raise SpecError(
+                "spec.cache and spec.storage exclude each other: the cache is the model's storage"
+            )
+        if spec.model.startswith("/"):
+            raise SpecError("spec.cache downloads a Hub model: spec.model must be a Hub id, not a path")
     if spec.max_surge < 0:
         raise SpecError(f"spec.rollout.maxSurge must be >= 0, got {spec.max_surge}")

@@ -430,6 +430,51 @@ def test_multi_node_group_secret_services_failure_recreation_and_leader_latency(
         )
 
 
+def exercise_the_model_cache(cluster: Cluster) -> None:
+    """A resource with spec.cache: its PVC and download Job are created, no runtime pod until the Job
+    completes; a Running download pod's log is read for progress (the emulator has no Job controller or
+    kubelet here: the test plays them)."""
+    name = "tiny-cached"
+    body = tiny_resource(name, 1)
+    del body["spec"]["storage"]
+    body["spec"].update(model="bigscience/bloomz-tiny", cache={"claimName": f"{name}-cache", "size": "1Gi"})
+    cluster.custom.create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, body)
+    batch = kubernetes.client.BatchV1Api(cluster.server.api_client())
+    jobs = wait_for(
+        "the download Job",
+        lambda: json.loads(batch.list_namespaced_job(NS, _preload_content=False).data)["items"],
+    )
+    job = jobs[0]
+    assert cluster.core.read_namespaced_persistent_volume_claim(f"{name}-cache", NS)
+    template = job["spec"]["template"]
+    job_name = job["metadata"]["name"]
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": f"{job_name}-x",
+            "labels": {**template["metadata"]["labels"], "batch.kubernetes.io/job-name": job_name},
+            "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": job_name,
+                                 "uid": job["metadata"]["uid"], "controller": True}],
+        },
+        "spec": template["spec"],
+    }  # fmt: skip
+    cluster.core.create_namespaced_pod(NS, pod)
+    cluster.set_pod_status(pod["metadata"]["name"], {"phase": "Running"})
+    wait_for(
+        "Downloading", lambda: (c := cluster.condition(name, "ModelCached")) and c["reason"] == "Downloading"
+    )
+    assert not cluster.pods(name)  # no runtime pod before the model is cached
+    complete = {"conditions": [{"type": "Complete", "status": "True"}], "succeeded": 1}
+    batch.patch_namespaced_job_status(job_name, NS, {"status": complete})
+    cluster.set_pod_status(pod["metadata"]["name"], {"phase": "Succeeded"})
+    wait_for("ModelCached", lambda: (c := cluster.condition(name, "ModelCached")) and c["status"] == "True")
+    runtime = wait_for("the runtime pod", lambda: cluster.pods(name))[0]["spec"]["containers"][0]
+    assert {"name": "HF_HUB_OFFLINE", "value": "1"} in runtime["env"]
+    cluster.custom.delete_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, name)
+    wait_for("the resource gone", lambda: name not in cluster.kubectl("get", "bloomz", "-o", "name"))
+
+
 def test_every_api_call_of_the_operator_is_granted_by_rbac(cluster: Cluster) -> None:
     # A short life of a resource of its own, so this test stands alone; earlier tests add their calls.
     name, multi = "tiny-rbac", "rbac-groups"
@@ -452,6 +497,7 @@ def test_every_api_call_of_the_operator_is_granted_by_rbac(cluster: Cluster) -> 
                 "the resource gone",
                 lambda r=resource: r not in cluster.kubectl("get", "bloomz", "-o", "name"),
             )
+        exercise_the_model_cache(cluster)
     calls = {call for r in operator_requests(cluster) if (call := api_call(*r[:3])) is not None}
     rules = rbac.NAMESPACED_RULES + rbac.CLUSTER_RULES
     ungranted = sorted(call for call in calls if not rbac.allows(rules, *call))

@@ -22,6 +22,11 @@ CORE_METHODS = {
     "create_namespaced_network_policy": ("networking.k8s.io", "networkpolicies", "create"),
     "read_namespaced_pod_disruption_budget": ("policy", "poddisruptionbudgets", "get"),
     "create_namespaced_pod_disruption_budget": ("policy", "poddisruptionbudgets", "create"),
+    "read_namespaced_persistent_volume_claim": ("", "persistentvolumeclaims", "get"),
+    "create_namespaced_persistent_volume_claim": ("", "persistentvolumeclaims", "create"),
+    "read_namespaced_job": ("batch", "jobs", "get"),
+    "create_namespaced_job": ("batch", "jobs", "create"),
+    "read_namespaced_pod_log": ("", "pods/log", "get"),
 }
 
 
@@ -64,7 +69,7 @@ def test_kubeapi_declares_every_client_method_it_calls() -> None:
         if isinstance(node, ast.Call)
         and isinstance(node.func, ast.Attribute)
         and isinstance(node.func.value, ast.Attribute)
-        and node.func.value.attr in ("core", "custom", "networking", "policy")
+        and node.func.value.attr in ("core", "custom", "networking", "policy", "batch")
     }
     assert called == set(CORE_METHODS)
     assert {CORE_METHODS[m] for m in called} == kubeapi.API_CALLS

@@ -116,6 +116,7 @@ STANDARD_RESOURCES: tuple[ResourceType, ...] = (
         categories=("all",),
         subresources=("status",),
     ),
+    _standard("batch/v1", "jobs", "Job", categories=("all",), subresources=("status",)),
     _standard("rbac.authorization.k8s.io/v1", "roles", "Role"),
     _standard("rbac.authorization.k8s.io/v1", "rolebindings", "RoleBinding"),
     _standard("rbac.authorization.k8s.io/v1", "clusterroles", "ClusterRole", False),
