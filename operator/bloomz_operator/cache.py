@@ -227,10 +227,12 @@ def download_state(
         printed = last_event(message) or (event if event.get("event") == "failed" else {})
         if printed.get("event") == "failed":
             status = f"{printed['status']} " if printed.get("status") else ""
-            return DownloadState("Failed", reason=str(printed.get("reason") or "DownloadFailed"),
-                                 message=f"{status}{printed.get('message', '')}".strip())  # fmt: skip
-        return DownloadState("Failed", reason=str(failed.get("reason") or "DownloadFailed"),
-                             message=str(failed.get("message") or "the download Job failed"))  # fmt: skip
+            reason = str(printed.get("reason") or "DownloadFailed")
+            return DownloadState(
+                "Failed", reason=reason, message=f"{status}{printed.get('message', '')}".strip()
+            )
+        reason = str(failed.get("reason") or "DownloadFailed")
+        return DownloadState("Failed", reason=reason, message=str(failed.get("message") or "the Job failed"))
     if latest is not None and (latest.get("status") or {}).get("phase") == "Running":
         return DownloadState("Downloading", done, total)
     return DownloadState("Pending", done, total)

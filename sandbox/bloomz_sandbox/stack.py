@@ -10,6 +10,7 @@ run exactly the same thing. Layout under the work directory:
     logs/podrunner.log     the pod runner's decisions (scheduling, starts, exits, stops)
     logs/audit.jsonl       the API server's audit log (user, verb, group, resource, ..., code per request)
     tls/                   the API server's HTTPS certificate (the pods' ca.crt)
+    hub/<org>/<name>/      the local Hub's repositories (the operator's hubEndpoint; download Jobs)
     logs/<ns>/<pod>/<container>.log   each pod container's output
 """
 
@@ -36,6 +37,8 @@ from kubernetes import client
 
 from bloomz_sandbox.chart import ChartRelease, find_helm, operator_pod_state
 from bloomz_sandbox.controllers.deployments import DeploymentController
+from bloomz_sandbox.controllers.jobs import JobController
+from bloomz_sandbox.hub import LocalHub
 from bloomz_sandbox.node import cluster_dns
 from bloomz_sandbox.node.podrunner import PodRunner, RunnerConfig, default_capacity
 from bloomz_sandbox.node.processes import kill_group_now, spawn, stop_group
@@ -141,6 +144,8 @@ class Sandbox:
         self.operator: subprocess.Popen[bytes] | None = None
         self.chart: ChartRelease | None = None
         self.deployments: DeploymentController | None = None
+        self.jobs: JobController | None = None
+        self.hub: LocalHub | None = None
         self._api_client: client.ApiClient | None = None
         self._log_handler: logging.Handler | None = None
 
@@ -180,6 +185,10 @@ class Sandbox:
         )
         self.runner = PodRunner(self.api_client, config).start()
         self.deployments = DeploymentController(self.api_client).start()
+        self.jobs = JobController(self.api_client).start()
+        (self.workdir / "hub").mkdir(exist_ok=True)
+        self.hub = LocalHub(self.workdir / "hub").start()
+        on_step(f"local Hub at {self.hub.endpoint} serving {self.workdir / 'hub'} (the model-download Jobs')")
         if self.options.nodes == 1:
             on_step(
                 f"pod runner up: node {config.node_name} with {self.options.gaudi_cards} habana.ai/gaudi "
@@ -224,6 +233,7 @@ class Sandbox:
                 "watchNamespaces": f"{{{self.options.namespace}}}",
                 "config.policy.hostPathPrefixes": "{/var/lib/bloomz/}",
                 "config.devices.cpu.memoryBandwidth": str(int(CPU_MEMORY_BANDWIDTH)),
+                "config.hubEndpoint": self.hub.endpoint if self.hub else "",
             }
         )
         deadline = started + 120
@@ -275,6 +285,7 @@ class Sandbox:
             "devices": {"cpu": {"image": SANDBOX_CPU_IMAGE, "memoryBandwidth": CPU_MEMORY_BANDWIDTH}},
             # The examples read the model from the node's /var/lib/bloomz (hostPath is off by default).
             "policy": {"hostPathPrefixes": ["/var/lib/bloomz/"]},
+            "hubEndpoint": self.hub.endpoint if self.hub else None,
         }
         self.settings_path.write_text(yaml.safe_dump(settings, sort_keys=False))
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PYTHONUNBUFFERED": "1"}
@@ -310,6 +321,9 @@ class Sandbox:
         deployments, self.deployments = self.deployments, None
         if deployments is not None:
             run_stage("Deployment controller", deployments.stop, STAGE_MARGIN_S)
+        jobs, self.jobs = self.jobs, None
+        if jobs is not None:
+            run_stage("Job controller", jobs.stop, STAGE_MARGIN_S)
         operator, self.operator = self.operator, None
         if operator is not None:
             run_stage(
@@ -323,6 +337,9 @@ class Sandbox:
             run_stage(
                 "pod runner", runner.stop, self.options.max_grace_seconds + RUNNER_MARGIN_S, runner.kill_now
             )
+        hub, self.hub = self.hub, None
+        if hub is not None:
+            run_stage("local Hub", hub.stop, STAGE_MARGIN_S)
         api_client, self._api_client = self._api_client, None
         if api_client is not None:
             run_stage("API client", api_client.close, STAGE_MARGIN_S)

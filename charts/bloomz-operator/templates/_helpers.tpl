@@ -83,6 +83,7 @@ memoryPerCard / hugepages2MiPerCard becomes null (not requested).
   "metricsPort" .Values.metrics.port
   "imagePullPolicy" $config.imagePullPolicy
   "imagePullSecrets" $config.imagePullSecrets
+  "hubEndpoint" $config.hubEndpoint
   "benchmark" $config.benchmark
   "rollout" $config.rollout
   "devices" $devices }}

@@ -198,6 +198,15 @@ class Kubelet:
             self.config.backoff_max_seconds,
         )
 
+    def _log_tail(self, record: PodRecord, container: ContainerRecord) -> bytes:
+        path = self.log_path(record.namespace, record.name, container.spec["name"])
+        try:
+            with path.open("rb") as handle:
+                handle.seek(max(0, path.stat().st_size - 4 * pod_status.FALLBACK_LOG_BYTES))
+                return handle.read()
+        except OSError:
+            return b""
+
     def _on_exit(
         self,
         record: PodRecord,
@@ -209,7 +218,8 @@ class Kubelet:
         process.kill_leftovers()  # ranks orphaned by the launcher die with it, like a container's cgroup
         self.kill_escaped(record)
         exit_code, signal_number = pod_status.termination_exit_code(returncode)
-        termination = pod_status.Termination(exit_code, process.started_at, now, signal_number)
+        message = pod_status.fallback_message(container.spec, exit_code, self._log_tail(record, container))
+        termination = pod_status.Termination(exit_code, process.started_at, now, signal_number, message)
         container.process = None
         container.ready = False
         log.info("sandbox: %s/%s exited with %s", record.label, container.spec["name"], exit_code)

@@ -29,6 +29,7 @@ class Termination:
     started_at: float
     finished_at: float
     signal: int | None = None
+    message: str = ""  # the termination message (terminationMessagePolicy: FallbackToLogsOnError)
 
     @property
     def reason(self) -> str:
@@ -43,6 +44,8 @@ class Termination:
         }
         if self.signal is not None:
             body["signal"] = self.signal
+        if self.message:
+            body["message"] = self.message
         return body
 
 
@@ -79,6 +82,19 @@ def termination_exit_code(returncode: int) -> tuple[int, int | None]:
     if returncode < 0:
         return 128 - returncode, -returncode
     return returncode, None
+
+
+# The kubelet's limits for a termination message taken from the log: the last 80 lines, at most 2048 bytes.
+FALLBACK_LOG_LINES, FALLBACK_LOG_BYTES = 80, 2048
+
+
+def fallback_message(container_spec: Mapping[str, Any], exit_code: int, log_tail: bytes) -> str:
+    """The termination message of a container that failed with `FallbackToLogsOnError` (no message file in
+    the sandbox: its processes cannot write the container's /dev/termination-log)."""
+    if exit_code == 0 or container_spec.get("terminationMessagePolicy") != "FallbackToLogsOnError":
+        return ""
+    lines = log_tail.splitlines()[-FALLBACK_LOG_LINES:]
+    return b"\n".join(lines)[-FALLBACK_LOG_BYTES:].decode("utf-8", errors="replace")
 
 
 def should_restart(restart_policy: str, exit_code: int) -> bool:
