@@ -218,6 +218,12 @@ LIFECYCLE_UNREACHED_RULES: dict[tuple[str, str, str], str] = {
     ("", "secrets", "create"): "the SSH key pair of a multi-node group (tests/e2e/test_sandbox_multinode.py)",
     ("", "secrets", "get"): "the SSH key pair of a multi-node group (tests/e2e/test_sandbox_multinode.py)",
     ("", "secrets", "patch"): "new SSH keys for a multi-node group's new template (tests/operator)",
+    # The model cache (spec.cache): the examples these tests apply load from a path.
+    ("", "persistentvolumeclaims", "get"): "the model cache's PVC (tests/e2e/test_sandbox_cache.py)",
+    ("", "persistentvolumeclaims", "create"): "the model cache's PVC (tests/e2e/test_sandbox_cache.py)",
+    ("batch", "jobs", "get"): "the model download Job (tests/e2e/test_sandbox_cache.py)",
+    ("batch", "jobs", "create"): "the model download Job (tests/e2e/test_sandbox_cache.py)",
+    ("", "pods/log", "get"): "the model download's progress line (tests/e2e/test_sandbox_cache.py)",
     # Kopf lists and watches namespaces only when it is given a list of namespaces, not cluster-wide.
     ("", "namespaces", "list"): "Kopf, when watching a list of namespaces only",
     ("", "namespaces", "watch"): "Kopf, when watching a list of namespaces only",

@@ -194,3 +194,16 @@ def test_the_model_cached_condition_reads_like_kubectl_describe() -> None:
     first = with_transition(downloading, [], "t1")
     assert with_transition(downloading, [first], "t2")["lastTransitionTime"] == "t1"
     assert with_transition(cached, [first], "t3")["lastTransitionTime"] == "t3"
+
+
+def test_the_job_the_pvc_and_a_cached_pod_match_the_kubernetes_schemas() -> None:
+    """Strict: an unknown key anywhere (the pod failure policy, the termination message policy) is refused."""
+    import kubernetes_validate
+    from bloomz_operator.builders import build_pods
+
+    spec = parse_spec(cached_spec(size="40Gi", storageClassName="fast"))
+    assert spec.cache is not None
+    objects = [build_download_job(OWNER, spec, SETTINGS), build_cache_pvc(OWNER, spec.cache)]
+    objects += build_pods(OWNER, spec, SETTINGS)
+    for obj in objects:
+        kubernetes_validate.validate(obj, "1.31.0", strict=True)
