@@ -183,7 +183,8 @@ class Sandbox:
             api_tls_port=self.apiserver.tls_port or 0,
             api_ca_path=self.apiserver.ca_path,
         )
-        self.runner = PodRunner(self.api_client, config).start()
+        runner = self.runner = PodRunner(self.api_client, config).start()
+        self.apiserver.serve_pod_logs(runner.log_path)  # kubectl logs, and the operator's progress reads
         self.deployments = DeploymentController(self.api_client).start()
         self.jobs = JobController(self.api_client).start()
         (self.workdir / "hub").mkdir(exist_ok=True)
