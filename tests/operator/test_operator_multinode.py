@@ -109,8 +109,8 @@ def cel_rule_holds(rule: str, cards: int, cards_per_node: int) -> bool:
 
 
 def test_crd_rule_refuses_exactly_what_the_operator_refuses(spec_schema: dict[str, Any]) -> None:
-    (validation,) = spec_schema["x-kubernetes-validations"]
-    assert "cardsPerNode" in validation["message"]
+    validations = spec_schema["x-kubernetes-validations"]
+    (validation,) = [v for v in validations if "cardsPerNode" in v["message"]]
     props = spec_schema["properties"]["cardsPerNode"]
     assert (props["type"], props["minimum"], props["default"]) == ("integer", 1, 8)
     for cards in range(1, 65):

@@ -18,8 +18,8 @@ from bloomz_operator.settings import (
     parse_settings,
 )
 
-TOP = "api, benchmark, devices, imagePullPolicy, imagePullSecrets, livenessPort, logLevel, metricsPort, "
-TOP += "namespaces, "
+TOP = "api, benchmark, devices, hubEndpoint, imagePullPolicy, imagePullSecrets, livenessPort, logLevel, "
+TOP += "metricsPort, namespaces, "
 TOP += "network, policy, reconcileIntervalSeconds, rollout"
 DEVICE_KEYS = (
     "capabilities, env, hostIPC, hugepages2Mi, hugepages2MiPerCard, image, memory, memoryBandwidth, "
@@ -177,3 +177,10 @@ def test_file_errors_name_the_file(tmp_path: Path) -> None:
     with pytest.raises(SettingsError) as error:
         load_settings(str(wrong))
     assert str(error.value) == f"{wrong}: livenessPort: not a TCP port: 0"
+
+
+def test_the_hub_endpoint_is_a_url() -> None:
+    assert parse_settings({"hubEndpoint": "http://mirror:8080/"}).hub_endpoint == "http://mirror:8080"
+    assert parse_settings({"hubEndpoint": ""}).hub_endpoint is None
+    with pytest.raises(SettingsError, match="hubEndpoint: must be an http"):
+        parse_settings({"hubEndpoint": "mirror:8080"})
