@@ -98,7 +98,11 @@ def build_download_job(owner: Owner, spec: InferenceSpec, settings: Settings) ->
     revision = revision_of(spec)
     key = cache_key(owner.namespace, claim, spec.model, revision)
     device = settings.device(spec.device)
-    env = [{"name": "HF_HOME", "value": hf_home(cache)}, {"name": "PYTHONUNBUFFERED", "value": "1"}]
+    env = [
+        {"name": "HF_HOME", "value": hf_home(cache)},
+        {"name": "HF_HUB_OFFLINE", "value": "0"},  # whatever the image sets: this pod is the one that fetches
+        {"name": "PYTHONUNBUFFERED", "value": "1"},
+    ]
     if settings.hub_endpoint:
         env.append({"name": "HF_ENDPOINT", "value": settings.hub_endpoint})
     # A Hub token for gated models comes the way every other runtime variable does: spec.env.

@@ -96,6 +96,7 @@ def test_the_download_job_runs_the_runtime_image_against_the_hub_endpoint() -> N
     env = {e["name"]: e["value"] for e in container["env"]}
     assert env["HF_ENDPOINT"] == "http://hub.internal:8080" and env["HF_HOME"] == "/model-cache/huggingface"
     assert env["HF_TOKEN"] == "t" and "X" not in env
+    assert env["HF_HUB_OFFLINE"] == "0"
     assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
     assert container["volumeMounts"] == [{"name": "model-cache", "mountPath": "/model-cache"}]
     assert pod["volumes"] == [{"name": "model-cache", "persistentVolumeClaim": {"claimName": "models"}}]
