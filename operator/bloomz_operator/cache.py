@@ -221,7 +221,10 @@ def download_state(
     latest = pods[-1] if pods else None
     event = last_event(log_tail) or {}
     done, total = int(event.get("bytesDone") or 0), int(event.get("bytesTotal") or 0)
-    if _job_condition(job, "Complete") is not None:
+    # A pod that succeeded is the download done, before the Job controller marks the Job Complete.
+    if _job_condition(job, "Complete") is not None or any(
+        (pod.get("status") or {}).get("phase") == "Succeeded" for pod in pods
+    ):
         return DownloadState("Succeeded", done or total, total)
     failed = _job_condition(job, "Failed")
     if failed is not None:

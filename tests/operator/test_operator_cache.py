@@ -161,6 +161,7 @@ def test_download_state_from_the_job_its_pods_and_the_log() -> None:
     assert download_state(job_with("Complete"), [pod("Succeeded", 0)], done) == DownloadState(
         "Succeeded", 2048, 2048
     )
+    assert download_state(job_with(None), [pod("Succeeded", 0)], done).phase == "Succeeded"
     # The reason comes from the failed pod's termination message (its last log lines).
     failed = download_state(job_with("Failed", "PodFailurePolicy"), [pod("Failed", 2, PROGRESS + FAILED)])
     assert (failed.phase, failed.reason, failed.message) == (
