@@ -227,6 +227,8 @@ def download_state(
     ):
         return DownloadState("Succeeded", done or total, total)
     failed = _job_condition(job, "Failed")
+    if failed is None and latest is not None and _termination(latest).get("exitCode") == PERMANENT_EXIT_CODE:
+        failed = {}  # the Job fails on that exit code (podFailurePolicy): no need to wait for it to say so
     if failed is not None:
         # The reason the download printed (kept in the termination message), else the Job's own.
         failed_pods = [p for p in pods if _termination(p).get("exitCode")]

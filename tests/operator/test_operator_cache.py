@@ -169,6 +169,9 @@ def test_download_state_from_the_job_its_pods_and_the_log() -> None:
         "RepoNotFound",
         "404 Repository Not Found",
     )
+    early = download_state(job_with(None), [pod("Failed", PERMANENT_EXIT_CODE, FAILED)])
+    assert (early.phase, early.reason) == ("Failed", "RepoNotFound")
+    assert download_state(job_with(None), [pod("Failed", 1, FAILED)]).phase == "Pending"  # retried
     # No message (an image that printed nothing): the Job's own reason.
     bare = download_state(job_with("Failed", "BackoffLimitExceeded"), [pod("Failed", 1)])
     assert (bare.phase, bare.reason) == ("Failed", "BackoffLimitExceeded")
