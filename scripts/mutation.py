@@ -64,7 +64,22 @@ MODULES = (
             OP + "operator_podsecurity.py",
         ),
     ),
-    Module("groups", "bloomz_operator/groups.py", (OP + "operator_multinode.py", OP + "builders_objects.py")),
+    Module(
+        "groups",
+        "bloomz_operator/groups.py",
+        (OP + "operator_multinode.py", OP + "builders_objects.py", OP + "replicas.py"),
+    ),
+    Module(
+        "replicas",
+        "bloomz_operator/replicas.py",
+        (
+            OP + "replicas.py",
+            OP + "operator_multinode.py",
+            OP + "planning_rollout_sim.py",
+            OP + "operator_status.py",
+            OP + "status_members.py",
+        ),
+    ),
     Module(
         "planning",
         "bloomz_operator/planning.py",
@@ -74,12 +89,20 @@ MODULES = (
             OP + "planning_rollout_sim.py",
             OP + "planning_rollout_hold.py",
             OP + "operator_api_faults.py",  # the settings rollout: hold_rollout, RolloutGate
+            OP + "replicas.py",
         ),
     ),
     Module(
         "status",
         "bloomz_operator/status.py",
         (OP + "operator_status.py", OP + "operator_multinode.py", OP + "status_members.py"),
+    ),
+    Module(
+        "latency",
+        "bloomz_operator/latency.py",
+        (OP + "latency_targets.py", OP + "operator_latency.py"),
+        # which pods are measured and what is reported; the Benchmark RPCs are side effects
+        ("pod_address", "benchmark_targets", "measured_message"),
     ),
     Module(
         "pods",
