@@ -67,7 +67,13 @@ MODULES = (
     Module(
         "groups",
         "bloomz_operator/groups.py",
-        (OP + "operator_multinode.py", OP + "builders_objects.py", OP + "replicas.py"),
+        (
+            OP + "operator_multinode.py",
+            OP + "builders_objects.py",
+            OP + "replicas.py",
+            OP + "operator_builders.py",  # single-node replicas are built here too
+            OP + "operator_access.py",  # the owner's API key Secret named in the template
+        ),
     ),
     Module(
         "replicas",

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from bloomz_operator import replicas
 from bloomz_operator.builders import Owner
-from bloomz_operator.constants import LABEL_GROUP_MEMBER, LABEL_REPLICA_INDEX, LABEL_ROLE
+from bloomz_operator.constants import LABEL_GROUP_MEMBER, LABEL_REPLICA_INDEX, LABEL_ROLE, LABEL_TEMPLATE_HASH
 from bloomz_operator.groups import build_replicas, current_template_hash, pod_template
 from bloomz_operator.planning import DeletePod, plan_replicas
 from bloomz_operator.replicas import ReplicaFailure
@@ -137,7 +137,20 @@ def test_the_template_is_built_once_and_copied_into_every_pod() -> None:
     (template_container,) = template.leader["containers"]
     assert leader_container["args"][: len(template_container["args"])] == template_container["args"]
     assert "--hosts" not in template_container["args"]  # the hosts are a replica's own
+    (worker_container,) = template.worker["containers"]
+    # sshd binds the pod's own address, which only the downward API knows.
+    assert {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}} in worker_container[
+        "env"
+    ]
     ssh = {v["name"]: v for v in template.worker["volumes"]}["ssh"]["secret"]
     assert ssh["secretName"] == "r-ssh" and ssh["items"]
     single = pod_template(OWNER, parse_spec(SINGLE), Settings())
     assert single.worker is None and single.nodes == 1
+
+
+def test_old_replicas_of_one_index_go_in_the_same_order_however_they_were_listed() -> None:
+    a, b = want({**SINGLE, "model": "m/a"}), want({**SINGLE, "model": "m/b"})
+    first, second = sorted((a[0][0], b[0][0]), key=lambda pod: pod["metadata"]["labels"][LABEL_TEMPLATE_HASH])
+    new = want({**SINGLE, "model": "m/new"})
+    for seen in ([observed(first), observed(second)], [observed(second), observed(first)]):
+        assert plan_replicas(new, seen) == [DeletePod(name(first), "template changed")]
