@@ -62,6 +62,7 @@ MODULES = (
             OP + "spec_fields.py",
             OP + "builders_objects.py",
             OP + "operator_podsecurity.py",
+            OP + "operator_access.py",  # API keys and TLS: the volumes, flags and HTTPS probes
         ),
     ),
     Module(
