@@ -100,7 +100,12 @@ MODULES = (
     Module(
         "scheduler",
         "bloomz_runtime/scheduler.py",
-        (RT + "runtime_batching.py", RT + "runtime_requests.py", RT + "request_lifecycle.py"),
+        (
+            RT + "runtime_batching.py",
+            RT + "runtime_requests.py",
+            RT + "request_lifecycle.py",
+            RT + "scheduler_gather.py",
+        ),
     ),
     Module(
         "requests", "bloomz_runtime/requests.py", (RT + "runtime_requests.py", RT + "request_lifecycle.py")

@@ -1,0 +1,105 @@
+"""How long an idle engine gathers a burst: from the oldest waiting request's arrival, up to
+``batch_wait_s`` and no longer.
+
+The queue's clock is shifted forward (the scheduler reads ``time.monotonic``), so a request can be
+made to have waited almost ``batch_wait_s`` (100 s) while the test itself takes milliseconds; a
+``gather`` that counted from the wrong arrival or waited the wrong amount would block for about
+100 s more, and the test fails long before that (no assertion on how fast anything runs).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import types
+
+import pytest
+from bloomz_runtime import scheduler
+from bloomz_runtime.scheduler import RequestQueue
+
+BATCH_WAIT_S = 100.0
+# Far beyond the few milliseconds a correct gather waits here, far below the ~100 s a wrong one would.
+HANG_S = 30.0
+
+
+class Item:
+    def __init__(self) -> None:
+        self.cancelled = False
+        self.shut_down = False
+        self.urgent = False
+        self.deadline: float | None = None
+
+    def expired(self, now: float) -> bool:
+        return False
+
+
+class ShiftedClock:
+    """``time.monotonic`` plus an offset the test moves forward."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def monotonic(self) -> float:
+        return time.monotonic() + self.offset
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> ShiftedClock:
+    shifted = ShiftedClock()
+    monkeypatch.setattr(scheduler, "time", types.SimpleNamespace(monotonic=shifted.monotonic))
+    return shifted
+
+
+def gather_returns(q: RequestQueue) -> bool:
+    """Run an idle engine's gather (batch of 8) in a thread: whether it returned within HANG_S."""
+    done = threading.Event()
+
+    def run() -> None:
+        q.gather(running=0, max_batch_size=8, batch_wait_s=BATCH_WAIT_S)
+        done.set()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        return done.wait(HANG_S)
+    finally:
+        q.take_all()  # a gather still waiting sees an empty queue at its next look and returns
+        thread.join(HANG_S)
+
+
+def test_gather_ends_once_the_oldest_request_has_waited_batch_wait_s(clock: ShiftedClock) -> None:
+    q = RequestQueue(max_size=8)
+    q.put(Item())
+    clock.offset = BATCH_WAIT_S - 0.05  # the first request has waited all but 50 ms of the budget
+    q.put(Item())  # a second one just arrived: a burst, so the engine gathers the remaining 50 ms
+    assert gather_returns(q), "gather waited past batch_wait_s counted from the oldest arrival"
+
+
+def test_gather_does_not_wait_when_the_oldest_request_has_waited_long_enough(clock: ShiftedClock) -> None:
+    q = RequestQueue(max_size=8)
+    q.put(Item())
+    clock.offset = BATCH_WAIT_S  # the first request has waited the whole budget already
+    q.put(Item())
+    assert gather_returns(q), "gather counted from the newest arrival instead of the oldest"
+
+
+def test_after_a_take_gather_counts_from_the_oldest_request_left(clock: ShiftedClock) -> None:
+    q = RequestQueue(max_size=16)
+    first = Item()
+    q.put(first)
+    clock.offset = BATCH_WAIT_S  # the first has waited the whole budget; two more arrive now
+    q.put(Item())
+    q.put(Item())
+    assert q.take(1) == ([first], [])
+    # The two left have just arrived: the engine gathers (their ~100 s), not at once for the first's time.
+    done = threading.Event()
+    thread = threading.Thread(target=lambda: (q.gather(0, 8, BATCH_WAIT_S), done.set()), daemon=True)
+    thread.start()
+    try:
+        assert not done.wait(0.5), "gather counted from a request that had already left the queue"
+        for _ in range(6):  # a full batch ends the gathering at once
+            q.put(Item())
+        assert done.wait(HANG_S), "a full batch did not end the gathering"
+    finally:
+        q.take_all()
+        thread.join(HANG_S)
