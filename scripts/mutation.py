@@ -280,6 +280,10 @@ class Score:
 def run_module(module: Module, children: int, show_diffs: bool) -> Score:
     where = stage(module)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the staged src/ must win
+    # mutmut forks each mutant's run from a process that has run the tests once: a forked child whose
+    # parent started OpenMP's thread pool hangs in its first parallel torch op (every greedy_head
+    # mutant ran into the timeout). One thread per process starts no pool.
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     mutmut = [sys.executable, "-m", "mutmut"]
     globs = mutant_globs(module)
     subprocess.run([*mutmut, "run", "--max-children", str(children), *globs], cwd=where, env=env, check=True)
