@@ -104,7 +104,8 @@ MODULES = (
             RT + "runtime_batching.py",
             RT + "runtime_requests.py",
             RT + "request_lifecycle.py",
-            RT + "scheduler_gather.py",
+            RT + "scheduler_queue.py",
+            RT + "runtime_admission.py",  # the prefill budget and the queue's room checks
         ),
     ),
     Module(
@@ -131,6 +132,12 @@ MODULES = (
             "build_command",
         ),
     ),
+    Module(
+        "mpijob",
+        "bloomz_runtime/mpijob.py",
+        (RT + "placement.py", RT + "launch_rendering.py", RT + "runtime_launch.py", RT + "multinode.py"),
+    ),
+    Module("topology", "bloomz_runtime/topology.py", (RT + "placement.py",)),
 )
 BY_NAME = {m.name: m for m in MODULES}
 

@@ -1,5 +1,5 @@
-"""How long an idle engine gathers a burst: from the oldest waiting request's arrival, up to
-``batch_wait_s`` and no longer.
+"""The request queue: how long an idle engine gathers a burst (from the oldest waiting request's
+arrival, up to ``batch_wait_s`` and no longer), the prefill budget of a take, and cancelling all.
 
 The queue's clock is shifted forward (the scheduler reads ``time.monotonic``), so a request can be
 made to have waited almost ``batch_wait_s`` (100 s) while the test itself takes milliseconds; a
@@ -23,7 +23,8 @@ HANG_S = 30.0
 
 
 class Item:
-    def __init__(self) -> None:
+    def __init__(self, prompt_tokens: int = 1) -> None:
+        self.prompt_ids = list(range(prompt_tokens))
         self.cancelled = False
         self.shut_down = False
         self.urgent = False
@@ -103,3 +104,28 @@ def test_after_a_take_gather_counts_from_the_oldest_request_left(clock: ShiftedC
     finally:
         q.take_all()
         thread.join(HANG_S)
+
+
+def test_a_take_keeps_to_the_queues_prefill_budget() -> None:
+    """Prompts are left-padded to the longest, so a prefill costs rows x longest prompt tokens."""
+    q = RequestQueue(max_size=8, prefill_budget=100)
+    first, second, third, fourth = Item(60), Item(60), Item(30), Item(50)
+    for item in (first, second, third, fourth):
+        q.put(item)
+    assert q.take(8) == ([first], [])  # with the second: 2 x 60 = 120 > 100
+    assert q.take(8) == ([second], [])  # with the third: 2 x 60 > 100 as well
+    assert q.take(8) == ([third, fourth], [])  # 2 x 50 = 100 fits
+
+
+@pytest.mark.parametrize("shut_down", [False, True], ids=["cancelled", "server-stopped"])
+def test_cancel_all_marks_every_waiting_request_and_says_whether_the_server_stopped(shut_down: bool) -> None:
+    q = RequestQueue(max_size=8)
+    items = [Item(), Item()]
+    for item in items:
+        q.put(item)
+    if shut_down:
+        q.cancel_all(shut_down=True)
+    else:
+        q.cancel_all()
+    assert [(i.cancelled, i.shut_down) for i in items] == [(True, shut_down)] * 2
+    assert q.take(8) == ([], items)
