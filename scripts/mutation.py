@@ -87,7 +87,17 @@ MODULES = (
         (OP + "pod_views.py", OP + "operator_status.py", OP + "planning_rollout_sim.py"),
     ),
     Module(
-        "settings", "bloomz_operator/settings.py", (OP + "operator_settings.py", OP + "settings_messages.py")
+        "settings",
+        "bloomz_operator/settings.py",
+        (
+            OP + "operator_settings.py",
+            OP + "settings_messages.py",
+            # the policy, network, resources and security-context settings
+            OP + "operator_policy.py",
+            OP + "operator_protection.py",
+            OP + "operator_podsecurity.py",
+            OP + "operator_resources.py",
+        ),
     ),
     Module(
         "validation",
