@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import ast
 import datetime
+import difflib
 import fnmatch
 import os
 import re
@@ -263,6 +264,22 @@ def text_only(mutated_source: str, names: list[str]) -> set[str]:
     return found
 
 
+def mutant_diff(mutated_source: str, name: str) -> str:
+    """A mutant's diff against its original function, read from mutmut's mutated file (what `mutmut
+    show` prints, without starting a process per mutant)."""
+    segments = {
+        node.name: ast.get_source_segment(mutated_source, node) or ""
+        for node in ast.walk(ast.parse(mutated_source))
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+    }
+    function = name.rsplit(".", 1)[-1]
+    original = re.sub(r"__mutmut_\d+$", "__mutmut_orig", function)
+    if function not in segments or original not in segments:
+        return f"(no source for {name})"
+    before, after = (segments[f].replace(f, "", 1).splitlines(keepends=True) for f in (original, function))
+    return "".join(list(difflib.unified_diff(before, after, n=1))[2:]).rstrip()
+
+
 @dataclass(frozen=True)
 class Score:
     module: str
@@ -309,7 +326,8 @@ def run_module(module: Module, children: int, show_diffs: bool) -> Score:
     ).stdout
     results = {k: v for k, v in parse_results(out).items() if any(fnmatch.fnmatch(k, g) for g in globs)}
     survivors = [k for k, v in results.items() if v not in KILLED]
-    text = text_only((where / "mutants" / "src" / module.source).read_text(), survivors)
+    mutated = (where / "mutants" / "src" / module.source).read_text()
+    text = text_only(mutated, survivors)
     results = {k: v for k, v in results.items() if k not in text}
     equivalent = listed_equivalent(TESTING_DOC.read_text()) if TESTING_DOC.exists() else set()
     score = Score(
@@ -326,10 +344,7 @@ def run_module(module: Module, children: int, show_diffs: bool) -> Score:
         note = "listed as equivalent in docs/testing.md" if name in equivalent else "NOT EXPLAINED"
         print(f"  {status}: {name}  ({note})")
         if show_diffs:
-            diff = subprocess.run(
-                [*mutmut, "show", name], cwd=where, env=env, capture_output=True, text=True
-            ).stdout
-            print("    " + "\n    ".join(diff.strip().splitlines()[1:]))
+            print("    " + "\n    ".join(mutant_diff(mutated, name).splitlines()))
     return score
 
 
