@@ -15,6 +15,7 @@ import types
 
 import pytest
 from bloomz_runtime import scheduler
+from bloomz_runtime.errors import Unavailable
 from bloomz_runtime.scheduler import RequestQueue
 
 BATCH_WAIT_S = 100.0
@@ -129,3 +130,30 @@ def test_cancel_all_marks_every_waiting_request_and_says_whether_the_server_stop
         q.cancel_all()
     assert [(i.cancelled, i.shut_down) for i in items] == [(True, shut_down)] * 2
     assert q.take(8) == ([], items)
+
+
+def test_the_largest_prefill_takes_whole_prompts_only() -> None:
+    # 8192 // 3000: two full-length prompts fit the budget, not 2.7 of them.
+    rows, tokens = scheduler.largest_prefill(max_batch_size=8, max_input_tokens=3000, prefill_budget=8192)
+    assert (rows, tokens) == (2, 3000) and isinstance(rows, int)
+
+
+def test_a_closed_queue_refuses_with_the_same_reason_before_and_on_put() -> None:
+    q = RequestQueue(max_size=8)
+    q.check_room()  # open and empty: no error
+    q.close()
+    for attempt in (q.check_room, lambda: q.put(Item())):
+        with pytest.raises(Unavailable) as refused:
+            attempt()
+        assert str(refused.value) == "server is shutting down"
+
+
+def test_take_all_empties_and_closes_the_queue() -> None:
+    q = RequestQueue(max_size=8)
+    items = [Item(), Item()]
+    for item in items:
+        q.put(item)
+    assert q.take_all() == items
+    assert len(q) == 0 and not q.wait_for_items(timeout=0.0)
+    with pytest.raises(Unavailable):
+        q.put(Item())
