@@ -95,7 +95,12 @@ def test_after_a_take_gather_counts_from_the_oldest_request_left(clock: ShiftedC
     assert q.take(1) == ([first], [])
     # The two left have just arrived: the engine gathers (their ~100 s), not at once for the first's time.
     done = threading.Event()
-    thread = threading.Thread(target=lambda: (q.gather(0, 8, BATCH_WAIT_S), done.set()), daemon=True)
+
+    def gather() -> None:
+        q.gather(running=0, max_batch_size=8, batch_wait_s=BATCH_WAIT_S)
+        done.set()
+
+    thread = threading.Thread(target=gather, daemon=True)
     thread.start()
     try:
         assert not done.wait(0.5), "gather counted from a request that had already left the queue"
