@@ -264,19 +264,24 @@ def text_only(mutated_source: str, names: list[str]) -> set[str]:
     return found
 
 
-def mutant_diff(mutated_source: str, name: str) -> str:
-    """A mutant's diff against its original function, read from mutmut's mutated file (what `mutmut
-    show` prints, without starting a process per mutant)."""
-    segments = {
-        node.name: ast.get_source_segment(mutated_source, node) or ""
-        for node in ast.walk(ast.parse(mutated_source))
+def function_sources(source: str) -> dict[str, list[str]]:
+    """Every function's lines in a (mutated) source file, by function name."""
+    lines = source.splitlines(keepends=True)
+    return {
+        node.name: lines[node.lineno - 1 : node.end_lineno]
+        for node in ast.walk(ast.parse(source))
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
     }
+
+
+def mutant_diff(functions: dict[str, list[str]], name: str) -> str:
+    """A mutant's diff against its original function (what `mutmut show` prints, without starting a
+    process per mutant); ``functions`` from `function_sources` of mutmut's mutated file."""
     function = name.rsplit(".", 1)[-1]
     original = re.sub(r"__mutmut_\d+$", "__mutmut_orig", function)
-    if function not in segments or original not in segments:
+    if function not in functions or original not in functions:
         return f"(no source for {name})"
-    before, after = (segments[f].replace(f, "", 1).splitlines(keepends=True) for f in (original, function))
+    before, after = ([line.replace(f, "", 1) for line in functions[f]] for f in (original, function))
     return "".join(list(difflib.unified_diff(before, after, n=1))[2:]).rstrip()
 
 
@@ -328,6 +333,7 @@ def run_module(module: Module, children: int, show_diffs: bool) -> Score:
     survivors = [k for k, v in results.items() if v not in KILLED]
     mutated = (where / "mutants" / "src" / module.source).read_text()
     text = text_only(mutated, survivors)
+    functions = function_sources(mutated)
     results = {k: v for k, v in results.items() if k not in text}
     equivalent = listed_equivalent(TESTING_DOC.read_text()) if TESTING_DOC.exists() else set()
     score = Score(
@@ -344,7 +350,7 @@ def run_module(module: Module, children: int, show_diffs: bool) -> Score:
         note = "listed as equivalent in docs/testing.md" if name in equivalent else "NOT EXPLAINED"
         print(f"  {status}: {name}  ({note})")
         if show_diffs:
-            print("    " + "\n    ".join(mutant_diff(mutated, name).splitlines()))
+            print("    " + "\n    ".join(mutant_diff(functions, name).splitlines()))
     return score
 
 

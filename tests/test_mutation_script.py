@@ -89,7 +89,8 @@ class C:
         b = a - 1
         return b * 2
 """
-    diff = mutation.mutant_diff(source, "pkg.mod.xǁCǁm__mutmut_1").splitlines()
+    functions = mutation.function_sources(source)
+    diff = mutation.mutant_diff(functions, "pkg.mod.xǁCǁm__mutmut_1").splitlines()
     assert [line.replace(" ", "") for line in diff if line[:1] in "+-"] == ["-b=a+1", "+b=a-1"]
     missing = "pkg.mod.xǁCǁm__mutmut_9"
-    assert mutation.mutant_diff(source, missing) == f"(no source for {missing})"
+    assert mutation.mutant_diff(functions, missing) == f"(no source for {missing})"
