@@ -98,6 +98,7 @@ MODULES = (
             OP + "operator_protection.py",
             OP + "operator_podsecurity.py",
             OP + "operator_resources.py",
+            OP + "operator_api_faults.py",  # the api and rollout settings
         ),
     ),
     Module(
