@@ -99,6 +99,7 @@ MODULES = (
             OP + "operator_podsecurity.py",
             OP + "operator_resources.py",
             OP + "operator_api_faults.py",  # the api and rollout settings
+            OP + "settings_fields.py",
         ),
     ),
     Module(
