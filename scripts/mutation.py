@@ -129,7 +129,7 @@ MODULES = (
     Module(
         "options",
         "bloomz_api/options.py",
-        (RT + "runtime_launch.py", RT + "multinode.py", RT + "options_flags.py"),
+        (RT + "runtime_launch.py", RT + "multinode.py", RT + "options_flags.py", RT + "options_values.py"),
     ),
     Module(
         "launch",
