@@ -105,7 +105,8 @@ MODULES = (
     Module(
         "validation",
         "bloomz_runtime/validation.py",
-        (RT + "runtime_validation.py", RT + "validation_bounds.py"),
+        # the admission tests: the prompt's byte size and the total-token limit
+        (RT + "runtime_validation.py", RT + "validation_bounds.py", RT + "runtime_admission.py"),
     ),
     Module(
         "sampling", "bloomz_runtime/sampling.py", (RT + "runtime_batching.py", RT + "sampling_warpers.py")
