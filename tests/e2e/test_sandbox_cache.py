@@ -137,12 +137,19 @@ def test_an_unknown_repository_fails_with_the_hubs_404_and_starts_no_runtime_pod
     assert cond["status"] == "False" and "404" in cond["message"]
     assert (sandbox.get_resource(MISSING) or {})["status"]["phase"] == "Failed"
     assert runtime_pods(sandbox, MISSING) == []
-    failed = [
-        j
-        for j in jobs(sandbox)
-        if j["metadata"]["annotations"]["inference.bloomz.dev/model"] == "nobody/missing-model"
-    ]
-    assert [c["reason"] for c in failed[0]["status"]["conditions"]] == ["PodFailurePolicy"]
+
+    def job_reasons() -> list[str]:
+        (job,) = [
+            j
+            for j in jobs(sandbox)
+            if j["metadata"]["annotations"]["inference.bloomz.dev/model"] == "nobody/missing-model"
+        ]
+        return [c["reason"] for c in job.get("status", {}).get("conditions") or ()]
+
+    # The operator reads the pod's permanent exit code and may report before the Job controller marks the
+    # Job: wait for the controller's verdict too.
+    sandbox.wait_for("the Job failed by its pod failure policy", lambda: job_reasons() != [], WAIT_S)
+    assert job_reasons() == ["PodFailurePolicy"]
     # Everything above ran with the chart's RBAC: nothing the operator asked for was refused.
     refused = [r for r in sandbox.apiserver.audit_log if r.user == OPERATOR_USER and r.code in (401, 403)]
     assert refused == []

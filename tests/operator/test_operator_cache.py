@@ -204,11 +204,11 @@ def test_the_model_cached_condition_reads_like_kubectl_describe() -> None:
 def test_the_job_the_pvc_and_a_cached_pod_match_the_kubernetes_schemas() -> None:
     """Strict: an unknown key anywhere (the pod failure policy, the termination message policy) is refused."""
     import kubernetes_validate
-    from bloomz_operator.builders import build_pods
+    from bloomz_operator.groups import build_replicas
 
     spec = parse_spec(cached_spec(size="40Gi", storageClassName="fast"))
     assert spec.cache is not None
     objects = [build_download_job(OWNER, spec, SETTINGS), build_cache_pvc(OWNER, spec.cache)]
-    objects += build_pods(OWNER, spec, SETTINGS)
+    objects += [pod for replica in build_replicas(OWNER, spec, SETTINGS) for pod in replica]
     for obj in objects:
         kubernetes_validate.validate(obj, "1.31.0", strict=True)
