@@ -201,14 +201,38 @@ def test_the_model_cached_condition_reads_like_kubectl_describe() -> None:
     assert with_transition(cached, [first], "t3")["lastTransitionTime"] == "t3"
 
 
-def test_the_job_the_pvc_and_a_cached_pod_match_the_kubernetes_schemas() -> None:
-    """Strict: an unknown key anywhere (the pod failure policy, the termination message policy) is refused."""
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"device": "cpu", "cache": {"claimName": "models", "size": "40Gi", "storageClassName": "fast"}},
+        {
+            "device": "hpu",
+            "cards": 8,
+            "cache": {"claimName": "models", "size": "1Ti", "accessMode": "ReadWriteOnce"},
+        },
+        {"device": "cuda", "cards": 2, "cache": {"claimName": "models", "mountPath": "/hub"}},
+        {"device": "hpu", "cards": 16, "cache": {"claimName": "models", "size": "1Ti"}},  # a two-node group
+    ],
+    ids=["cpu", "hpu-rwo", "cuda-existing-claim", "hpu-multinode"],
+)
+def test_the_job_the_pvc_and_cached_pods_match_the_kubernetes_schemas(extra: dict[str, Any]) -> None:
+    """Strict: an unknown key anywhere (the pod failure policy, the termination message policy, a token taken
+    from a Secret) is refused by the Kubernetes 1.31 schemas."""
     import kubernetes_validate
     from bloomz_operator.groups import build_replicas
 
-    spec = parse_spec(cached_spec(size="40Gi", storageClassName="fast"))
+    token = {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf", "key": "token"}}}
+    spec = parse_spec({**cached_spec(), **extra, "env": [token]})
     assert spec.cache is not None
-    objects = [build_download_job(OWNER, spec, SETTINGS), build_cache_pvc(OWNER, spec.cache)]
-    objects += [pod for replica in build_replicas(OWNER, spec, SETTINGS) for pod in replica]
-    for obj in objects:
+    settings = Settings(hub_endpoint="https://hf-mirror.internal", image_pull_secrets=("registry",))
+    job = build_download_job(OWNER, spec, settings)
+    assert token in job["spec"]["template"]["spec"]["containers"][0]["env"]
+    objects = [job]
+    if spec.cache.size is not None:  # an existing claim is the user's: no PVC is built
+        objects.append(build_cache_pvc(OWNER, spec.cache))
+    pods = [pod for replica in build_replicas(OWNER, spec, settings) for pod in replica]
+    assert len(pods) == max(1, spec.cards // spec.cards_per_node)
+    for pod in pods:
+        assert any("persistentVolumeClaim" in v for v in pod["spec"]["volumes"])
+    for obj in objects + pods:
         kubernetes_validate.validate(obj, "1.31.0", strict=True)
