@@ -72,6 +72,9 @@ def test_helm_install_includes_the_crd(render: Render) -> None:
         (("--set-json", 'config.devices.cpu.env={"LOG_LEVEL": 1}'), "LOG_LEVEL"),
         (("--set", "config.devices.tpu.image=x"), "tpu"),
         (("--set", "livenesPort=8080"), "livenesPort"),
+        (("--set", "config.hubEndpoint=hf-mirror:8080"), "hubEndpoint"),
+        (("--set", "config.devices.cpu.memoryBandwidth=fast"), "memoryBandwidth"),
+        (("--set-json", "config.devices.cuda.memoryBandwidth=0"), "memoryBandwidth"),
     ],
 )
 def test_values_schema_rejects_wrong_types_and_unknown_keys(

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 from bloomz_operator.rbac import CLUSTER_RULES, NAMESPACED_RULES
-from bloomz_operator.settings import DEFAULT_IMAGES, load_settings
+from bloomz_operator.settings import DEFAULT_IMAGES, Settings, load_settings
 from conftest import CHART, NAMESPACED_VALUES, RELEASE_NAMESPACE, REPO, Render, only, single
 
 NAMESPACED = ("--values", str(NAMESPACED_VALUES))
@@ -132,6 +132,10 @@ def test_default_settings_file_loads_and_keeps_operator_defaults(render: Render,
     assert settings.device("cuda").resource_name == "nvidia.com/gpu"
     # Empty image values leave the operator's built-in runtime images in force.
     assert {name: settings.device(name).image for name in DEFAULT_IMAGES} == DEFAULT_IMAGES
+    # The chart's rooflines and Hub are the operator's own defaults, not a second opinion.
+    bandwidth = {name: settings.device(name).memory_bandwidth for name in DEFAULT_IMAGES}
+    assert bandwidth == {name: Settings().device(name).memory_bandwidth for name in DEFAULT_IMAGES}
+    assert settings.hub_endpoint is None
 
 
 def test_namespaced_settings_file_carries_the_values(render: Render, tmp_path: Path) -> None:
@@ -152,7 +156,9 @@ def test_namespaced_settings_file_carries_the_values(render: Render, tmp_path: P
     assert hpu.pod_hugepages_2mi(8) is None  # "" per card and per pod in the values: none requested
     assert dict(hpu.env) == {"LOG_LEVEL_ALL": "4"}
     assert settings.device("cpu").image == "registry.example.com/ml/runtime-cpu:0.1.0"
+    assert settings.device("cpu").memory_bandwidth == 2.5e10
     assert settings.device("cuda").image == DEFAULT_IMAGES["cuda"]
+    assert settings.hub_endpoint == "http://hf-mirror.team-a.svc:8080"
 
 
 @pytest.mark.parametrize("variant", [(), NAMESPACED])
