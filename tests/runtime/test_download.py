@@ -117,3 +117,40 @@ def test_progress_is_capped_at_the_total_and_only_wanted_files_count() -> None:
         "bytesTotal": 110,
         "files": 2,
     }
+
+
+def test_a_cache_seeded_elsewhere_and_copied_in_is_completed_without_refetching(
+    hub: LocalHub, tmp_path: Path
+) -> None:
+    """The pre-seeding path of docs/operations.md: fill a cache on another machine, copy it with tar (the
+    snapshot's symbolic links kept), and the Job fetches only what the copy lacks."""
+    seed = tmp_path / "seed"
+    code, lines = run_download(hub, seed / "huggingface", "--model", REPO_ID, "--revision", "main")
+    assert code == 0, lines
+    commit = lines[-1]["commit"]
+    volumes = [tmp_path / "full", tmp_path / "partial"]
+    for volume in volumes:
+        volume.mkdir()
+        packed = subprocess.run(
+            ["tar", "-C", str(seed), "-cf", "-", "huggingface"], capture_output=True, check=True
+        )
+        subprocess.run(["tar", "-C", str(volume), "-xf", "-"], input=packed.stdout, check=True)
+    snapshot = (
+        volumes[1] / "huggingface" / "hub" / f"models--{REPO_ID.replace('/', '--')}" / "snapshots" / commit
+    )
+    links = sorted(p for p in snapshot.rglob("*") if p.is_symlink())
+    assert links, "the copy kept no symbolic link"
+    missing = links[-1]
+    missing.resolve().unlink()  # a seed that was cut short: one blob and its link absent
+    missing.unlink()
+    fetched: dict[Path, list[str]] = {}
+    for volume in volumes:
+        before = len(hub.requests)
+        code, lines = run_download(hub, volume / "huggingface", "--model", REPO_ID, "--revision", commit)
+        assert code == 0 and lines[-1]["event"] == "done", lines
+        fetched[volume] = [r[1] for r in hub.requests[before:] if r[0] == "GET" and "/resolve/" in r[1]]
+    assert fetched[volumes[0]] == []
+    assert len(fetched[volumes[1]]) == 1 and fetched[volumes[1]][0].endswith(
+        missing.relative_to(snapshot).as_posix()
+    )
+    assert missing.is_file()
