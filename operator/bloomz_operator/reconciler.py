@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
+from functools import partial
 from typing import Any
 
 from kubernetes.client.rest import ApiException
@@ -21,7 +22,13 @@ from . import pods as podview
 from .access import api_key_secret_name, service_endpoints
 from .apikeys import build_api_key_secret, generate_api_key
 from .builders import Owner, build_pods, build_service, service_endpoint
-from .groups import build_groups, build_headless_service, current_template_hash, headless_service_name
+from .groups import (
+    build_groups,
+    build_headless_service,
+    current_template_hash,
+    headless_service_name,
+    ssh_client_patterns,
+)
 from .kubeapi import KubeAPI, describe_api_error
 from .latency import format_time
 from .ownership import Conflict, conflict, with_conflicts
@@ -303,12 +310,14 @@ def _ensure_group_plumbing(
     def new_keys() -> KeyPair:
         return generate_key_pair(comment=f"bloomz-operator@{owner.namespace}/{owner.name}/{current_hash}")
 
+    allowed_from = partial(ssh_client_patterns, owner)
     if (clash := conflict(existing, owner.uid, "Secret", secret)) is not None:
         found.append(clash)
     elif existing is None:
-        if api.create_secret(owner.namespace, build_ssh_secret(owner, new_keys(), current_hash)):
+        body = build_ssh_secret(owner, new_keys(), current_hash, allowed_from)
+        if api.create_secret(owner.namespace, body):
             logger.info(f"created Secret {secret} (SSH key pair of the groups)")
-    elif (patch := ssh_secret_patch(existing, current_hash, in_use, new_keys)) is not None:
+    elif (patch := ssh_secret_patch(existing, current_hash, in_use, new_keys, allowed_from)) is not None:
         api.patch_secret(owner.namespace, secret, patch)
         logger.info(f"updated Secret {secret}: a key pair for template {current_hash}, unused ones dropped")
     headless = headless_service_name(owner.name)

@@ -224,6 +224,9 @@ def sshd_command(
         "-o", "X11Forwarding=no",
         "-o", "PermitTunnel=no",
         "-o", "PermitUserEnvironment=no",
+        # authorized_keys accepts the key `from=` the leaders' DNS names only: sshd must look the client's
+        # address up (reverse, then forward to confirm) to match them; an address alone never matches.
+        "-o", "UseDNS=yes",
     ]  # fmt: skip
     if listen_address:
         cmd += ["-o", f"ListenAddress={listen_address}"]
@@ -251,6 +254,14 @@ def probe_ssh_port(host: str, port: int, timeout: float) -> None:
             except OSError as error:
                 last = error
     raise OSError(f"refuses connections on port {port} ({last})")
+
+
+def probe_resolves(host: str, port: int, timeout: float) -> None:
+    """Raise OSError unless `host` resolves (the leader's own name: nothing listens on its SSH port)."""
+    try:
+        socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as error:
+        raise OSError(f"does not resolve ({error.strerror or error})") from error
 
 
 def wait_for_workers(
@@ -310,6 +321,8 @@ def prepare_leader(
     # resolving the leader's DNS name (which may not be published yet) to one of its interfaces.
     hostfile.write_text(hostfile_text(group.hosts, group.slots_per_host))
     try:
+        # Workers accept the key only from this pod's DNS name (a reverse lookup): wait until it is published.
+        wait_for_workers(opts.hosts[:1], opts.ssh_port, opts.workers_timeout_s, probe=probe_resolves)
         wait_for_workers(opts.workers, opts.ssh_port, opts.workers_timeout_s)
     except WorkersUnreachable as error:
         message = f"launch: {error}"
