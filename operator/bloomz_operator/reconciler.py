@@ -46,7 +46,7 @@ from .planning import (
     settings_rollout,
 )
 from .policy import violations
-from .protection import build_disruption_budget, build_network_policy
+from .protection import build_disruption_budget, build_network_policy, protection_patch
 from .scaling import selector_string
 from .settings import Settings
 from .spec import SpecError, parse_spec
@@ -229,30 +229,35 @@ def _ensure_objects(
         found += _ensure_group_plumbing(api, owner, current_hash, in_use, logger)
     if settings.network.enabled:
         policy = build_network_policy(owner, settings.network)
-        found.append(
-            _ensure_created(api.read_network_policy, api.create_network_policy, owner, policy, logger)
-        )
+        calls = (api.read_network_policy, api.create_network_policy, api.patch_network_policy)
+        found.append(_ensure_current(*calls, owner, policy, logger))
     budget = build_disruption_budget(owner)
-    found.append(
-        _ensure_created(api.read_disruption_budget, api.create_disruption_budget, owner, budget, logger)
-    )
+    calls = (api.read_disruption_budget, api.create_disruption_budget, api.patch_disruption_budget)
+    found.append(_ensure_current(*calls, owner, budget, logger))
     return [c for c in found if c is not None]
 
 
-def _ensure_created(
+def _ensure_current(
     read: Callable[[str, str], dict[str, Any] | None],
     create: Callable[[str, Mapping[str, Any]], bool],
+    patch: Callable[[str, str, list[dict[str, Any]]], None],
     owner: Owner,
     desired: Mapping[str, Any],
     logger: logging.Logger | logging.LoggerAdapter[Any],
 ) -> Conflict | None:
-    """Create `desired` when absent; one of that name that is not ours is a conflict, left alone."""
+    """Create `desired` when absent, bring ours up to date when the settings or the spec it is built from
+    changed; one of that name that is not ours is a conflict, left alone."""
     kind, name = desired["kind"], desired["metadata"]["name"]
     existing = read(owner.namespace, name)
-    if existing is not None:
-        return conflict(existing, owner.uid, kind, name)
-    if create(owner.namespace, desired):
-        logger.info(f"created {kind} {name}")
+    if existing is None:
+        if create(owner.namespace, desired):
+            logger.info(f"created {kind} {name}")
+        return None
+    if (clash := conflict(existing, owner.uid, kind, name)) is not None:
+        return clash
+    if (changes := protection_patch(existing, desired)) is not None:
+        patch(owner.namespace, name, changes)
+        logger.info(f"updated {kind} {name} (its settings changed)")
     return None
 
 
