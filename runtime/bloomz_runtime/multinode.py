@@ -146,9 +146,11 @@ def known_hosts_text(public_key_line: str) -> str:
     return f"* {key_type} {key}\n"
 
 
-def ssh_options(ssh_dir: str, port: int, known_hosts: str) -> list[str]:
-    """The options of every SSH hop mpirun makes to a worker."""
-    return [
+def ssh_options(ssh_dir: str, port: int, known_hosts: str, bind_address: str = "") -> list[str]:
+    """The options of every SSH hop mpirun makes to a worker; from `bind_address` when given (pods sharing
+    one machine: the workers accept the key only from the leader's own address, by its DNS name)."""
+    bind = ["-o", f"BindAddress={bind_address}"] if bind_address else []
+    return [*bind,
         "-i", f"{ssh_dir}/{PRIVATE_KEY}",
         "-p", str(port),
         "-o", "IdentitiesOnly=yes",
@@ -315,7 +317,7 @@ def prepare_leader(
     hostfile = workdir / "hostfile"
     known_hosts = workdir / "known_hosts"
     known_hosts.write_text(known_hosts_text((Path(opts.ssh_dir) / PUBLIC_KEY).read_text()))
-    ssh_args = ssh_options(opts.ssh_dir, opts.ssh_port, str(known_hosts))
+    ssh_args = ssh_options(opts.ssh_dir, opts.ssh_port, str(known_hosts), pod_environ.get(BIND_HOST_ENV, ""))
     group = group_job(job, opts, hostfile=str(hostfile), ssh_args=ssh_args, environ=env)
     # The leader is `localhost` in its own hostfile: Open MPI then knows rank 0's node is this one without
     # resolving the leader's DNS name (which may not be published yet) to one of its interfaces.

@@ -287,6 +287,23 @@ def test_prepare_leader_writes_the_hostfile_and_waits_for_reachable_workers(
     assert env["MASTER_ADDR"] == "10.0.0.7"
 
 
+def test_the_leaders_ssh_leaves_from_the_bind_host_when_pods_share_a_machine(
+    tmp_path: Path, ssh_dir: Path, listener: int
+) -> None:
+    multi = MultiNodeOptions(
+        role="leader",
+        hosts=("localhost", "127.0.0.1"),
+        slots_per_host=1,
+        ssh_port=listener,
+        ssh_dir=str(ssh_dir),
+    )
+    opts = ServeOptions(model="m", device="cpu", world_size=2)
+    env = {"BLOOMZ_BIND_HOST": "127.0.0.9"}
+    cmd = render(prepare_leader(multi, single_node_job(opts, {}, 1), {}, tmp_path, pod_environ=env))
+    assert cmd[cmd.index("plm_rsh_args") + 1].startswith("-o BindAddress=127.0.0.9 -i ")
+    assert "BindAddress" not in " ".join(ssh_options("/k", 2222, "/kh"))  # a pod has one address
+
+
 def test_prepare_leader_exits_with_a_clear_error_when_workers_never_come(
     tmp_path: Path, ssh_dir: Path
 ) -> None:
