@@ -324,7 +324,8 @@ def prepare_leader(
     hostfile.write_text(hostfile_text(group.hosts, group.slots_per_host))
     try:
         # Workers accept the key only from this pod's DNS name (a reverse lookup): wait until it is published.
-        wait_for_workers(opts.hosts[:1], opts.ssh_port, opts.workers_timeout_s, probe=probe_resolves)
+        own = opts.hosts[:1]
+        wait_for_workers(own, opts.ssh_port, opts.workers_timeout_s, probe=probe_resolves, log=lambda _: None)
         wait_for_workers(opts.workers, opts.ssh_port, opts.workers_timeout_s)
     except WorkersUnreachable as error:
         message = f"launch: {error}"
