@@ -440,9 +440,11 @@ def test_every_api_call_of_the_operator_is_granted_by_rbac(cluster: Cluster) -> 
         wait_for("the pod", lambda: cluster.pods(name))
         wait_for("the group", lambda: len(cluster.pods(multi)) == 2)
         # Its NetworkPolicy and PodDisruptionBudget edited behind its back (as a settings change would leave
-        # them stale): the next pass patches them back.
+        # them stale): the next pass (a pod change wakes it) patches them back.
         for kind, edit in (("networkpolicy", {"ingress": []}), ("pdb", {"maxUnavailable": 0})):
             cluster.kubectl("patch", kind, name, "--type=merge", "-p", json.dumps({"spec": edit}))
+        pod = cluster.pods(name)[0]["metadata"]["name"]
+        cluster.kubectl("annotate", "pod", pod, "test.bloomz.dev/wake=1", "--overwrite")
         wait_for(
             "the NetworkPolicy and PodDisruptionBudget patched back",
             lambda: (
