@@ -254,6 +254,16 @@ LIFECYCLE_UNREACHED_RULES: dict[tuple[str, str, str], str] = {
     ("", "secrets", "create"): "the SSH key pair of a multi-node group (tests/e2e/test_sandbox_multinode.py)",
     ("", "secrets", "get"): "the SSH key pair of a multi-node group (tests/e2e/test_sandbox_multinode.py)",
     ("", "secrets", "patch"): "new SSH keys for a multi-node group's new template (tests/operator)",
+    (
+        "networking.k8s.io",
+        "networkpolicies",
+        "patch",
+    ): "a settings change (tests/operator)",
+    (
+        "policy",
+        "poddisruptionbudgets",
+        "patch",
+    ): "a settings change (tests/operator)",
     # Kopf lists and watches namespaces only when it is given a list of namespaces, not cluster-wide.
     ("", "namespaces", "list"): "Kopf, when watching a list of namespaces only",
     ("", "namespaces", "watch"): "Kopf, when watching a list of namespaces only",
