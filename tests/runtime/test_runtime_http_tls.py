@@ -3,10 +3,8 @@ HTTPS: one runtime (1 rank) with TLS, API keys, a batch of 1 and a queue of 1.""
 
 from __future__ import annotations
 
-import datetime
 import http.client
 import io
-import ipaddress
 import json
 import signal
 import ssl
@@ -21,11 +19,7 @@ import openai
 import pytest
 from bloomz_api.proto import generate_pb2 as pb
 from bloomz_api.proto import generate_pb2_grpc as pb_grpc
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
-from helpers import RuntimeProcess, free_port, run_runtime
+from helpers import RuntimeProcess, free_port, make_ca_and_server_cert, run_runtime
 from runtime_reference import PROMPTS
 
 KEY = "tls-key"
@@ -33,44 +27,6 @@ MODEL = "tiny-tls"
 MAX_NEW = 400
 
 pytestmark = pytest.mark.slow
-
-
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-
-def make_ca_and_server_cert(out: Path) -> tuple[Path, Path, Path]:
-    """(ca.crt, tls.crt, tls.key) like a cert-manager Secret, for 127.0.0.1 and localhost."""
-    now = datetime.datetime.now(datetime.timezone.utc)
-    start, end = now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=1)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = (
-        x509.CertificateBuilder().subject_name(_name("test CA")).issuer_name(_name("test CA"))
-        .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(start).not_valid_after(end)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )  # fmt: skip
-    key = ec.generate_private_key(ec.SECP256R1())
-    san = x509.SubjectAlternativeName(
-        [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-    )
-    cert = (
-        x509.CertificateBuilder().subject_name(_name("bloomz")).issuer_name(ca.subject)
-        .public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(start).not_valid_after(end)
-        .add_extension(san, critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )  # fmt: skip
-    paths = out / "ca.crt", out / "tls.crt", out / "tls.key"
-    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    paths[2].write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    return paths
 
 
 @pytest.fixture(scope="module")
