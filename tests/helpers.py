@@ -224,8 +224,11 @@ LIFECYCLE_UNREACHED_RULES: dict[tuple[str, str, str], str] = {
 }
 
 
-def make_ca_and_server_cert(out: Path) -> tuple[Path, Path, Path]:
-    """(ca.crt, tls.crt, tls.key) like a cert-manager Secret, for 127.0.0.1 and localhost."""
+def make_ca_and_server_cert(
+    out: Path, names: Sequence[str] = (), addresses: Sequence[str] = ()
+) -> tuple[Path, Path, Path]:
+    """(ca.crt, tls.crt, tls.key) like a cert-manager Secret, for 127.0.0.1 and localhost, and the
+    extra DNS ``names`` and IP ``addresses``."""
     import datetime
     import ipaddress
 
@@ -249,7 +252,8 @@ def make_ca_and_server_cert(out: Path) -> tuple[Path, Path, Path]:
     )  # fmt: skip
     key = ec.generate_private_key(ec.SECP256R1())
     san = x509.SubjectAlternativeName(
-        [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+        [x509.DNSName(name) for name in ("localhost", *names)]
+        + [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ("127.0.0.1", *addresses)]
     )
     cert = (
         x509.CertificateBuilder().subject_name(_name("bloomz")).issuer_name(ca.subject)
