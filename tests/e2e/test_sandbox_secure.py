@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import openai
 import pytest
 from bloomz_api.client.connection import RpcFailure, TextGenerationClient
@@ -115,7 +114,7 @@ def test_ready_with_a_latency_the_operator_measured_over_tls_with_its_own_key(
 
 
 def _openai(pod_ip: str, ca: Path, key: str) -> openai.OpenAI:
-    verified = httpx.Client(verify=ssl.create_default_context(cafile=str(ca)), timeout=120)
+    verified = openai.DefaultHttpxClient(verify=ssl.create_default_context(cafile=str(ca)), timeout=120)
     return openai.OpenAI(
         base_url=f"https://{pod_ip}:8000/v1", api_key=key, http_client=verified, max_retries=0
     )
