@@ -189,14 +189,19 @@ class OpenAIRoutes:
                     return
 
         pumps = [asyncio.create_task(pump(c)) for c in choices]
+        started: set[int] = set()
         try:
-            for c in choices:
-                first = head(c)
-                if first is not None:
-                    yield _sse(first)
             remaining = len(choices)
             while remaining:
                 index, event = await merged.get()
+                if index not in started:
+                    # A choice's head (chat's role delta, completions' echo) comes with its first
+                    # token, as OpenAI and vLLM send it: load generators time the first chunk.
+                    started.add(index)
+                    generated = isinstance(event, (TokenEvent, FinishedEvent))
+                    first = head(choices[index]) if generated else None
+                    if first is not None:
+                        yield _sse(first)
                 if isinstance(event, TokenEvent):
                     if event.text:
                         yield _sse(chunk(index, event.text, None))
