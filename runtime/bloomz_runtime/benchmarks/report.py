@@ -345,15 +345,16 @@ def shape_report(name: str, shape: Mapping[str, Any]) -> str:
     lines = [
         f"### {name}: {shape.get('parameters', 0) / 1e6:.1f} M parameters, {weights_gb:.3f} GB of "
         f"{shape.get('dtype', 'float32')} weights read per token; {roofline_text}",
-        "",
-        latency_table(shape),
-        "",
-        rate_table("concurrency", "tokens/s", concurrency_rows(shape), f"{PLAIN} one after another", True),
-        "",
-        rate_table(
-            "start-up", "seconds", startup_rows(shape), f"{PLAIN} from_pretrained + one generate", False
-        ),
     ]
+    # A run of the load generator only (--only-loadgen) has none of these three tables.
+    if latency_rows(shape):
+        lines += ["", latency_table(shape)]
+    if concurrency_rows(shape):
+        reference = f"{PLAIN} one after another"
+        lines += ["", rate_table("concurrency", "tokens/s", concurrency_rows(shape), reference, True)]
+    if startup_rows(shape):
+        reference = f"{PLAIN} from_pretrained + one generate"
+        lines += ["", rate_table("start-up", "seconds", startup_rows(shape), reference, False)]
     skipped = shape.get("vllm", {}).get("skipped")
     if skipped:
         lines += ["", f"vLLM-CPU skipped: {one_line(skipped)}"]
