@@ -148,3 +148,39 @@ def test_an_unreachable_http_server_exits_1_with_the_address() -> None:
     argv = ["--protocol", "http", "--target", f"127.0.0.1:{free_port()}", "bench", "--warmup", "0"]
     assert cli.main(argv, out=io.StringIO(), err=err) == cli.EXIT_RPC_ERROR
     assert "GET /v1/models failed: no answer: cannot reach 127.0.0.1:" in err.getvalue()
+
+
+def test_a_keep_alive_connection_the_server_dropped_is_retried_once() -> None:
+    """uvicorn closes idle keep-alive connections after 5 s: the next call must reconnect, not fail."""
+    import http.server
+    import threading
+
+    from bloomz_api.client.openai_http import OpenAIHttpClient
+
+    served: list[str] = []
+
+    class OneAnswerPerConnection(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive as far as the client knows
+
+        def do_GET(self) -> None:
+            served.append(self.path)
+            body = json.dumps({"object": "list", "data": [{"id": f"m{len(served)}"}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            self.close_connection = True  # then drop it, without saying so
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), OneAnswerPerConnection)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with OpenAIHttpClient(f"127.0.0.1:{server.server_address[1]}", timeout=10) as client:
+            assert [client.model() for _ in range(3)] == ["m1", "m2", "m3"]
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert served == ["/v1/models"] * 3

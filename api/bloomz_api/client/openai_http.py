@@ -19,6 +19,8 @@ from urllib.parse import urlsplit
 
 from bloomz_api.client.bench import BenchRow, StreamTiming, summarize_client_runs
 
+STALE_CONNECTION = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
+
 
 class HttpFailure(Exception):
     """The server answered a non-2xx status (or the connection failed: status 0)."""
@@ -147,13 +149,21 @@ class OpenAIHttpClient:
     def _send(self, method: str, path: str, body: dict[str, Any] | None) -> http.client.HTTPResponse:
         what = f"{method} {path}"
         data = json.dumps(body).encode() if body is not None else None
-        try:
-            self._conn.request(method, path, body=data, headers=self._headers)
-            response = self._conn.getresponse()
-        except (OSError, http.client.HTTPException) as problem:
-            self._conn.close()  # the next call reconnects
-            where = f"{self.endpoint.host}:{self.endpoint.port}"
-            raise HttpFailure(0, f"cannot reach {where}: {problem}", what) from None
+        # A kept-alive connection the server has since closed (uvicorn drops idle ones after 5 s)
+        # fails before the request reaches it: one retry on a new connection, as urllib3 does.
+        reused = self._conn.sock is not None
+        while True:
+            try:
+                self._conn.request(method, path, body=data, headers=self._headers)
+                response = self._conn.getresponse()
+                break
+            except (OSError, http.client.HTTPException) as problem:
+                self._conn.close()  # the next attempt or call reconnects
+                if reused and isinstance(problem, STALE_CONNECTION):
+                    reused = False
+                    continue
+                where = f"{self.endpoint.host}:{self.endpoint.port}"
+                raise HttpFailure(0, f"cannot reach {where}: {problem}", what) from None
         if response.status >= 300:
             message = error_message(response.status, response.read())
             raise HttpFailure(response.status, message, what)
