@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bloomz_sandbox.controllers.jobs import plan_job, pod_from_job
+from bloomz_sandbox.controllers.jobs import CONTROLLER_UID_LABEL, orphans, plan_job, pod_from_job
 from bloomz_sandbox.node.pod_status import Termination, fallback_message
 
 JOB: dict[str, Any] = {
@@ -72,3 +72,19 @@ def test_fallback_to_logs_on_error_keeps_the_last_lines_of_a_failed_container() 
     assert fallback_message(spec, 0, log) == ""
     assert fallback_message({"name": "c"}, 2, log) == ""
     assert Termination(2, 0.0, 1.0, message="why").as_status()["message"] == "why"
+
+
+def test_pods_of_a_deleted_job_are_orphans_and_no_other_pod_is() -> None:
+    """A pod created from a list taken just before its Job went: deleted like the garbage collector
+    deletes a dependent whose owner is gone; pods this controller did not make are never touched."""
+    mine = pod_from_job(JOB)
+    unlabelled = pod_from_job(JOB)
+    del unlabelled["metadata"]["labels"][CONTROLLER_UID_LABEL]
+    of_a_deployment = pod_from_job(JOB)
+    of_a_deployment["metadata"]["ownerReferences"][0]["kind"] = "Deployment"
+    bare = pod_from_job(JOB)
+    del bare["metadata"]["ownerReferences"]
+    pods = [mine, unlabelled, of_a_deployment, bare]
+    assert orphans(["u1"], pods) == []
+    assert orphans(["u2"], pods) == [mine]
+    assert orphans([], pods) == [mine]

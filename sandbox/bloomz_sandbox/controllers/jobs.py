@@ -141,6 +141,20 @@ def plan_job(job: JSON, pods: Sequence[JSON], now: float) -> JobPlan:
     return result
 
 
+def orphans(job_uids: Sequence[str], pods: Sequence[JSON]) -> list[JSON]:
+    """Pods made by this controller (controller-uid label, owned by a Job) whose Job is gone."""
+    live = set(job_uids)
+    return [
+        p
+        for p in pods
+        if CONTROLLER_UID_LABEL in ((p.get("metadata") or {}).get("labels") or {})
+        and any(
+            ref.get("kind") == "Job" and ref.get("uid") not in live
+            for ref in (p.get("metadata") or {}).get("ownerReferences") or []
+        )
+    ]
+
+
 def _controlled_by(pod: JSON, uid: str) -> bool:
     refs = (pod.get("metadata") or {}).get("ownerReferences") or ()
     return any(ref.get("uid") == uid and ref.get("controller") for ref in refs)
@@ -183,9 +197,14 @@ class JobController:
 
     def reconcile_once(self, now: float) -> None:
         jobs = self._list(self.batch.list_job_for_all_namespaces)
-        if not jobs:
-            return
         pods = self._list(self.core.list_pod_for_all_namespaces)
+        # A pod created from a list taken just before its Job was deleted outlives the garbage collection
+        # of that Job; the real garbage collector deletes such dangling dependents.
+        for pod in orphans([j["metadata"]["uid"] for j in jobs], pods):
+            with _ignore(404):
+                self.core.delete_namespaced_pod(
+                    pod["metadata"]["name"], pod["metadata"]["namespace"], _preload_content=False
+                )
         for job in jobs:
             meta = job["metadata"]
             if meta.get("deletionTimestamp"):
