@@ -85,10 +85,14 @@ def test_rate_tables_compare_with_plain_transformers() -> None:
     assert "ours 1 rank launch -> SERVING" in startup and "1.20" in startup
 
 
-def test_target_checks_follow_issue_6() -> None:
-    checks = {check.name: check for check in report.target_checks(SHAPE)}
+def test_target_checks_on_560m_are_against_plain_vllm_and_the_roofline() -> None:
+    checks = {check.name: check for check in report.target_checks(SHAPE, "560m")}
     assert checks["batch-1 latency / vLLM-CPU"].value == pytest.approx(12 / 14)
     assert checks["batch-1 latency / vLLM-CPU"].met
+    # plain: (20 - 0.5) s over 99 tokens = 196.97 ms/token; ours 120 ms/token
+    per_token = checks["batch-1 time per token / transformers"]
+    assert per_token.value == pytest.approx(120 / (19500 / 99)) and per_token.met
+    assert per_token.target == "<= 0.70"
     assert (
         checks["end to end / Benchmark RPC"].value == pytest.approx(1.025)
         and checks["end to end / Benchmark RPC"].met
@@ -97,11 +101,54 @@ def test_target_checks_follow_issue_6() -> None:
         checks["roofline fraction per token"].value == pytest.approx(0.75)
         and checks["roofline fraction per token"].met
     )
-    assert checks["16 clients tokens/s / vLLM-CPU"].met
-    assert checks["launch -> SERVING / plain load + generate"].value == pytest.approx(1.2)
+    assert "roofline fraction of the bytes read per token" not in checks  # it reads every weight
+    clients = checks["16 clients tokens/s / vLLM-CPU"]
+    assert clients.value == pytest.approx(40 / 38) and not clients.met and clients.target == ">= 1.30"
+    startup = checks["launch -> SERVING / plain load + generate"]
+    assert startup.value == pytest.approx(1.2) and startup.met
+    assert "2 ranks / 1 rank time per token" not in checks  # the 2-rank run failed
     slower = copy.deepcopy(SHAPE)
     slower["ours"]["1"]["server"]["latency_s"] = 15.0
     assert not {c.name: c for c in report.target_checks(slower)}["batch-1 latency / vLLM-CPU"].met
+
+
+def test_the_560m_targets_on_the_bytes_read_and_two_ranks() -> None:
+    screened = copy.deepcopy(SHAPE)
+    screened["ours"]["1"]["info"] = {"decode_weight_bytes": 1_120_000_000}  # half the weights: 45 ms roofline
+    screened["ours"]["2"] = {**screened["ours"]["1"], "server": _bench(12.0, 150.0, 126.0)}
+    checks = {check.name: check for check in report.target_checks(screened, "560m")}
+    own = checks["roofline fraction of the bytes read per token"]
+    assert own.value == pytest.approx(45 / 120) and not own.met and own.target == ">= 0.80"
+    two = checks["2 ranks / 1 rank time per token"]
+    assert two.value == pytest.approx(1.05) and two.met and two.target == "<= 1.10"
+    screened["ours"]["2"]["server"] = _bench(12.0, 150.0, 133.0)
+    assert not {c.name: c for c in report.target_checks(screened, "560m")}[
+        "2 ranks / 1 rank time per token"
+    ].met
+
+
+def test_target_checks_on_tiny_are_about_host_overhead() -> None:
+    checks = {check.name: check for check in report.target_checks(SHAPE, "tiny")}
+    assert set(checks) == {
+        "batch-1 time per token / transformers",
+        "16 clients tokens/s / transformers batched",
+        "end to end / Benchmark RPC",
+    }
+    assert checks["batch-1 time per token / transformers"].target == "<= 0.80"
+    assert checks["16 clients tokens/s / transformers batched"].value == pytest.approx(40 / 17)
+    assert checks["16 clients tokens/s / transformers batched"].met
+    assert (
+        checks["end to end / Benchmark RPC"].target == "<= 1.10" and checks["end to end / Benchmark RPC"].met
+    )
+    faster = copy.deepcopy(SHAPE)
+    faster["ours"]["1"]["server"]["per_token_ms"] = 0.8 * 19500 / 99
+    assert {c.name: c for c in report.target_checks(faster, "tiny")}[
+        "batch-1 time per token / transformers"
+    ].met
+    faster["ours"]["1"]["server"]["per_token_ms"] = 0.81 * 19500 / 99
+    assert not {c.name: c for c in report.target_checks(faster, "tiny")}[
+        "batch-1 time per token / transformers"
+    ].met
 
 
 def test_greedy_agreement_flags_a_different_output() -> None:
@@ -220,11 +267,13 @@ def test_the_median_concurrency_run_is_kept_with_every_value() -> None:
     assert median_run(runs[:2], "tokens_per_second")["tokens_per_second"] == 70.0  # the lower middle
 
 
-def test_targets_are_checked_for_the_560m_shape_only() -> None:
+def test_targets_are_checked_for_the_tiny_and_560m_shapes_only() -> None:
     assert "Targets (1 rank):" in report.shape_report("560m", SHAPE)
     tiny = report.shape_report("tiny", SHAPE)
-    assert "Targets (1 rank)" not in tiny and "MISSED" not in tiny
-    assert "The targets are set for the 560m shape, not for this one." in tiny
+    assert "Targets (1 rank):" in tiny and "16 clients tokens/s / transformers batched" in tiny
+    other = report.shape_report("1b1", SHAPE)
+    assert "Targets (1 rank)" not in other and "MISSED" not in other
+    assert "The targets are set for the tiny, 560m shapes, not for this one." in other
 
 
 def test_an_alternated_baseline_says_so() -> None:

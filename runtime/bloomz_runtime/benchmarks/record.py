@@ -58,7 +58,7 @@ def summary(checks: Mapping[str, Sequence[TargetCheck]], heading: str) -> str:
 def checks_of(results: Mapping[str, Any]) -> dict[str, list[TargetCheck]]:
     """The target checks of the shapes that have targets, from one run's results."""
     shapes = results.get("shapes", {})
-    return {name: target_checks(shapes[name]) for name in TARGET_SHAPES if name in shapes}
+    return {name: target_checks(shapes[name], name) for name in TARGET_SHAPES if name in shapes}
 
 
 def record(
