@@ -10,6 +10,7 @@ engine can edit.
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import torch
@@ -184,6 +185,8 @@ class BloomRunner(ModelRunner):
     cache_chunk: int = GrowingCache.CHUNK
     # Exact greedy ids without the full float32 projection (CPU, one rank); None: always project.
     greedy_head: ScreenedGreedyHead | None = None
+    # The thread building greedy_head after loading (screen_store.py), None when there is none.
+    screen_builder: threading.Thread | None = None
     # Static decode (static.py): rows in the slots of a cache preallocated for this many rows and
     # positions (the backend sets them from --max-batch-size and the token limits).
     static_decode: bool = False
