@@ -17,6 +17,7 @@ from bloomz_runtime.backends.greedy_head import (
 )
 from bloomz_runtime.backends.loading import checkpoint_files, model_dir_for
 from bloomz_runtime.backends.screen_store import ScreenSource
+from bloomz_runtime.backends.sharded_head import ShardedScreenedGreedyHead, deepspeed_lm_head_shard
 from bloomz_runtime.dist import DistContext, unlink_own_shm_segment
 from bloomz_runtime.multinode import avoid_shared_memory_all_reduce_across_nodes
 
@@ -82,7 +83,7 @@ class CpuBackend:
             torch.set_num_threads(threads)
         dtype = torch_dtype(opts.torch_dtype_name)
         wanted = screen_pays_off() if opts.screened_greedy is None else opts.screened_greedy
-        screening = ctx.world_size == 1 and wanted and dtype == torch.float32
+        screening = wanted and dtype == torch.float32
         if screening:
             cap_onednn_isa()  # before the first oneDNN kernel of this process (the packing below)
         model_dir = model_dir_for(opts, ctx)
@@ -110,8 +111,14 @@ class CpuBackend:
             # can go now, so a killed job leaves nothing in /dev/shm.
             torch.distributed.barrier()
             unlink_own_shm_segment()
+        sharded_head = None
+        if screening and ctx.world_size > 1 and can_screen() and supports_lean_forward(model):
+            shard = deepspeed_lm_head_shard(model.lm_head)
+            if shard is not None:
+                # Every rank builds its part now: the ranks must switch to it at the same step.
+                sharded_head = ShardedScreenedGreedyHead(shard[0], shard[1], ctx.world_size, shard[2])
         screen = None
-        if screening and can_screen_lm_head(model, dtype):
+        if screening and ctx.world_size == 1 and can_screen_lm_head(model, dtype):
             # Greedy steps read an int8 copy of the lm_head (exact argmax, greedy_head.py); the
             # float32 one stays as it is for sampling steps, so it is not packed again.
             screen = ScreenSource(model.lm_head.weight.detach(), checkpoint_files(model_dir), model_dir)
@@ -131,6 +138,7 @@ class CpuBackend:
         )
         if isinstance(runner, BloomRunner):
             runner.configure_static_decode(opts)
+            runner.greedy_head = sharded_head
             if screen is not None:
                 attach_screen(runner, screen)
         return runner

@@ -210,6 +210,11 @@ class ScreenedGreedyHead:
         """Memory the screen adds and reads per step (the int8 matrix and its scales)."""
         return self.vocab * self.hidden_size + self.scales.numel() * 4
 
+    @property
+    def replaced_bytes(self) -> int:
+        """The float32 matrix a greedy step no longer reads."""
+        return self.weight.numel() * self.weight.element_size()
+
     def screen(
         self, hidden: torch.Tensor, residual_level: bool = True
     ) -> tuple[torch.Tensor, QuantizedActivations]:
