@@ -254,7 +254,66 @@ LIFECYCLE_UNREACHED_RULES: dict[tuple[str, str, str], str] = {
     ("", "secrets", "create"): "the SSH key pair of a multi-node group (tests/e2e/test_sandbox_multinode.py)",
     ("", "secrets", "get"): "the SSH key pair of a multi-node group (tests/e2e/test_sandbox_multinode.py)",
     ("", "secrets", "patch"): "new SSH keys for a multi-node group's new template (tests/operator)",
+    (
+        "networking.k8s.io",
+        "networkpolicies",
+        "patch",
+    ): "a settings change (tests/operator)",
+    (
+        "policy",
+        "poddisruptionbudgets",
+        "patch",
+    ): "a settings change (tests/operator)",
     # Kopf lists and watches namespaces only when it is given a list of namespaces, not cluster-wide.
     ("", "namespaces", "list"): "Kopf, when watching a list of namespaces only",
     ("", "namespaces", "watch"): "Kopf, when watching a list of namespaces only",
 }
+
+
+def make_ca_and_server_cert(
+    out: Path, names: Sequence[str] = (), addresses: Sequence[str] = ()
+) -> tuple[Path, Path, Path]:
+    """(ca.crt, tls.crt, tls.key) like a cert-manager Secret, for 127.0.0.1 and localhost, and the
+    extra DNS ``names`` and IP ``addresses``."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    def _name(cn: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    start, end = now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=1)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (
+        x509.CertificateBuilder().subject_name(_name("test CA")).issuer_name(_name("test CA"))
+        .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(start).not_valid_after(end)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )  # fmt: skip
+    key = ec.generate_private_key(ec.SECP256R1())
+    san = x509.SubjectAlternativeName(
+        [x509.DNSName(name) for name in ("localhost", *names)]
+        + [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ("127.0.0.1", *addresses)]
+    )
+    cert = (
+        x509.CertificateBuilder().subject_name(_name("bloomz")).issuer_name(ca.subject)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(start).not_valid_after(end)
+        .add_extension(san, critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )  # fmt: skip
+    paths = out / "ca.crt", out / "tls.crt", out / "tls.key"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return paths

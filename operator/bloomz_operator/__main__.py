@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 import sys
@@ -15,6 +16,7 @@ from . import logfilters
 from .handlers import register_handlers
 from .metrics import OperatorMetrics
 from .settings import LOG_LEVELS, Settings, SettingsError, load_settings
+from .shutdown import DEFAULT_DEADLINE_S, BoundedShutdown
 
 LOG_FORMATS = {"plain": kopf.LogFormat.PLAIN, "full": kopf.LogFormat.FULL, "json": kopf.LogFormat.JSON}
 
@@ -52,6 +54,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--standalone",
         action="store_true",
         help="no Kopf peering (one operator replica; the chart's default)",
+    )
+    parser.add_argument(
+        "--shutdown-timeout-s",
+        type=float,
+        default=DEFAULT_DEADLINE_S,
+        help="after SIGTERM/SIGINT, exit (code 1) if still running after this long (e.g. a stalled API call)",
     )
     return parser.parse_args(argv)
 
@@ -95,12 +103,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     metrics = OperatorMetrics()
     metrics.serve(settings.metrics_port, bind_host())
     register_handlers(registry, settings, metrics=metrics)
+    shutdown = BoundedShutdown(args.shutdown_timeout_s)
+
+    @kopf.on.startup(id="bounded-shutdown", registry=registry)
+    async def take_over_signals(**_: object) -> None:
+        # Startup handlers run after Kopf has set its own signal handlers: these replace them.
+        shutdown.install(asyncio.get_running_loop())
+
     kopf.run(
         registry=registry,
         standalone=args.standalone,
         clusterwide=not settings.namespaces,
         namespaces=settings.namespaces,
         liveness_endpoint=liveness_endpoint(settings.liveness_port),
+        stop_flag=shutdown.stop_flag,
     )
     return 0
 

@@ -66,6 +66,15 @@ def group_hosts(owner: Owner, hash_: str, index: int, nodes: int) -> list[str]:
     return [f"{member_name(owner, hash_, index, m)}.{subdomain}" for m in range(nodes)]
 
 
+def ssh_client_patterns(owner: Owner, hash_: str) -> list[str]:
+    """Where a group template's SSH key is accepted from: the DNS names of that template's leaders (any
+    group index), as sshd sees them by reverse lookup - the headless Service's PTR records
+    (`<pod>.<subdomain>.<namespace>.svc.<cluster domain>`) and, where a hosts file answers, the short
+    `<pod>.<subdomain>`. Workers never ssh (mpirun runs with no tree spawn)."""
+    leader = f"{pod_name(owner, hash_, 0).removesuffix('-0')}-*-0.{headless_service_name(owner.name)}"
+    return [leader, f"{leader}.{owner.namespace}.svc.*"]
+
+
 def group_args(spec: InferenceSpec, hosts: list[str]) -> list[str]:
     """What the leader's launcher adds to the usual flags (world size = every rank of the group): where
     the other ranks live and how to reach them."""

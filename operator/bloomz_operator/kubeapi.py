@@ -35,11 +35,14 @@ API_CALLS: frozenset[tuple[str, str, str]] = frozenset(
         ("", "secrets", "get"),
         ("", "secrets", "create"),
         ("", "secrets", "patch"),  # a key pair per group template, old ones dropped
-        # Per resource: its NetworkPolicy and PodDisruptionBudget (read first: never reuse someone else's).
+        # Per resource: its NetworkPolicy and PodDisruptionBudget (read first: never reuse someone else's),
+        # patched when the settings they are built from change.
         ("networking.k8s.io", "networkpolicies", "get"),
         ("networking.k8s.io", "networkpolicies", "create"),
+        ("networking.k8s.io", "networkpolicies", "patch"),
         ("policy", "poddisruptionbudgets", "get"),
         ("policy", "poddisruptionbudgets", "create"),
+        ("policy", "poddisruptionbudgets", "patch"),
     }
 )
 
@@ -226,6 +229,13 @@ class KubeAPI:
                 namespace, dict(body), _preload_content=False
             )
         )
+
+    def patch_network_policy(self, namespace: str, name: str, patch: list[dict[str, Any]]) -> None:
+        """Apply a JSON patch (a list body: the client sends it as application/json-patch+json)."""
+        self.networking.patch_namespaced_network_policy(name, namespace, patch, _preload_content=False)
+
+    def patch_disruption_budget(self, namespace: str, name: str, patch: list[dict[str, Any]]) -> None:
+        self.policy.patch_namespaced_pod_disruption_budget(name, namespace, patch, _preload_content=False)
 
     def patch_secret(self, namespace: str, name: str, patch: Mapping[str, Any]) -> None:
         self.core.patch_namespaced_secret(name, namespace, dict(patch), _preload_content=False)

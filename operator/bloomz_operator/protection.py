@@ -6,10 +6,12 @@ measurement dials gRPC); the metrics port from the monitoring namespace; and, be
 resource, any TCP port: Open MPI's out-of-band channel, gloo/HCCL and ssh pick their ports at run time, so
 a group's ranks cannot be confined to ssh and the rendezvous port alone. Nothing else reaches the pods.
 PodDisruptionBudget: voluntary evictions (node drains) take at most one pod of the resource at a time.
+Both are rebuilt on every pass and patched over the resource's own copies when they differ (settings changed).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from .builders import Owner, common_labels, owner_reference, selector_labels
@@ -77,3 +79,22 @@ def build_disruption_budget(owner: Owner) -> dict[str, Any]:
         },
         "spec": {"selector": {"matchLabels": selector_labels(owner.name)}, "maxUnavailable": 1},
     }
+
+
+def protection_patch(existing: Mapping[str, Any], desired: Mapping[str, Any]) -> list[dict[str, Any]] | None:
+    """A JSON patch (RFC 6902) bringing our `existing` object to the `desired` spec and labels: the whole
+    spec replaced (a cleared setting leaves nothing behind), our labels set, other metadata kept. It first
+    tests the resourceVersion it was computed from, so a concurrent writer wins and the next pass decides
+    again. None when the object is current."""
+    meta = existing.get("metadata") or {}
+    labels = {**(meta.get("labels") or {}), **desired["metadata"]["labels"]}
+    if existing.get("spec") == desired["spec"] and labels == (meta.get("labels") or {}):
+        return None
+    patch: list[dict[str, Any]] = []
+    if meta.get("resourceVersion"):
+        patch.append({"op": "test", "path": "/metadata/resourceVersion", "value": meta["resourceVersion"]})
+    return [
+        *patch,
+        {"op": "add", "path": "/spec", "value": desired["spec"]},  # add = set, present or not
+        {"op": "add", "path": "/metadata/labels", "value": labels},
+    ]

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
+from functools import partial
 from typing import Any
 
 from kubernetes.client.rest import ApiException
@@ -21,7 +22,13 @@ from . import pods as podview
 from .access import api_key_secret_name, service_endpoints
 from .apikeys import build_api_key_secret, generate_api_key
 from .builders import Owner, build_service, service_endpoint
-from .groups import build_headless_service, build_replicas, headless_service_name, pod_template
+from .groups import (
+    build_headless_service,
+    build_replicas,
+    headless_service_name,
+    pod_template,
+    ssh_client_patterns,
+)
 from .kubeapi import KubeAPI, describe_api_error
 from .latency import format_time
 from .ownership import Conflict, conflict, with_conflicts
@@ -36,7 +43,7 @@ from .planning import (
     settings_rollout,
 )
 from .policy import violations
-from .protection import build_disruption_budget, build_network_policy
+from .protection import build_disruption_budget, build_network_policy, protection_patch
 from .replicas import ReplicaFailure, find_broken
 from .scaling import selector_string
 from .settings import Settings
@@ -218,30 +225,35 @@ def _ensure_objects(
         found += _ensure_group_plumbing(api, owner, current_hash, in_use, logger)
     if settings.network.enabled:
         policy = build_network_policy(owner, settings.network)
-        found.append(
-            _ensure_created(api.read_network_policy, api.create_network_policy, owner, policy, logger)
-        )
+        calls = (api.read_network_policy, api.create_network_policy, api.patch_network_policy)
+        found.append(_ensure_current(*calls, owner, policy, logger))
     budget = build_disruption_budget(owner)
-    found.append(
-        _ensure_created(api.read_disruption_budget, api.create_disruption_budget, owner, budget, logger)
-    )
+    calls = (api.read_disruption_budget, api.create_disruption_budget, api.patch_disruption_budget)
+    found.append(_ensure_current(*calls, owner, budget, logger))
     return [c for c in found if c is not None]
 
 
-def _ensure_created(
+def _ensure_current(
     read: Callable[[str, str], dict[str, Any] | None],
     create: Callable[[str, Mapping[str, Any]], bool],
+    patch: Callable[[str, str, list[dict[str, Any]]], None],
     owner: Owner,
     desired: Mapping[str, Any],
     logger: logging.Logger | logging.LoggerAdapter[Any],
 ) -> Conflict | None:
-    """Create `desired` when absent; one of that name that is not ours is a conflict, left alone."""
+    """Create `desired` when absent, bring ours up to date when the settings or the spec it is built from
+    changed; one of that name that is not ours is a conflict, left alone."""
     kind, name = desired["kind"], desired["metadata"]["name"]
     existing = read(owner.namespace, name)
-    if existing is not None:
-        return conflict(existing, owner.uid, kind, name)
-    if create(owner.namespace, desired):
-        logger.info(f"created {kind} {name}")
+    if existing is None:
+        if create(owner.namespace, desired):
+            logger.info(f"created {kind} {name}")
+        return None
+    if (clash := conflict(existing, owner.uid, kind, name)) is not None:
+        return clash
+    if (changes := protection_patch(existing, desired)) is not None:
+        patch(owner.namespace, name, changes)
+        logger.info(f"updated {kind} {name} (its settings changed)")
     return None
 
 
@@ -299,12 +311,14 @@ def _ensure_group_plumbing(
     def new_keys() -> KeyPair:
         return generate_key_pair(comment=f"bloomz-operator@{owner.namespace}/{owner.name}/{current_hash}")
 
+    allowed_from = partial(ssh_client_patterns, owner)
     if (clash := conflict(existing, owner.uid, "Secret", secret)) is not None:
         found.append(clash)
     elif existing is None:
-        if api.create_secret(owner.namespace, build_ssh_secret(owner, new_keys(), current_hash)):
+        body = build_ssh_secret(owner, new_keys(), current_hash, allowed_from)
+        if api.create_secret(owner.namespace, body):
             logger.info(f"created Secret {secret} (SSH key pair of the groups)")
-    elif (patch := ssh_secret_patch(existing, current_hash, in_use, new_keys)) is not None:
+    elif (patch := ssh_secret_patch(existing, current_hash, in_use, new_keys, allowed_from)) is not None:
         api.patch_secret(owner.namespace, secret, patch)
         logger.info(f"updated Secret {secret}: a key pair for template {current_hash}, unused ones dropped")
     headless = headless_service_name(owner.name)

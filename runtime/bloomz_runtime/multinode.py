@@ -146,9 +146,11 @@ def known_hosts_text(public_key_line: str) -> str:
     return f"* {key_type} {key}\n"
 
 
-def ssh_options(ssh_dir: str, port: int, known_hosts: str) -> list[str]:
-    """The options of every SSH hop mpirun makes to a worker."""
-    return [
+def ssh_options(ssh_dir: str, port: int, known_hosts: str, bind_address: str = "") -> list[str]:
+    """The options of every SSH hop mpirun makes to a worker; from `bind_address` when given (pods sharing
+    one machine: the workers accept the key only from the leader's own address, by its DNS name)."""
+    bind = ["-o", f"BindAddress={bind_address}"] if bind_address else []
+    return [*bind,
         "-i", f"{ssh_dir}/{PRIVATE_KEY}",
         "-p", str(port),
         "-o", "IdentitiesOnly=yes",
@@ -224,6 +226,9 @@ def sshd_command(
         "-o", "X11Forwarding=no",
         "-o", "PermitTunnel=no",
         "-o", "PermitUserEnvironment=no",
+        # authorized_keys accepts the key `from=` the leaders' DNS names only: sshd must look the client's
+        # address up (reverse, then forward to confirm) to match them; an address alone never matches.
+        "-o", "UseDNS=yes",
     ]  # fmt: skip
     if listen_address:
         cmd += ["-o", f"ListenAddress={listen_address}"]
@@ -251,6 +256,14 @@ def probe_ssh_port(host: str, port: int, timeout: float) -> None:
             except OSError as error:
                 last = error
     raise OSError(f"refuses connections on port {port} ({last})")
+
+
+def probe_resolves(host: str, port: int, timeout: float) -> None:
+    """Raise OSError unless `host` resolves (the leader's own name: nothing listens on its SSH port)."""
+    try:
+        socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as error:
+        raise OSError(f"does not resolve ({error.strerror or error})") from error
 
 
 def wait_for_workers(
@@ -304,12 +317,15 @@ def prepare_leader(
     hostfile = workdir / "hostfile"
     known_hosts = workdir / "known_hosts"
     known_hosts.write_text(known_hosts_text((Path(opts.ssh_dir) / PUBLIC_KEY).read_text()))
-    ssh_args = ssh_options(opts.ssh_dir, opts.ssh_port, str(known_hosts))
+    ssh_args = ssh_options(opts.ssh_dir, opts.ssh_port, str(known_hosts), pod_environ.get(BIND_HOST_ENV, ""))
     group = group_job(job, opts, hostfile=str(hostfile), ssh_args=ssh_args, environ=env)
     # The leader is `localhost` in its own hostfile: Open MPI then knows rank 0's node is this one without
     # resolving the leader's DNS name (which may not be published yet) to one of its interfaces.
     hostfile.write_text(hostfile_text(group.hosts, group.slots_per_host))
     try:
+        # Workers accept the key only from this pod's DNS name (a reverse lookup): wait until it is published.
+        own = opts.hosts[:1]
+        wait_for_workers(own, opts.ssh_port, opts.workers_timeout_s, probe=probe_resolves, log=lambda _: None)
         wait_for_workers(opts.workers, opts.ssh_port, opts.workers_timeout_s)
     except WorkersUnreachable as error:
         message = f"launch: {error}"

@@ -114,7 +114,12 @@ def test_time_stream_takes_the_first_message_as_the_first_token() -> None:
     stream = _ScriptedStream(messages, step=0.25)
     timing = bench.time_stream(stream, generate_pb2.GenerateRequest(prompt="p"), clock=stream.clock)  # type: ignore[arg-type]
     assert timing == bench.StreamTiming(
-        seconds=1.0, first_token_s=0.25, prompt_tokens=7, generated_tokens=4, token_ids=(10, 11, 12, 13)
+        seconds=1.0,
+        first_token_s=0.25,
+        prompt_tokens=7,
+        generated_tokens=4,
+        token_ids=(10, 11, 12, 13),
+        text="t0t1t2t3",
     )
 
 

@@ -34,13 +34,13 @@ def test_a_value_given_before_the_subcommand_is_not_reset_by_its_defaults() -> N
 
 def test_target_defaults_to_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BLOOMZ_TARGET", "10.0.0.9:50051")
-    assert cli.build_parser().parse_args(["info"]).target == "10.0.0.9:50051"
+    assert cli.parse_args(["info"]).target == "10.0.0.9:50051"
     monkeypatch.delenv("BLOOMZ_TARGET")
-    assert cli.build_parser().parse_args(["info"]).target == cli.DEFAULT_TARGET
+    assert cli.parse_args(["info"]).target == cli.DEFAULT_TARGET
 
 
 def test_bench_defaults_are_the_seeds_method() -> None:
-    args = cli.build_parser().parse_args(["bench"])
+    args = cli.parse_args(["bench"])
     assert args.prompt == BENCHMARK_PROMPT == "DeepSpeed is a machine learning framework"
     assert (args.max_new_tokens, args.warmup, args.iterations, args.mode) == (100, 2, 5, "both")
 

@@ -190,7 +190,7 @@ def test_dataset_prints_batches_like_the_seed(runtime: RuntimeProcess, news_file
     assert blocks[0].splitlines()[1] == f"Input: {first_inputs}"
     outputs = ast.literal_eval(
         blocks[0].splitlines()[2].removeprefix("Output: ")
-    )  # a Python list, as the seed prints
+    )  # a Python list, as the original benchmark script prints it
     assert [
         output[: len(prompt)] for output, prompt in zip(outputs, first_inputs, strict=True)
     ] == first_inputs

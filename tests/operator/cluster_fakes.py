@@ -138,6 +138,28 @@ class FakeAPI:
     def create_disruption_budget(self, namespace: str, body: dict[str, Any]) -> bool:
         return self._create_other(body)
 
+    def patch_network_policy(self, namespace: str, name: str, patch: list[dict[str, Any]]) -> None:
+        self._patch_other("NetworkPolicy", name, patch)
+
+    def patch_disruption_budget(self, namespace: str, name: str, patch: list[dict[str, Any]]) -> None:
+        self._patch_other("PodDisruptionBudget", name, patch)
+
+    def _patch_other(self, kind: str, name: str, patch: list[dict[str, Any]]) -> None:
+        """A JSON patch of the few operations the operator sends (test, add of a top-level path)."""
+        self.calls.append((f"patch_{kind}", name))
+        target = self.others[kind, name]
+        for op in patch:
+            *parents, key = op["path"].strip("/").split("/")
+            node = target
+            for part in parents:
+                node = node[part]
+            if op["op"] == "test":
+                if node.get(key) != op["value"]:
+                    raise ApiException(status=422, reason="test failed")
+            else:
+                assert op["op"] == "add", op
+                node[key] = copy.deepcopy(op["value"])
+
     def _create_other(self, body: dict[str, Any]) -> bool:
         self.calls.append((f"create_{body['kind']}", body["metadata"]["name"]))
         key = (body["kind"], body["metadata"]["name"])

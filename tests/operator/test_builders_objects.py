@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from bloomz_operator.builders import Owner, build_service, pod_name, template_hash
@@ -104,7 +105,7 @@ def test_names_fit_kubernetes_limits() -> None:
 def test_every_built_object_matches_the_kubernetes_schemas() -> None:
     """Strict: a misspelt or unknown key anywhere in a pod, Service or Secret is refused."""
     import kubernetes_validate
-    from bloomz_operator.groups import build_replicas
+    from bloomz_operator.groups import build_replicas, ssh_client_patterns
     from bloomz_operator.sshkeys import build_ssh_secret, generate_key_pair
 
     objects: list[dict[str, Any]] = [build_service(OWNER), build_service(OWNER, leaders_only=True)]
@@ -120,7 +121,8 @@ def test_every_built_object_matches_the_kubernetes_schemas() -> None:
     objects += [
         p for g in build_replicas(OWNER, parse_spec({"model": "m", "cards": 16}), Settings()) for p in g
     ]
-    objects.append(build_ssh_secret(OWNER, generate_key_pair("test"), "0123456789"))
+    leaders = partial(ssh_client_patterns, OWNER)
+    objects.append(build_ssh_secret(OWNER, generate_key_pair("test"), "0123456789", leaders))
     for obj in objects:
         kubernetes_validate.validate(obj, "1.31.0", strict=True)
 

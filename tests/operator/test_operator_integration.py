@@ -439,6 +439,20 @@ def test_every_api_call_of_the_operator_is_granted_by_rbac(cluster: Cluster) -> 
         cluster.custom.create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, tiny_group_resource(multi))
         wait_for("the pod", lambda: cluster.pods(name))
         wait_for("the group", lambda: len(cluster.pods(multi)) == 2)
+        # Its NetworkPolicy and PodDisruptionBudget edited behind its back (as a settings change would leave
+        # them stale): the next pass (a pod change wakes it) patches them back.
+        for kind, edit in (("networkpolicy", {"ingress": []}), ("pdb", {"maxUnavailable": 0})):
+            cluster.kubectl("patch", kind, name, "--type=merge", "-p", json.dumps({"spec": edit}))
+        pod = cluster.pods(name)[0]["metadata"]["name"]
+        cluster.kubectl("annotate", "pod", pod, "test.bloomz.dev/wake=1", "--overwrite")
+        wait_for(
+            "the NetworkPolicy and PodDisruptionBudget patched back",
+            lambda: (
+                cluster.kubectl("get", "pdb", name, "-o", "jsonpath={.spec.maxUnavailable}").strip() == "1"
+                and cluster.kubectl("get", "networkpolicy", name, "-o", "jsonpath={.spec.ingress[*].ports}")
+            ),
+            120,
+        )
         # A new group template gets a key pair of its own in the SSH Secret (a patch), the old one goes.
         first = key_pairs(cluster, multi)
         cluster.custom.patch_namespaced_custom_object(

@@ -35,7 +35,14 @@ from bloomz_operator.reconciler import reconcile
 from bloomz_operator.replicas import find_broken
 from bloomz_operator.settings import Settings
 from bloomz_operator.spec import SpecError, parse_spec
-from bloomz_operator.sshkeys import build_ssh_secret, generate_key_pair, ssh_secret_name, template_hashes
+from bloomz_operator.sshkeys import (
+    KeyPair,
+    build_ssh_secret,
+    generate_key_pair,
+    ssh_secret_name,
+    ssh_secret_patch,
+    template_hashes,
+)
 from bloomz_operator.status import compute_status
 from cluster_fakes import FakeAPI, build_pods, creates, deletes, names, observed
 from cryptography.hazmat.primitives import serialization
@@ -297,14 +304,29 @@ def test_key_pair_is_ed25519_in_openssh_format_and_matches(tmp_path: Path) -> No
 
 def test_secret_holds_the_key_pair_and_belongs_to_the_resource() -> None:
     keys = generate_key_pair("c")
-    secret = build_ssh_secret(OWNER, keys, "h1")
+    secret = build_ssh_secret(OWNER, keys, "h1", lambda h: [f"{h}-leader"])
     assert secret["metadata"]["name"] == "big-ssh" and secret["metadata"]["namespace"] == "ml"
     assert secret["metadata"]["ownerReferences"][0]["uid"] == "uid-big"
     assert secret["type"] == "kubernetes.io/ssh-auth"
     data = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
     assert set(data) == {"ssh-privatekey", "h1.id_ed25519", "h1.id_ed25519.pub", "h1.authorized_keys"}
     assert data["ssh-privatekey"] == data["h1.id_ed25519"] == keys.private_openssh
-    assert data["h1.id_ed25519.pub"] == data["h1.authorized_keys"] == keys.public_openssh + "\n"
+    assert data["h1.id_ed25519.pub"] == keys.public_openssh + "\n"
+    assert data["h1.authorized_keys"] == f'from="h1-leader" {keys.public_openssh}\n'
+
+
+def test_secret_patch_restricts_a_key_written_without_from() -> None:
+    keys = generate_key_pair("c")
+    secret = build_ssh_secret(OWNER, keys, "h1", lambda h: [f"{h}-leader"])
+    unrestricted = base64.b64encode(f"{keys.public_openssh}\n".encode()).decode()
+    old = {**secret, "data": {**secret["data"], "h1.authorized_keys": unrestricted}}
+
+    def no_new_keys() -> KeyPair:
+        raise AssertionError("h1 already has a key pair")
+
+    patch = ssh_secret_patch(old, "h1", {"h1"}, no_new_keys, lambda h: [f"{h}-leader"])
+    assert patch == {"data": {"h1.authorized_keys": secret["data"]["h1.authorized_keys"]}}
+    assert ssh_secret_patch(secret, "h1", {"h1"}, no_new_keys, lambda h: [f"{h}-leader"]) is None
 
 
 # --- planner --------------------------------------------------------------------------------------------

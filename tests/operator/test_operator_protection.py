@@ -3,13 +3,14 @@ real Kubernetes 1.31 schemas (kubernetes-validate --strict)."""
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import kubernetes_validate
 import pytest
 from bloomz_operator.builders import Owner, build_service
 from bloomz_operator.constants import LABEL_OWNER
-from bloomz_operator.groups import build_headless_service, build_replicas
+from bloomz_operator.groups import build_headless_service, build_replicas, ssh_client_patterns
 from bloomz_operator.policy import NetworkSettings
 from bloomz_operator.protection import build_disruption_budget, build_network_policy
 from bloomz_operator.settings import Settings, parse_settings
@@ -82,7 +83,8 @@ def built_objects() -> list[dict[str, Any]]:
         group_spec = parse_spec({"model": "bigscience/bloomz", "device": device, "cards": 16})
         objects += [pod for group in build_replicas(OWNER, group_spec, settings) for pod in group]
     objects += [build_service(OWNER), build_service(OWNER, leaders_only=True), build_headless_service(OWNER)]
-    objects.append(build_ssh_secret(OWNER, generate_key_pair(comment="test"), "0123456789"))
+    leaders = partial(ssh_client_patterns, OWNER)
+    objects.append(build_ssh_secret(OWNER, generate_key_pair(comment="test"), "0123456789", leaders))
     objects += [build_network_policy(OWNER, settings.network), build_disruption_budget(OWNER)]
     return objects
 

@@ -20,8 +20,10 @@ CORE_METHODS = {
     "patch_namespaced_secret": ("", "secrets", "patch"),
     "read_namespaced_network_policy": ("networking.k8s.io", "networkpolicies", "get"),
     "create_namespaced_network_policy": ("networking.k8s.io", "networkpolicies", "create"),
+    "patch_namespaced_network_policy": ("networking.k8s.io", "networkpolicies", "patch"),
     "read_namespaced_pod_disruption_budget": ("policy", "poddisruptionbudgets", "get"),
     "create_namespaced_pod_disruption_budget": ("policy", "poddisruptionbudgets", "create"),
+    "patch_namespaced_pod_disruption_budget": ("policy", "poddisruptionbudgets", "patch"),
 }
 
 

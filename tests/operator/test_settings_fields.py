@@ -10,6 +10,8 @@ from bloomz_operator.settings import Settings, SettingsError, parse_settings, sc
 
 POLICY_KEYS = "allowEnvSecrets, allowedImagePrefixes, allowedTolerationKeys, hostPathPrefixes"
 NETWORK_KEYS = "clientNamespaces, clientPodLabels, enabled, monitoringNamespace, operatorNamespace"
+ROLLOUT_KEYS = "maxResourcesAtOnce, maxResourcesPerMinute"
+API_RETRY_ORDER = "api.retryMaxSeconds: must be >= api.retryBaseSeconds"
 
 
 def cpu(**fields: Any) -> dict[str, Any]:
@@ -37,6 +39,12 @@ def cpu(**fields: Any) -> dict[str, Any]:
         (cpu(memoryPerCard=1.5), "devices.cpu.memoryPerCard: expected str or int, got float 1.5"),
         ({"metricsPort": "x"}, "metricsPort: expected int, got str 'x'"),
         ({"metricsPort": 65536}, "metricsPort: not a TCP port: 65536"),
+        ({"api": "x"}, "api: expected dict, got str 'x'"),
+        ({"api": {"retryBaseSeconds": 4, "retryMaxSeconds": 3}}, API_RETRY_ORDER),
+        ({"rollout": "x"}, "rollout: expected dict, got str 'x'"),
+        ({"rollout": {"bogus": 1}}, f"rollout: unknown key(s) bogus (allowed: {ROLLOUT_KEYS})"),
+        ({"rollout": {"maxResourcesAtOnce": "2"}}, "rollout.maxResourcesAtOnce: expected int, got str '2'"),
+        ({"rollout": {"maxResourcesPerMinute": 0}}, "rollout.maxResourcesPerMinute: must be >= 1, got 0"),
     ],
 )
 def test_a_refusal_names_the_entry(data: dict[str, Any], message: str) -> None:
@@ -97,3 +105,11 @@ def test_a_quantity_that_cannot_be_scaled_is_named() -> None:
         scale_quantity("1.5Gi", 2)
     assert str(refused.value) == "not a whole Kubernetes quantity: '1.5Gi'"
     assert scale_quantity("52352Mi", 2) == "104704Mi" and scale_quantity(None, 2) is None
+
+
+def test_the_api_and_rollout_tables_at_their_bounds() -> None:
+    """A retry ceiling equal to its base and a rollout of 1 resource at a time are allowed."""
+    api = parse_settings({"api": {"retryBaseSeconds": 3, "retryMaxSeconds": 3}}).api
+    assert (api.retry_base_seconds, api.retry_max_seconds) == (3, 3)
+    rollout = parse_settings({"rollout": {"maxResourcesAtOnce": 1, "maxResourcesPerMinute": 1}}).rollout
+    assert (rollout.max_resources_at_once, rollout.max_resources_per_minute) == (1, 1)

@@ -265,7 +265,7 @@ def test_prepare_leader_writes_the_hostfile_and_waits_for_reachable_workers(
 ) -> None:
     multi = MultiNodeOptions(
         role="leader",
-        hosts=("leader.b-hosts", "127.0.0.1"),
+        hosts=("localhost", "127.0.0.1"),  # the leader's own name must resolve (workers check it)
         slots_per_host=1,
         ssh_port=listener,
         ssh_dir=str(ssh_dir),
@@ -273,7 +273,7 @@ def test_prepare_leader_writes_the_hostfile_and_waits_for_reachable_workers(
     opts = ServeOptions(model="m", device="cpu", world_size=2)
     env = {"MASTER_ADDR": "127.0.0.1", "PATH": "/usr/bin"}
     cmd = render(prepare_leader(multi, single_node_job(opts, env, 1), env, tmp_path, pod_environ={}))
-    assert env["MASTER_ADDR"] == "leader.b-hosts"  # ranks on other nodes reach rank 0 there
+    assert env["MASTER_ADDR"] == "localhost"  # ranks on other nodes reach rank 0 there
     assert (tmp_path / "hostfile").read_text() == "localhost slots=1\n127.0.0.1 slots=1\n"
     public = (ssh_dir / "id_ed25519.pub").read_text().split()
     assert (tmp_path / "known_hosts").read_text() == f"* {public[0]} {public[1]}\n"
@@ -287,12 +287,29 @@ def test_prepare_leader_writes_the_hostfile_and_waits_for_reachable_workers(
     assert env["MASTER_ADDR"] == "10.0.0.7"
 
 
+def test_the_leaders_ssh_leaves_from_the_bind_host_when_pods_share_a_machine(
+    tmp_path: Path, ssh_dir: Path, listener: int
+) -> None:
+    multi = MultiNodeOptions(
+        role="leader",
+        hosts=("localhost", "127.0.0.1"),
+        slots_per_host=1,
+        ssh_port=listener,
+        ssh_dir=str(ssh_dir),
+    )
+    opts = ServeOptions(model="m", device="cpu", world_size=2)
+    env = {"BLOOMZ_BIND_HOST": "127.0.0.9"}
+    cmd = render(prepare_leader(multi, single_node_job(opts, {}, 1), {}, tmp_path, pod_environ=env))
+    assert cmd[cmd.index("plm_rsh_args") + 1].startswith("-o BindAddress=127.0.0.9 -i ")
+    assert "BindAddress" not in " ".join(ssh_options("/k", 2222, "/kh"))  # a pod has one address
+
+
 def test_prepare_leader_exits_with_a_clear_error_when_workers_never_come(
     tmp_path: Path, ssh_dir: Path
 ) -> None:
     multi = MultiNodeOptions(
         role="leader",
-        hosts=("leader", "127.0.0.1"),
+        hosts=("localhost", "127.0.0.1"),
         slots_per_host=1,
         ssh_port=closed_port(),
         ssh_dir=str(ssh_dir),
@@ -302,6 +319,25 @@ def test_prepare_leader_exits_with_a_clear_error_when_workers_never_come(
     with pytest.raises(SystemExit) as caught:
         prepare_leader(multi, single_node_job(opts, {}, 1), {}, tmp_path, pod_environ={})
     assert caught.value.code == EXIT_WORKERS_UNREACHABLE
+
+
+def test_prepare_leader_waits_until_its_own_name_resolves(
+    tmp_path: Path, ssh_dir: Path, listener: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Workers accept the key only from the leader's DNS name (reverse lookup): no record yet, no mpirun.
+    multi = MultiNodeOptions(
+        role="leader",
+        hosts=("leader.invalid", "127.0.0.1"),
+        slots_per_host=1,
+        ssh_port=listener,
+        ssh_dir=str(ssh_dir),
+        workers_timeout_s=0.3,
+    )
+    opts = ServeOptions(model="m", device="cpu", world_size=2)
+    with pytest.raises(SystemExit) as caught:
+        prepare_leader(multi, single_node_job(opts, {}, 1), {}, tmp_path, pod_environ={})
+    assert caught.value.code == EXIT_WORKERS_UNREACHABLE
+    assert "leader.invalid: does not resolve" in capsys.readouterr().err
 
 
 def test_ranks_span_nodes_from_open_mpis_per_node_count() -> None:

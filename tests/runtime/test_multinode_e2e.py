@@ -93,7 +93,15 @@ def test_two_node_group_serves_from_the_leader_and_equals_single_node_greedy(
             (call,) = [json.loads(line) for line in agent_log.read_text().splitlines()]
             assert call["host"] == WORKER_ADDRESS and "orted" in call["command"]
             options = call["options"]
-            assert options[:4] == ["-i", f"{keys}/id_ed25519", "-p", str(ssh_port)]
+            # The leader's runtime binds to 127.0.0.1 (BLOOMZ_BIND_HOST): its ssh leaves from there too.
+            assert options[:6] == [
+                "-o",
+                "BindAddress=127.0.0.1",
+                "-i",
+                f"{keys}/id_ed25519",
+                "-p",
+                str(ssh_port),
+            ]
             assert "StrictHostKeyChecking=yes" in options and "BatchMode=yes" in options
 
             # Two ranks, one per "node", both pointed at the leader's rendezvous.

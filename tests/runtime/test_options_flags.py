@@ -98,3 +98,13 @@ def test_the_program_name_is_the_callers() -> None:
 )
 def test_every_option_survives_the_trip_through_argv(opts: ServeOptions) -> None:
     assert parse_options(to_argv(opts), environ={}) == opts
+
+
+@pytest.mark.parametrize("given", [["--tls-cert-file", "c.pem"], ["--tls-key-file", "k.pem"]])
+def test_a_tls_file_alone_is_refused_with_the_reason(
+    given: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as refused:
+        parse_options([*MINIMAL, *given], environ={})
+    assert refused.value.code == 2
+    assert capsys.readouterr().err.rstrip().endswith("error: --tls-cert-file and --tls-key-file go together")

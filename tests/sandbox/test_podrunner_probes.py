@@ -41,3 +41,39 @@ def test_grpc_probe_follows_the_health_service():
         server.stop(None).wait()
     assert not check(ReadinessProbe("grpc", port), "127.0.0.1", timeout=2)
     assert not check(ReadinessProbe("tcp", port), "127.0.0.1", timeout=2)
+
+
+def test_an_https_probe_asks_over_tls_without_verifying(tmp_path):
+    """The operator's probe when the runtime serves TLS: httpGet /health with scheme HTTPS."""
+    import http.server
+    import ssl
+    import threading
+
+    from helpers import make_ca_and_server_cert
+
+    get = {"port": "http", "path": "/health", "scheme": "HTTPS"}
+    https = {"ports": [{"name": "http", "containerPort": 8000}], "readinessProbe": {"httpGet": get}}
+    assert readiness_probe(https) == ReadinessProbe("http", 8000, "/health", "https")
+
+    class Health(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200 if self.path == "/health" else 503)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    _, cert, key = make_ca_and_server_cert(tmp_path)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Health)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        port = server.server_address[1]
+        assert check(ReadinessProbe("http", port, "/health", "https"), "127.0.0.1", timeout=5)
+        assert not check(ReadinessProbe("http", port, "/other", "https"), "127.0.0.1", timeout=5)
+        assert not check(ReadinessProbe("http", port, "/health"), "127.0.0.1", timeout=5)  # plain HTTP
+    finally:
+        server.shutdown()
+        server.server_close()

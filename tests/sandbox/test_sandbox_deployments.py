@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from bloomz_sandbox.controllers.deployments import HASH_LABEL, plan, pod_from_template, template_hash
+from bloomz_sandbox.controllers.deployments import HASH_LABEL, orphans, plan, pod_from_template, template_hash
 
 TEMPLATE = {
     "metadata": {"labels": {"app": "op"}},
@@ -95,3 +95,20 @@ def test_rolling_update_keeps_the_old_pod_until_the_new_one_is_ready() -> None:
     new = _pod("op-2", after, ready=False)
     assert not plan(after, [old, new]).delete
     assert plan(after, [old, _pod("op-2", after)]).delete == ["op-1"]
+
+
+def test_pods_of_a_deleted_deployment_are_orphans_and_no_other_pod_is() -> None:
+    """A pod created from a list taken just before its Deployment went: deleted like the garbage
+    collector deletes a dependent whose owner is gone; pods it did not make are never touched."""
+    deployment = _deployment()
+    mine = _pod("op-1", deployment)
+    unlabelled = _pod("op-2", deployment)
+    del unlabelled["metadata"]["labels"][HASH_LABEL]
+    owned_by_a_job = _pod("job-1", deployment)
+    owned_by_a_job["metadata"]["ownerReferences"][0]["kind"] = "Job"
+    bare = _pod("bare-1", deployment)
+    del bare["metadata"]["ownerReferences"]
+    pods = [mine, unlabelled, owned_by_a_job, bare]
+    assert orphans(["d-1"], pods) == []
+    assert orphans(["d-2"], pods) == [mine]
+    assert orphans([], pods) == [mine]

@@ -105,3 +105,32 @@ def test_files_are_written_with_their_modes_and_can_be_written_again(tmp_path: P
     write_files(directory, [ProjectedFile("id_ed25519", b"two", 0o400)])  # a restart: read-only file exists
     assert key.read_bytes() == b"two" and key.stat().st_mode & 0o777 == 0o400
     assert sorted(p.name for p in directory.iterdir()) == ["id_ed25519"]
+
+
+def test_a_projected_volume_merges_its_secrets_into_one_directory() -> None:
+    """The operator's API-key volume: the users' Secret (every key) and one item of its own Secret."""
+    keys = {
+        "name": "api-keys",
+        "projected": {
+            "sources": [
+                {"secret": {"name": "team-keys"}},
+                {
+                    "secret": {
+                        "name": "x-api-key",
+                        "items": [{"key": "bloomz-operator", "path": "bloomz-operator"}],
+                    }
+                },
+            ]
+        },
+    }
+    users, own = volume_sources({"spec": {"volumes": [keys, SSH_VOLUME]}})[:2]
+    assert [(s.volume, s.kind, s.object_name) for s in (users, own)] == [
+        ("api-keys", "secret", "team-keys"),
+        ("api-keys", "secret", "x-api-key"),
+    ]
+    files = projected_files(users, {"a": b"1", "b": b"2"}) + projected_files(own, {"bloomz-operator": b"3"})
+    assert [(f.path, f.content, f.mode) for f in files] == [
+        ("a", b"1", 0o644), ("b", b"2", 0o644), ("bloomz-operator", b"3", 0o644),
+    ]  # fmt: skip
+    moded = {**keys, "projected": {**keys["projected"], "defaultMode": 0o440}}
+    assert all(s.source["defaultMode"] == 0o440 for s in volume_sources({"spec": {"volumes": [moded]}}))

@@ -1,5 +1,5 @@
 """`python -m bloomz_runtime.client` (or `bloomz-client`): generate, info, health, bench and dataset
-against a running server.
+against a running server; bench and dataset also over the OpenAI-compatible HTTP API (--protocol http).
 
 The common options (--target, --json, --timeout) are accepted before or after the subcommand.
 Exit codes: 0 success, 1 the server (or the connection) answered an error or is not serving, 2 bad usage
@@ -12,7 +12,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -22,11 +22,15 @@ from google.protobuf.message import Message
 from bloomz_api.client import bench, dataset
 from bloomz_api.client.connection import RpcFailure, TextGenerationClient
 from bloomz_api.client.formatting import batch_block, bench_report, throughput_summary
+from bloomz_api.client.openai_http import HttpFailure, OpenAIHttpClient, run_http_client_bench
 from bloomz_api.client.requests import BENCHMARK_PROMPT, generation_parameters
-from bloomz_api.constants import BENCHMARK_MAX_NEW_TOKENS, GRPC_PORT, SERVICE_NAME
+from bloomz_api.constants import BENCHMARK_MAX_NEW_TOKENS, GRPC_PORT, HTTP_PORT, SERVICE_NAME
 from bloomz_api.proto import generate_pb2
 
 DEFAULT_TARGET = f"localhost:{GRPC_PORT}"
+DEFAULT_HTTP_TARGET = f"localhost:{HTTP_PORT}"
+PROTOCOLS = ("grpc", "http")
+HTTP_COMMANDS = ("bench", "dataset")
 DEFAULT_TIMEOUT_S = 600.0
 EXIT_RPC_ERROR = 1
 EXIT_USAGE = 2
@@ -41,8 +45,17 @@ def _common_options(parser: argparse.ArgumentParser, *, top_level: bool) -> None
 
     parser.add_argument(
         "--target",
-        default=default(os.environ.get("BLOOMZ_TARGET", DEFAULT_TARGET)),
-        help="server address HOST:PORT (default: $BLOOMZ_TARGET or %(default)s)"
+        default=default(os.environ.get("BLOOMZ_TARGET")),
+        help=f"server address HOST:PORT, or an http(s):// URL with --protocol http (default: $BLOOMZ_TARGET, "
+        f"else {DEFAULT_TARGET}, or {DEFAULT_HTTP_TARGET} with --protocol http)"
+        if top_level
+        else argparse.SUPPRESS,
+    )
+    parser.add_argument(
+        "--protocol",
+        choices=PROTOCOLS,
+        default=default("grpc"),
+        help="gRPC (default) or the OpenAI-compatible HTTP API (/v1/completions; bench and dataset only)"
         if top_level
         else argparse.SUPPRESS,
     )
@@ -179,8 +192,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     bench_cmd.add_argument(
         "--mode",
         choices=("server", "client", "both"),
-        default="both",
-        help="server: the Benchmark RPC; client: timed GenerateStream calls from here; both (default)",
+        help="server: the Benchmark RPC; client: timed streamed generations from here; both (the default "
+        "over gRPC; over HTTP only client exists)",
     )
 
     data = commands.add_parser("dataset", help="complete the first tokens of every sample of a dataset")
@@ -199,6 +212,17 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     data.add_argument("--format", choices=dataset.FORMATS, help="default: from the file extension")
     data.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     return parser
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The options, with the defaults that depend on --protocol filled in (target, bench mode)."""
+    args = build_parser().parse_args(argv)
+    http = args.protocol == "http"
+    if args.target is None:
+        args.target = DEFAULT_HTTP_TARGET if http else DEFAULT_TARGET
+    if getattr(args, "mode", "") is None:
+        args.mode = "client" if http else "both"
+    return args
 
 
 def message_dict(message: Message) -> dict[str, Any]:
@@ -260,14 +284,13 @@ def _info(client: TextGenerationClient, args: argparse.Namespace, out: TextIO) -
     print("\n".join(lines), file=out)
 
 
-def _bench(client: TextGenerationClient, args: argparse.Namespace, out: TextIO) -> None:
-    info = client.info()
+def _bench(client: TextGenerationClient | OpenAIHttpClient, args: argparse.Namespace, out: TextIO) -> None:
     rows: list[bench.BenchRow] = []
     measure = (args.prompt, args.max_new_tokens, args.warmup, args.iterations)
-    if args.mode in ("server", "both"):
-        rows.append(bench.run_server_bench(client, info, *measure))
-    if args.mode in ("client", "both"):
-        rows.append(bench.run_client_bench(client, info, *measure))
+    if isinstance(client, OpenAIHttpClient):
+        rows.append(run_http_client_bench(client, *measure))
+    else:
+        rows.extend(_grpc_bench_rows(client, args.mode, measure))
     ratio = bench.client_to_server_ratio(rows)
     if args.json:
         _print_json({"rows": [row.as_dict() for row in rows], "client_to_server_ratio": ratio}, out)
@@ -275,7 +298,19 @@ def _bench(client: TextGenerationClient, args: argparse.Namespace, out: TextIO) 
         print(bench_report(rows, ratio), file=out)
 
 
-def _dataset(client: TextGenerationClient, args: argparse.Namespace, out: TextIO) -> None:
+def _grpc_bench_rows(
+    client: TextGenerationClient, mode: str, measure: tuple[str, int, int, int]
+) -> list[bench.BenchRow]:
+    info = client.info()
+    rows: list[bench.BenchRow] = []
+    if mode in ("server", "both"):
+        rows.append(bench.run_server_bench(client, info, *measure))
+    if mode in ("client", "both"):
+        rows.append(bench.run_client_bench(client, info, *measure))
+    return rows
+
+
+def _dataset(client: TextGenerationClient | OpenAIHttpClient, args: argparse.Namespace, out: TextIO) -> None:
     texts = dataset.load_texts(
         args.file,
         column=args.column,
@@ -340,25 +375,69 @@ class NotServing(Exception):
     """The health service answered, with something other than SERVING."""
 
 
-_COMMANDS = {"generate": _generate, "info": _info, "health": _health, "bench": _bench, "dataset": _dataset}
+def usage_problem(args: argparse.Namespace) -> str | None:
+    """What the options ask for that the chosen protocol cannot do (pure, for the tests)."""
+    if args.protocol != "http":
+        return None
+    if args.command not in HTTP_COMMANDS:
+        return f"{args.command} speaks gRPC only; --protocol http serves {' and '.join(HTTP_COMMANDS)}"
+    if args.command == "bench" and args.mode != "client":
+        return "--protocol http measures from the client only (--mode client); the Benchmark RPC is gRPC"
+    return None
+
+
+def _connect(args: argparse.Namespace, ca_cert: bytes | None) -> TextGenerationClient | OpenAIHttpClient:
+    if args.protocol == "http":
+        return OpenAIHttpClient(
+            args.target,
+            timeout=args.timeout,
+            api_key=args.api_key,
+            tls=args.tls,
+            ca_cert=ca_cert,
+            default_port=HTTP_PORT,
+        )
+    return TextGenerationClient(
+        args.target, timeout=args.timeout, api_key=args.api_key, tls=args.tls, ca_cert=ca_cert
+    )
+
+
+# usage_problem keeps the gRPC-only commands from an HTTP client.
+_COMMANDS: dict[str, Callable[[Any, argparse.Namespace, TextIO], None]] = {
+    "generate": _generate,
+    "info": _info,
+    "health": _health,
+    "bench": _bench,
+    "dataset": _dataset,
+}
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextIO | None = None) -> int:
     out = out or sys.stdout
     err = err or sys.stderr
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
+    problem = usage_problem(args)
+    if problem:
+        print(f"error: {problem}", file=err)
+        return EXIT_USAGE
     try:
         ca_cert = Path(args.ca_cert).read_bytes() if args.ca_cert else None
     except OSError as problem:
         print(f"error: --ca-cert: {problem}", file=err)
         return EXIT_USAGE
     try:
-        with TextGenerationClient(
-            args.target, timeout=args.timeout, api_key=args.api_key, tls=args.tls, ca_cert=ca_cert
-        ) as client:
+        connection = _connect(args, ca_cert)
+    except ValueError as problem:  # an address that is not one
+        print(f"error: --target: {problem}", file=err)
+        return EXIT_USAGE
+    try:
+        with connection as client:
             _COMMANDS[args.command](client, args, out)
     except RpcFailure as failure:
         print(f"error: {failure.method} failed: {failure.code.name}: {failure.details}", file=err)
+        return EXIT_RPC_ERROR
+    except HttpFailure as failure:
+        status = f"HTTP {failure.status}" if failure.status else "no answer"
+        print(f"error: {failure.method} failed: {status}: {failure.message}", file=err)
         return EXIT_RPC_ERROR
     except NotServing:
         return EXIT_RPC_ERROR

@@ -2,7 +2,8 @@
 
 Samples are loaded with `datasets.load_dataset` (a local JSON/JSONL/CSV/Parquet file through the
 same builders a Hub dataset uses, or a Hub dataset by name), grouped in batches whose requests are
-sent together so the server batches them, and reported per batch like the blog's script.
+sent together so the server batches them (over gRPC, or over HTTP as one /v1/completions call
+with a list of prompts), and reported per batch like the blog's script.
 `datasets` and `tqdm` are imported lazily: the rest of the client needs only grpcio.
 """
 
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bloomz_api.client.connection import TextGenerationClient
+from bloomz_api.client.openai_http import OpenAIHttpClient, greedy_body
 from bloomz_api.client.requests import greedy_request
 
 # File extension -> the `datasets` packaged builder that reads it.
@@ -131,6 +133,34 @@ def totals(results: Iterable[BatchResult]) -> DatasetTotals:
     return DatasetTotals(samples, generated, seconds)
 
 
+def http_batch_result(number: int, reply: dict[str, Any], seconds: float) -> BatchResult:
+    """A /v1/completions answer (truncate_prompt_tokens set, so each choice carries its cut prompt)."""
+    choices = sorted(reply["choices"], key=lambda choice: choice["index"])
+    return BatchResult(
+        number=number,
+        inputs=[choice["prompt"] for choice in choices],
+        outputs=[choice["prompt"] + choice["text"] for choice in choices],
+        generated_tokens=int(reply["usage"]["completion_tokens"]),
+        seconds=seconds,
+    )
+
+
+def run_http_batch(
+    client: OpenAIHttpClient,
+    model: str,
+    number: int,
+    texts: Sequence[str],
+    input_tokens: int,
+    max_new_tokens: int,
+    clock: Callable[[], float] = time.perf_counter,
+) -> BatchResult:
+    """The batch as one /v1/completions call with a list of prompts: the server batches them."""
+    body = greedy_body(model, list(texts), max_new_tokens, truncate_prompt_tokens=input_tokens)
+    start = clock()
+    reply = client.completions(body)
+    return http_batch_result(number, reply, clock() - start)
+
+
 def run_batch(
     client: TextGenerationClient,
     number: int,
@@ -161,7 +191,7 @@ def run_batch(
 
 
 def run_dataset(
-    client: TextGenerationClient,
+    client: TextGenerationClient | OpenAIHttpClient,
     texts: Sequence[str],
     *,
     batch_size: int,
@@ -173,10 +203,14 @@ def run_dataset(
     """Runs every batch in order, reporting each through `on_batch`; a progress bar goes to stderr."""
     from tqdm import tqdm
 
+    model = client.model() if isinstance(client, OpenAIHttpClient) else ""
     results: list[BatchResult] = []
     with tqdm(total=len(texts), unit="sample", desc="dataset", disable=not progress) as bar:
         for number, batch in enumerate(batched(texts, batch_size), start=1):
-            result = run_batch(client, number, batch, input_tokens, max_new_tokens)
+            if isinstance(client, OpenAIHttpClient):
+                result = run_http_batch(client, model, number, batch, input_tokens, max_new_tokens)
+            else:
+                result = run_batch(client, number, batch, input_tokens, max_new_tokens)
             results.append(result)
             on_batch(result)
             bar.update(len(batch))

@@ -29,7 +29,7 @@ def bench_cells(row: BenchRow) -> list[str]:
     return [
         row.mode,
         row.model,
-        str(row.cards),
+        str(row.cards) if row.cards else "-",  # 0: not known (the HTTP API does not tell)
         f"{row.latency_s:.3f}",
         f"{row.tokens_per_second:.1f}",
         f"{row.first_token_ms:.1f}",

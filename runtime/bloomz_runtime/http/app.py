@@ -189,14 +189,19 @@ class OpenAIRoutes:
                     return
 
         pumps = [asyncio.create_task(pump(c)) for c in choices]
+        started: set[int] = set()
         try:
-            for c in choices:
-                first = head(c)
-                if first is not None:
-                    yield _sse(first)
             remaining = len(choices)
             while remaining:
                 index, event = await merged.get()
+                if index not in started:
+                    # A choice's head (chat's role delta, completions' echo) comes with its first
+                    # token, as OpenAI and vLLM send it: load generators time the first chunk.
+                    started.add(index)
+                    generated = isinstance(event, (TokenEvent, FinishedEvent))
+                    first = head(choices[index]) if generated else None
+                    if first is not None:
+                        yield _sse(first)
                 if isinstance(event, TokenEvent):
                     if event.text:
                         yield _sse(chunk(index, event.text, None))
@@ -236,23 +241,23 @@ class OpenAIRoutes:
                 return out
 
             def head(c: Choice) -> dict[str, Any] | None:
-                return chunk(c.index, prompts[c.index], None) if body.echo else None
+                if not body.echo:
+                    return None
+                cut = body.truncate_prompt_tokens is not None
+                return chunk(c.index, self.service.decode(c.prompt_ids) if cut else prompts[c.index], None)
 
             return _event_stream(self.stream(choices, chunk, head, body.include_usage))
         results = await self.collect(request, choices)
-        return {
-            **base,
-            "choices": [
-                {
-                    "index": c.index,
-                    "text": (prompts[c.index] if body.echo else "") + text,
-                    "logprobs": None,
-                    "finish_reason": finish,
-                }
-                for c, (text, finish) in zip(choices, results, strict=True)
-            ],
-            "usage": _usage(choices),
-        }
+        out: list[dict[str, Any]] = []
+        for c, (text, finish) in zip(choices, results, strict=True):
+            choice = {"index": c.index, "text": text, "logprobs": None, "finish_reason": finish}
+            if body.truncate_prompt_tokens is not None:
+                # Extension: the prompt as the model saw it, after the cut (as gRPC's `prompt`).
+                choice["prompt"] = self.service.decode(c.prompt_ids)
+            if body.echo:
+                choice["text"] = str(choice.get("prompt", prompts[c.index])) + text
+            out.append(choice)
+        return {**base, "choices": out, "usage": _usage(choices)}
 
     async def chat_completions(self, body: ChatCompletionRequest, request: Request) -> Any:
         self.check_model(body)

@@ -146,6 +146,20 @@ def plan(deployment: JSON, pods: Sequence[JSON]) -> Plan:
     return result
 
 
+def orphans(deployment_uids: Sequence[str], pods: Sequence[JSON]) -> list[JSON]:
+    """Pods made by this controller (template hash label, owned by a Deployment) whose Deployment is gone."""
+    live = set(deployment_uids)
+    return [
+        p
+        for p in pods
+        if HASH_LABEL in ((p.get("metadata") or {}).get("labels") or {})
+        and any(
+            ref.get("kind") == "Deployment" and ref.get("uid") not in live
+            for ref in (p.get("metadata") or {}).get("ownerReferences") or []
+        )
+    ]
+
+
 def _same_status(stored: JSON, wanted: JSON) -> bool:
     def strip(status: JSON) -> Any:
         return {
@@ -194,9 +208,14 @@ class DeploymentController:
 
     def reconcile_once(self) -> None:
         deployments = self._list(self.apps.list_deployment_for_all_namespaces)
-        if not deployments:
-            return
         pods = self._list(self.core.list_pod_for_all_namespaces)
+        # A pod created from a list taken just before its Deployment was deleted outlives the garbage
+        # collection of that Deployment; the real garbage collector deletes such dangling dependents.
+        for pod in orphans([d["metadata"]["uid"] for d in deployments], pods):
+            with _ignore(404):
+                self.core.delete_namespaced_pod(
+                    pod["metadata"]["name"], pod["metadata"]["namespace"], _preload_content=False
+                )
         for deployment in deployments:
             if deployment["metadata"].get("deletionTimestamp"):
                 continue

@@ -146,6 +146,8 @@ class Kubelet:
         directories = volume_directories(
             record.pod, self.config.node_root, self.config.log_dir / record.namespace / record.name
         )
+        # A projected volume has several sources: its files are written once, all of them together.
+        files: dict[str, list[volume_sources.ProjectedFile]] = {source.volume: [] for source in sources}
         for source in sources:
             read = (
                 self.core.read_namespaced_secret
@@ -158,15 +160,15 @@ class Kubelet:
                 if error.status != 404:
                     return volume_sources.mount_failure(source, f"cannot read it: {error.reason}")
                 if source.optional:
-                    volume_sources.write_files(directories[source.volume], [])
                     continue
                 return volume_sources.missing_object_message(source)
             data = volume_sources.object_data(source.kind, json.loads(response.data))
             try:
-                files = volume_sources.projected_files(source, data)
+                files[source.volume] += volume_sources.projected_files(source, data)
             except volume_sources.MountFailure as error:
                 return str(error)
-            volume_sources.write_files(directories[source.volume], files)
+        for volume, volume_files in files.items():
+            volume_sources.write_files(directories[volume], sorted(volume_files, key=lambda f: f.path))
         return ""
 
     def _mount_service_account(self, record: PodRecord, env: dict[str, str]) -> str:

@@ -2,13 +2,15 @@
 
 `readiness_probe` (pure) reads the container's readinessProbe: grpc -> the standard
 grpc.health.v1 check (the runtime's health service), tcpSocket -> a connect, httpGet -> a GET
-answering 2xx/3xx; no probe (or exec) -> ready while running, as a kubelet does.
+answering 2xx/3xx (scheme HTTPS: over TLS, the certificate not verified, as a kubelet does);
+no probe (or exec) -> ready while running, as a kubelet does.
 Liveness and startup probes are not enforced by the sandbox.
 """
 
 from __future__ import annotations
 
 import socket
+import ssl
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
@@ -26,6 +28,7 @@ class ReadinessProbe:
     kind: ProbeKind
     port: int = 0
     service: str = ""  # grpc service name, or http path
+    scheme: str = "http"  # httpGet's scheme, lower case
 
 
 def _port(value: Any, container: Mapping[str, Any]) -> int:
@@ -45,7 +48,8 @@ def readiness_probe(container: Mapping[str, Any]) -> ReadinessProbe:
         return ReadinessProbe("tcp", _port(probe["tcpSocket"]["port"], container))
     if probe.get("httpGet"):
         get = probe["httpGet"]
-        return ReadinessProbe("http", _port(get["port"], container), get.get("path") or "/")
+        scheme = str(get.get("scheme") or "HTTP").lower()
+        return ReadinessProbe("http", _port(get["port"], container), get.get("path") or "/", scheme)
     return ReadinessProbe("none")
 
 
@@ -58,9 +62,10 @@ def check(probe: ReadinessProbe, address: str, timeout: float = 1.0) -> bool:
             connection.settimeout(timeout)
             return connection.connect_ex((address, probe.port)) == 0
     if probe.kind == "http":
+        context = ssl._create_unverified_context() if probe.scheme == "https" else None
         try:
             with urllib.request.urlopen(
-                f"http://{address}:{probe.port}{probe.service}", timeout=timeout
+                f"{probe.scheme}://{address}:{probe.port}{probe.service}", timeout=timeout, context=context
             ) as answer:
                 return 200 <= answer.status < 400
         except (urllib.error.URLError, OSError):

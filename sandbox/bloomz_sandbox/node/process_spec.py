@@ -217,7 +217,7 @@ def build_process_spec(
     env = inherited_env(host_env)
     env.update(own_env)
     env["HOSTNAME"] = (pod.get("metadata") or {}).get("name", "")
-    # Contract 2: the runtime binds gRPC and metrics to the pod's own loopback address.
+    # Pods share this machine: each runtime binds its servers (a worker its sshd) to its own loopback address.
     env["BLOOMZ_BIND_HOST"] = pod_ip
     working_dir = container.get("workingDir")
     # A working directory inside the image means nothing here: only a mounted one is kept.

@@ -1,4 +1,5 @@
-"""Secret and ConfigMap volumes for the sandbox's local pods, as a kubelet projects them.
+"""Secret and ConfigMap volumes (also as sources of a `projected` volume) for the sandbox's local
+pods, as a kubelet projects them.
 
 `projected_files` (pure) turns a volume source and the object's data into the files to write: every key,
 or only the listed `items` (a missing listed key is a mount error unless the volume is optional), each with
@@ -43,7 +44,9 @@ class VolumeSource:
 
 
 def volume_sources(pod: Mapping[str, Any]) -> list[VolumeSource]:
-    """The pod's secret and configMap volumes (what the runner must fetch before starting it)."""
+    """The pod's secret and configMap volumes (what the runner must fetch before starting it); a
+    projected volume gives one source per secret / configMap it merges, all under its name (with its
+    defaultMode unless an item sets a mode)."""
     found = []
     for volume in (pod.get("spec") or {}).get("volumes") or []:
         if volume.get("secret") is not None:
@@ -52,6 +55,13 @@ def volume_sources(pod: Mapping[str, Any]) -> list[VolumeSource]:
         elif volume.get("configMap") is not None:
             source = volume["configMap"]
             found.append(VolumeSource(volume["name"], "configmap", source.get("name", ""), source))
+        elif volume.get("projected") is not None:
+            mode = volume["projected"].get("defaultMode", DEFAULT_MODE)
+            for part in volume["projected"].get("sources") or []:
+                for key, kind in (("secret", "secret"), ("configMap", "configmap")):
+                    if part.get(key) is not None:
+                        source = {**part[key], "defaultMode": mode}
+                        found.append(VolumeSource(volume["name"], kind, source.get("name", ""), source))
     return found
 
 
