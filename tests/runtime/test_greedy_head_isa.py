@@ -31,6 +31,8 @@ def test_a_screening_cpu_process_runs_the_int8_head_on_the_vnni_kernel(
         "from bloomz_api.options import ServeOptions\n"
         f"opts = ServeOptions(model={str(tiny_checkpoint)!r}, device='cpu', screened_greedy={forced})\n"
         "runner = CpuBackend().load(opts, DistContext(0, 1, 0))\n"
+        "if runner.screen_builder is not None:  # no stored screen yet: built in the background\n"
+        "    runner.screen_builder.join(timeout=120)\n"
         f"expected = {forced} if {forced} is not None else screen_pays_off()\n"
         "assert (runner.greedy_head is not None) == expected, (runner.greedy_head, expected)\n"
         "if runner.greedy_head is not None:\n"

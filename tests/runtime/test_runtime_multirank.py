@@ -14,6 +14,7 @@ import grpc
 import pytest
 from bloomz_api.proto import generate_pb2 as pb
 from bloomz_api.proto import generate_pb2_grpc as pb_grpc
+from bloomz_runtime.backends.greedy_head import can_screen, screen_pays_off
 from bloomz_runtime.dist import SHM_DIR, deepspeed_shm_prefix
 from helpers import free_port, start_runtime, stop_runtime, wait_for_serving
 from helpers import greedy_request as greedy
@@ -79,11 +80,16 @@ def test_two_ranks_match_transformers_and_die_together(tiny_checkpoint: Path, hf
             assert [t for m in streamed for t in m.token_ids] == hf_greedy(PROMPTS[0], 8)
             info = stub.Info(pb.InfoRequest(), timeout=30)
             assert info.world_size == 2 and info.backend == "cpu-autotp"
-            # The sharded lm_head is read whole (no screen); the untied input embedding one row at a time.
+            # Greedy steps read each rank's int8 screen of its lm_head shard where screening pays off
+            # (else the float32 shards); the untied input embedding is read one row at a time.
             config = json.loads((tiny_checkpoint / "config.json").read_text())
-            assert info.greedy_head == "full" and not config["tie_word_embeddings"]
-            embedding_bytes = config["vocab_size"] * config["hidden_size"] * 4
-            assert info.decode_weight_bytes == info.parameters * 4 - embedding_bytes
+            vocab, hidden = config["vocab_size"], config["hidden_size"]
+            embedding_bytes = vocab * hidden * 4
+            screened = screen_pays_off() and can_screen()
+            assert info.greedy_head == ("int8-screened" if screened else "full")
+            assert not config["tie_word_embeddings"]
+            head_bytes = vocab * hidden + 2 * vocab * 4 - vocab * hidden * 4 if screened else 0
+            assert info.decode_weight_bytes == info.parameters * 4 - embedding_bytes + head_bytes
             bench = stub.Benchmark(pb.BenchmarkRequest(max_new_tokens=8, warmup=0, iterations=1), timeout=120)
             assert bench.world_size == 2 and bench.latency_seconds > 0
 

@@ -55,6 +55,9 @@ def test_pack_linears_replaces_only_plain_linear_layers() -> None:
 def test_cpu_backend_packs_one_rank_float32(tiny_checkpoint: Path, screened: bool) -> None:
     opts = ServeOptions(model=str(tiny_checkpoint), device="cpu", screened_greedy=screened)
     runner = CpuBackend().load(opts, DistContext(0, 1, 0))
+    builder = getattr(runner, "screen_builder", None)
+    if builder is not None:  # no stored screen yet: it is built in the background
+        builder.join(timeout=120)
     layer = runner.model.transformer.h[0]
     assert isinstance(layer.self_attention.query_key_value, PackedLinear)
     assert isinstance(layer.mlp.dense_4h_to_h, PackedLinear)

@@ -10,6 +10,7 @@ engine can edit.
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import torch
@@ -18,6 +19,7 @@ from bloomz_api.options import ServeOptions
 
 from bloomz_runtime.backends.base import ModelRunner, StepScores
 from bloomz_runtime.backends.greedy_head import ScreenedGreedyHead
+from bloomz_runtime.backends.sharded_head import ShardedScreenedGreedyHead
 from bloomz_runtime.kvcache import KV
 
 
@@ -182,8 +184,10 @@ class BloomRunner(ModelRunner):
 
     static_shapes: bool = False
     cache_chunk: int = GrowingCache.CHUNK
-    # Exact greedy ids without the full float32 projection (CPU, one rank); None: always project.
-    greedy_head: ScreenedGreedyHead | None = None
+    # Exact greedy ids without the full float32 projection (CPU, float32); None: always project.
+    greedy_head: ScreenedGreedyHead | ShardedScreenedGreedyHead | None = None
+    # The thread building greedy_head after loading (screen_store.py), None when there is none.
+    screen_builder: threading.Thread | None = None
     # Static decode (static.py): rows in the slots of a cache preallocated for this many rows and
     # positions (the backend sets them from --max-batch-size and the token limits).
     static_decode: bool = False
@@ -259,8 +263,7 @@ class BloomRunner(ModelRunner):
         if self.greedy_head is None:
             return full
         # The screen is read instead of the lm_head matrix (the rescored rows are a few KiB).
-        matrix = self.greedy_head.weight
-        return full - matrix.numel() * matrix.element_size() + self.greedy_head.bytes
+        return full - self.greedy_head.replaced_bytes + self.greedy_head.bytes
 
     @staticmethod
     def cache_tensors(cache: Any) -> KV:

@@ -15,7 +15,9 @@ from bloomz_runtime.backends.greedy_head import (
     cap_onednn_isa,
     screen_pays_off,
 )
-from bloomz_runtime.backends.loading import model_dir_for
+from bloomz_runtime.backends.loading import checkpoint_files, model_dir_for
+from bloomz_runtime.backends.screen_store import ScreenSource
+from bloomz_runtime.backends.sharded_head import ShardedScreenedGreedyHead, deepspeed_lm_head_shard
 from bloomz_runtime.dist import DistContext, unlink_own_shm_segment
 from bloomz_runtime.multinode import avoid_shared_memory_all_reduce_across_nodes
 
@@ -81,7 +83,7 @@ class CpuBackend:
             torch.set_num_threads(threads)
         dtype = torch_dtype(opts.torch_dtype_name)
         wanted = screen_pays_off() if opts.screened_greedy is None else opts.screened_greedy
-        screening = ctx.world_size == 1 and wanted and dtype == torch.float32
+        screening = wanted and dtype == torch.float32
         if screening:
             cap_onednn_isa()  # before the first oneDNN kernel of this process (the packing below)
         model_dir = model_dir_for(opts, ctx)
@@ -109,15 +111,21 @@ class CpuBackend:
             # can go now, so a killed job leaves nothing in /dev/shm.
             torch.distributed.barrier()
             unlink_own_shm_segment()
-        greedy_head = None
-        if screening and can_screen_lm_head(model, dtype):
+        sharded_head = None
+        if screening and ctx.world_size > 1 and can_screen() and supports_lean_forward(model):
+            shard = deepspeed_lm_head_shard(model.lm_head)
+            if shard is not None:
+                # Every rank builds its part now: the ranks must switch to it at the same step.
+                sharded_head = ShardedScreenedGreedyHead(shard[0], shard[1], ctx.world_size, shard[2])
+        screen = None
+        if screening and ctx.world_size == 1 and can_screen_lm_head(model, dtype):
             # Greedy steps read an int8 copy of the lm_head (exact argmax, greedy_head.py); the
             # float32 one stays as it is for sampling steps, so it is not packed again.
-            greedy_head = ScreenedGreedyHead(model.lm_head.weight.detach())
+            screen = ScreenSource(model.lm_head.weight.detach(), checkpoint_files(model_dir), model_dir)
         if ctx.world_size == 1 and can_pack_linears(dtype):
             # A packed tied lm_head is its own copy (the embedding lookup keeps the original):
             # one vocabulary-sized matrix more memory for 0.65x the lm_head time at batch 16.
-            pack_linears(model, skip=(model.lm_head,) if greedy_head is not None else ())
+            pack_linears(model, skip=(model.lm_head,) if screen is not None else ())
         runner_class = BloomRunner if supports_lean_forward(model) else ModelRunner
         runner = runner_class(
             model=model,
@@ -129,9 +137,24 @@ class CpuBackend:
             versions=versions,
         )
         if isinstance(runner, BloomRunner):
-            runner.greedy_head = greedy_head
             runner.configure_static_decode(opts)
+            runner.greedy_head = sharded_head
+            if screen is not None:
+                attach_screen(runner, screen)
         return runner
+
+
+def attach_screen(runner: BloomRunner, screen: ScreenSource) -> None:
+    """The stored screen now, or one built in the background (the float32 head serves meanwhile)."""
+    head = screen.stored()
+    if head is not None:
+        runner.greedy_head = head
+        return
+
+    def ready(built: ScreenedGreedyHead) -> None:
+        runner.greedy_head = built  # one attribute store: a step sees the old head or the new one
+
+    runner.screen_builder = screen.build_in_background(ready)
 
 
 def can_screen_lm_head(model: torch.nn.Module, dtype: torch.dtype) -> bool:

@@ -23,6 +23,7 @@ import math
 import os
 from collections.abc import MutableMapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -186,13 +187,17 @@ def quantize_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, W
 class ScreenedGreedyHead:
     """argmax(hidden @ weight.T) for float32 ``weight`` [V, H], reading int8 instead of float32."""
 
-    def __init__(self, weight: torch.Tensor) -> None:
+    def __init__(self, weight: torch.Tensor, parts: Any = None) -> None:
+        """``parts``: a ``screen_store.ScreenParts`` built (or stored) earlier for this ``weight``."""
         if weight.dtype != torch.float32 or weight.dim() != 2:
             raise ValueError("ScreenedGreedyHead needs a 2-D float32 weight")
         self.weight = weight  # the original: rescoring reads a few rows of it
         self.vocab, self.hidden_size = weight.shape
         with torch.no_grad():
-            int8, self.scales, self.norms = quantize_weight(weight)
+            if parts is None:
+                int8, self.scales, self.norms = quantize_weight(weight)
+            else:
+                int8, self.scales, self.norms = parts.int8, parts.scales, parts.norms
             self.packed = torch.ops.onednn.qlinear_prepack(int8, None)
         self.zero_points = torch.zeros(self.vocab, dtype=torch.long)
         self.max_rescored = max(1, int(self.vocab * MAX_RESCORE_SHARE))
@@ -204,6 +209,11 @@ class ScreenedGreedyHead:
     def bytes(self) -> int:
         """Memory the screen adds and reads per step (the int8 matrix and its scales)."""
         return self.vocab * self.hidden_size + self.scales.numel() * 4
+
+    @property
+    def replaced_bytes(self) -> int:
+        """The float32 matrix a greedy step no longer reads."""
+        return self.weight.numel() * self.weight.element_size()
 
     def screen(
         self, hidden: torch.Tensor, residual_level: bool = True

@@ -29,8 +29,16 @@ META_LOADABLE = ("bloom", "llama")
 
 
 def checkpoint_files(model_dir: Path) -> list[str]:
-    """Weight files of a checkpoint directory, one format only (safetensors preferred), sorted."""
-    files = [p for p in model_dir.rglob("*") if p.is_file() and p.name not in NOT_WEIGHTS]
+    """Weight files of a checkpoint directory, one format only (safetensors preferred), sorted.
+
+    Hidden directories are not the checkpoint's (the stored lm_head screen, download metadata)."""
+    files = [
+        p
+        for p in model_dir.rglob("*")
+        if p.is_file()
+        and p.name not in NOT_WEIGHTS
+        and not any(part.startswith(".") for part in p.relative_to(model_dir).parts[:-1])
+    ]
     for suffix in WEIGHT_SUFFIXES:
         chosen = sorted(str(p) for p in files if p.name.endswith(suffix))
         if chosen:
