@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import ast
 import datetime
+import difflib
 import fnmatch
 import os
 import re
@@ -62,9 +63,31 @@ MODULES = (
             OP + "spec_fields.py",
             OP + "builders_objects.py",
             OP + "operator_podsecurity.py",
+            OP + "operator_access.py",  # API keys and TLS: the volumes, flags and HTTPS probes
         ),
     ),
-    Module("groups", "bloomz_operator/groups.py", (OP + "operator_multinode.py", OP + "builders_objects.py")),
+    Module(
+        "groups",
+        "bloomz_operator/groups.py",
+        (
+            OP + "operator_multinode.py",
+            OP + "builders_objects.py",
+            OP + "replicas.py",
+            OP + "operator_builders.py",  # single-node replicas are built here too
+            OP + "operator_access.py",  # the owner's API key Secret named in the template
+        ),
+    ),
+    Module(
+        "replicas",
+        "bloomz_operator/replicas.py",
+        (
+            OP + "replicas.py",
+            OP + "operator_multinode.py",
+            OP + "planning_rollout_sim.py",
+            OP + "operator_status.py",
+            OP + "status_members.py",
+        ),
+    ),
     Module(
         "planning",
         "bloomz_operator/planning.py",
@@ -74,6 +97,7 @@ MODULES = (
             OP + "planning_rollout_sim.py",
             OP + "planning_rollout_hold.py",
             OP + "operator_api_faults.py",  # the settings rollout: hold_rollout, RolloutGate
+            OP + "replicas.py",
         ),
     ),
     Module(
@@ -82,17 +106,37 @@ MODULES = (
         (OP + "operator_status.py", OP + "operator_multinode.py", OP + "status_members.py"),
     ),
     Module(
+        "latency",
+        "bloomz_operator/latency.py",
+        (OP + "latency_targets.py", OP + "operator_latency.py"),
+        # which pods are measured and what is reported; the Benchmark RPCs are side effects
+        ("pod_address", "benchmark_targets", "measured_message"),
+    ),
+    Module(
         "pods",
         "bloomz_operator/pods.py",
         (OP + "pod_views.py", OP + "operator_status.py", OP + "planning_rollout_sim.py"),
     ),
     Module(
-        "settings", "bloomz_operator/settings.py", (OP + "operator_settings.py", OP + "settings_messages.py")
+        "settings",
+        "bloomz_operator/settings.py",
+        (
+            OP + "operator_settings.py",
+            OP + "settings_messages.py",
+            # the policy, network, resources and security-context settings
+            OP + "operator_policy.py",
+            OP + "operator_protection.py",
+            OP + "operator_podsecurity.py",
+            OP + "operator_resources.py",
+            OP + "operator_api_faults.py",  # the api and rollout settings
+            OP + "settings_fields.py",
+        ),
     ),
     Module(
         "validation",
         "bloomz_runtime/validation.py",
-        (RT + "runtime_validation.py", RT + "validation_bounds.py"),
+        # the admission tests: the prompt's byte size and the total-token limit
+        (RT + "runtime_validation.py", RT + "validation_bounds.py", RT + "runtime_admission.py"),
     ),
     Module(
         "sampling", "bloomz_runtime/sampling.py", (RT + "runtime_batching.py", RT + "sampling_warpers.py")
@@ -100,7 +144,13 @@ MODULES = (
     Module(
         "scheduler",
         "bloomz_runtime/scheduler.py",
-        (RT + "runtime_batching.py", RT + "runtime_requests.py", RT + "request_lifecycle.py"),
+        (
+            RT + "runtime_batching.py",
+            RT + "runtime_requests.py",
+            RT + "request_lifecycle.py",
+            RT + "scheduler_queue.py",
+            RT + "runtime_admission.py",  # the prefill budget and the queue's room checks
+        ),
     ),
     Module(
         "requests", "bloomz_runtime/requests.py", (RT + "runtime_requests.py", RT + "request_lifecycle.py")
@@ -110,7 +160,7 @@ MODULES = (
     Module(
         "options",
         "bloomz_api/options.py",
-        (RT + "runtime_launch.py", RT + "multinode.py", RT + "options_flags.py"),
+        (RT + "runtime_launch.py", RT + "multinode.py", RT + "options_flags.py", RT + "options_values.py"),
     ),
     Module(
         "launch",
@@ -126,6 +176,12 @@ MODULES = (
             "build_command",
         ),
     ),
+    Module(
+        "mpijob",
+        "bloomz_runtime/mpijob.py",
+        (RT + "placement.py", RT + "launch_rendering.py", RT + "runtime_launch.py", RT + "multinode.py"),
+    ),
+    Module("topology", "bloomz_runtime/topology.py", (RT + "placement.py",)),
 )
 BY_NAME = {m.name: m for m in MODULES}
 
@@ -241,6 +297,27 @@ def text_only(mutated_source: str, names: list[str]) -> set[str]:
     return found
 
 
+def function_sources(source: str) -> dict[str, list[str]]:
+    """Every function's lines in a (mutated) source file, by function name."""
+    lines = source.splitlines(keepends=True)
+    return {
+        node.name: lines[node.lineno - 1 : node.end_lineno]
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+    }
+
+
+def mutant_diff(functions: dict[str, list[str]], name: str) -> str:
+    """A mutant's diff against its original function (what `mutmut show` prints, without starting a
+    process per mutant); ``functions`` from `function_sources` of mutmut's mutated file."""
+    function = name.rsplit(".", 1)[-1]
+    original = re.sub(r"__mutmut_\d+$", "__mutmut_orig", function)
+    if function not in functions or original not in functions:
+        return f"(no source for {name})"
+    before, after = ([line.replace(f, "", 1) for line in functions[f]] for f in (original, function))
+    return "".join(list(difflib.unified_diff(before, after, n=1))[2:]).rstrip()
+
+
 @dataclass(frozen=True)
 class Score:
     module: str
@@ -275,6 +352,10 @@ class Score:
 def run_module(module: Module, children: int, show_diffs: bool) -> Score:
     where = stage(module)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the staged src/ must win
+    # mutmut forks each mutant's run from a process that has run the tests once: a forked child whose
+    # parent started OpenMP's thread pool hangs in its first parallel torch op (every greedy_head
+    # mutant ran into the timeout). One thread per process starts no pool.
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     mutmut = [sys.executable, "-m", "mutmut"]
     globs = mutant_globs(module)
     subprocess.run([*mutmut, "run", "--max-children", str(children), *globs], cwd=where, env=env, check=True)
@@ -283,7 +364,9 @@ def run_module(module: Module, children: int, show_diffs: bool) -> Score:
     ).stdout
     results = {k: v for k, v in parse_results(out).items() if any(fnmatch.fnmatch(k, g) for g in globs)}
     survivors = [k for k, v in results.items() if v not in KILLED]
-    text = text_only((where / "mutants" / "src" / module.source).read_text(), survivors)
+    mutated = (where / "mutants" / "src" / module.source).read_text()
+    text = text_only(mutated, survivors)
+    functions = function_sources(mutated)
     results = {k: v for k, v in results.items() if k not in text}
     equivalent = listed_equivalent(TESTING_DOC.read_text()) if TESTING_DOC.exists() else set()
     score = Score(
@@ -300,10 +383,7 @@ def run_module(module: Module, children: int, show_diffs: bool) -> Score:
         note = "listed as equivalent in docs/testing.md" if name in equivalent else "NOT EXPLAINED"
         print(f"  {status}: {name}  ({note})")
         if show_diffs:
-            diff = subprocess.run(
-                [*mutmut, "show", name], cwd=where, env=env, capture_output=True, text=True
-            ).stdout
-            print("    " + "\n    ".join(diff.strip().splitlines()[1:]))
+            print("    " + "\n    ".join(mutant_diff(functions, name).splitlines()))
     return score
 
 

@@ -1,4 +1,4 @@
-"""Shared helpers for tests that start real runtime processes."""
+"""Shared test helpers: waits, real runtime processes and their metrics, requests, resource conditions."""
 
 from __future__ import annotations
 
@@ -11,12 +11,14 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
+from bloomz_api.proto import generate_pb2 as pb
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -210,6 +212,40 @@ def run_runtime(
         elif body_failed:
             sys.stderr.write(f"runtime log kept at {rt.log_path} (exit code {code})\n")
     assert code == 0, f"runtime exited with {code}; log kept at {rt.log_path}:\n{rt.log()[-5000:]}"
+
+
+def metric(rt: RuntimeProcess, name: str, **labels: str) -> float:
+    """The sum of a metric's samples on the runtime's /metrics (those with all of ``labels``)."""
+    url = f"http://127.0.0.1:{rt.metrics_port}/metrics"
+    body = urllib.request.urlopen(url, timeout=10).read().decode()
+    total = 0.0
+    for line in body.splitlines():
+        if not (line.startswith(name + " ") or line.startswith(name + "{")):
+            continue
+        if all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def wait_until_idle(rt: RuntimeProcess, timeout: float = 60.0) -> None:
+    """Until the runtime reports no running and no waiting request (the engine dropped every row)."""
+    wait_for(
+        "the runtime to go idle",
+        lambda: metric(rt, "bloomz_running_requests") + metric(rt, "bloomz_waiting_requests") == 0,
+        timeout,
+        0.1,
+    )
+
+
+def greedy_request(prompt: str, new_tokens: int, request_id: str = "", **params: Any) -> pb.GenerateRequest:
+    """A greedy request for exactly ``new_tokens`` tokens (EOS ignored), more parameters as given."""
+    parameters = pb.GenerationParameters(max_new_tokens=new_tokens, ignore_eos=True, **params)
+    return pb.GenerateRequest(prompt=prompt, parameters=parameters, request_id=request_id)
+
+
+def conditions(resource: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """A resource's status conditions by type (none yet: empty)."""
+    return {c["type"]: c for c in (resource.get("status") or {}).get("conditions") or []}
 
 
 # Rules the chart grants that a single-node lifecycle does not reach, and why: the least-privilege tests

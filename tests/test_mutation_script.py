@@ -77,3 +77,20 @@ def test_the_score_leaves_out_nothing_but_help_text() -> None:
     score = mutation.Score("m", mutants=20, killed=18, equivalent=1, text_only=3)
     assert score.score == 0.9 and score.unexplained == 1
     assert score.row("2026-12-01") == "| m | 20 | 18 | 90.0% | 1 | 1 | 2026-12-01 |"
+
+
+def test_a_mutants_diff_is_read_from_the_mutated_file() -> None:
+    source = """
+class C:
+    def xǁCǁm__mutmut_orig(self, a):
+        b = a + 1
+        return b * 2
+    def xǁCǁm__mutmut_1(self, a):
+        b = a - 1
+        return b * 2
+"""
+    functions = mutation.function_sources(source)
+    diff = mutation.mutant_diff(functions, "pkg.mod.xǁCǁm__mutmut_1").splitlines()
+    assert [line.replace(" ", "") for line in diff if line[:1] in "+-"] == ["-b=a+1", "+b=a-1"]
+    missing = "pkg.mod.xǁCǁm__mutmut_9"
+    assert mutation.mutant_diff(functions, missing) == f"(no source for {missing})"

@@ -14,7 +14,18 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from bloomz_api.constants import GRPC_PORT, HTTP_PORT, METRICS_PORT
+from bloomz_api.constants import (
+    BATCH_WAIT_MS,
+    GRPC_PORT,
+    HPU_GRAPHS,
+    HTTP_PORT,
+    KV_CACHE,
+    MAX_BATCH_SIZE,
+    MAX_INPUT_TOKENS,
+    MAX_NEW_TOKENS,
+    MAX_QUEUE_SIZE,
+    METRICS_PORT,
+)
 
 DEVICES = ("hpu", "cuda", "cpu")
 DTYPES = ("bfloat16", "float16", "float32")
@@ -32,13 +43,13 @@ class ServeOptions:
     port: int = GRPC_PORT
     metrics_port: int = METRICS_PORT
     dtype: str | None = None
-    max_input_tokens: int = 2048
-    max_new_tokens: int = 1024
-    max_batch_size: int = 8
-    max_queue_size: int = 64
-    batch_wait_ms: int = 5
-    kv_cache: bool = True
-    hpu_graphs: bool = True
+    max_input_tokens: int = MAX_INPUT_TOKENS
+    max_new_tokens: int = MAX_NEW_TOKENS
+    max_batch_size: int = MAX_BATCH_SIZE
+    max_queue_size: int = MAX_QUEUE_SIZE
+    batch_wait_ms: int = BATCH_WAIT_MS
+    kv_cache: bool = KV_CACHE
+    hpu_graphs: bool = HPU_GRAPHS
     # None: where it pays off (CPUs with AVX-512); True: wherever it can run; False: never.
     screened_greedy: bool | None = None
     # None: on for hpu and cuda (graphs need it), off on cpu; see docs/runtime.md "Gaudi and CUDA".
@@ -125,13 +136,15 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument(
         "--dtype", choices=DTYPES, default=None, help="default: bfloat16 on hpu/cuda, float32 on cpu"
     )
-    p.add_argument("--max-input-tokens", type=_positive, default=2048)
-    p.add_argument("--max-new-tokens", type=_positive, default=1024)
-    p.add_argument("--max-batch-size", type=_positive, default=8)
-    p.add_argument("--max-queue-size", type=_positive, default=64)
-    p.add_argument("--batch-wait-ms", type=int, default=5, help="how long an idle engine gathers a batch")
-    p.add_argument("--kv-cache", action=argparse.BooleanOptionalAction, default=True)
-    p.add_argument("--hpu-graphs", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--max-input-tokens", type=_positive, default=MAX_INPUT_TOKENS)
+    p.add_argument("--max-new-tokens", type=_positive, default=MAX_NEW_TOKENS)
+    p.add_argument("--max-batch-size", type=_positive, default=MAX_BATCH_SIZE)
+    p.add_argument("--max-queue-size", type=_positive, default=MAX_QUEUE_SIZE)
+    p.add_argument(
+        "--batch-wait-ms", type=int, default=BATCH_WAIT_MS, help="how long an idle engine gathers a batch"
+    )
+    p.add_argument("--kv-cache", action=argparse.BooleanOptionalAction, default=KV_CACHE)
+    p.add_argument("--hpu-graphs", action=argparse.BooleanOptionalAction, default=HPU_GRAPHS)
     p.add_argument(
         "--screened-greedy",
         action=argparse.BooleanOptionalAction,

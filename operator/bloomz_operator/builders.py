@@ -14,7 +14,7 @@ from typing import Any
 
 from bloomz_api.options import ServeOptions, to_argv
 
-from .access import fill_owner_secrets, service_options, service_volumes
+from .access import service_options, service_volumes
 from .constants import (
     API_VERSION,
     CONTAINER_NAME,
@@ -28,9 +28,7 @@ from .constants import (
     LABEL_MANAGED_BY,
     LABEL_NAME,
     LABEL_OWNER,
-    LABEL_REPLICA_INDEX,
     LABEL_ROLE,
-    LABEL_TEMPLATE_HASH,
     MANAGER_NAME,
     METRICS_PORT,
     METRICS_PORT_NAME,
@@ -309,34 +307,6 @@ def pod_name(owner: Owner, hash_: str, index: int) -> str:
     # uid tag keeps two resources whose names share the first 33 characters apart; <= 63 characters (a DNS
     # label: the pod's hostname) with a group member suffix and up to 4-digit replica indexes.
     return f"{owner.name[:33].rstrip('-')}-{owner_tag(owner.uid)}-{hash_}-{index}"
-
-
-def build_pods(owner: Owner, spec: InferenceSpec, settings: Settings) -> list[dict[str, Any]]:
-    """One Pod per replica, all from the same template."""
-    pod_spec = build_pod_spec(spec, settings)
-    hash_ = template_hash(pod_spec)
-    fill_owner_secrets(pod_spec, owner.name)
-    pods = []
-    for index in range(spec.replicas):
-        labels = {**common_labels(owner.name), LABEL_TEMPLATE_HASH: hash_, LABEL_REPLICA_INDEX: str(index)}
-        pods.append(
-            {
-                "apiVersion": "v1",
-                "kind": "Pod",
-                "metadata": {
-                    "name": pod_name(owner, hash_, index),
-                    "namespace": owner.namespace,
-                    "labels": labels,
-                    "ownerReferences": [owner_reference(owner)],
-                },
-                "spec": json.loads(json.dumps(pod_spec)),  # an independent copy per pod
-            }
-        )
-    return pods
-
-
-def desired_template_hash(spec: InferenceSpec, settings: Settings) -> str:
-    return template_hash(build_pod_spec(spec, settings))
 
 
 def build_service(owner: Owner, *, leaders_only: bool = False) -> dict[str, Any]:

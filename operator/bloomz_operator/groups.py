@@ -1,27 +1,28 @@
-"""Pure builders for multi-node replicas: a replica with more cards than one node has is a group of pods.
+"""Pure builders of a resource's replicas: the pod template of a pass (`PodTemplate`, built once) and the
+pods of every replica. A replica is a group of `spec.nodes` pods; on a single node it is one pod named
+`<name>-<hash>-<i>`.
 
-Group `i` of a resource is `cards / cardsPerNode` pods named `<name>-<hash>-<i>-<member>`: member 0 is the
-leader (it runs the launcher, whose mpirun starts every rank, and serves gRPC), the others are workers (sshd
-only, until the leader's mpirun starts their ranks). A headless Service gives each pod the stable DNS name
-`<pod>.<headless service>` the leader's hostfile lists; required pod anti-affinity puts the pods of a group
-on distinct nodes; the client Service selects leaders only.
+A multi-node replica `i` is `cards / cardsPerNode` pods named `<name>-<hash>-<i>-<member>`: member 0 is
+the leader (it runs the launcher, whose mpirun starts every rank, and serves gRPC), the others are workers
+(sshd only, until the leader's mpirun starts their ranks). A headless Service gives each pod the stable
+DNS name `<pod>.<headless service>` the leader's hostfile lists; required pod anti-affinity puts the pods
+of a group on distinct nodes; the client Service selects leaders only.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+from dataclasses import dataclass
 from typing import Any
 
+from .access import fill_owner_secrets
 from .builders import (
     Owner,
     build_pod_spec,
     common_labels,
-    desired_template_hash,
-    fill_owner_secrets,
     owner_reference,
     pod_name,
-    runtime_args,
     selector_labels,
     template_hash,
 )
@@ -65,10 +66,10 @@ def group_hosts(owner: Owner, hash_: str, index: int, nodes: int) -> list[str]:
     return [f"{member_name(owner, hash_, index, m)}.{subdomain}" for m in range(nodes)]
 
 
-def leader_args(spec: InferenceSpec, hosts: list[str]) -> list[str]:
-    """The usual launcher flags (world size = every rank of the group) plus where the other ranks live."""
+def group_args(spec: InferenceSpec, hosts: list[str]) -> list[str]:
+    """What the leader's launcher adds to the usual flags (world size = every rank of the group): where
+    the other ranks live and how to reach them."""
     return [
-        *runtime_args(spec),
         "--role", ROLE_LEADER,
         "--hosts", ",".join(hosts),
         "--slots-per-host", str(spec.cards_per_node),
@@ -82,111 +83,134 @@ def worker_args() -> list[str]:
     return ["--role", ROLE_WORKER, "--ssh-port", str(SSH_PORT), "--ssh-dir", SSH_DIR]
 
 
-def _ssh_volume() -> dict[str, Any]:
-    return {
-        "name": SSH_VOLUME,
-        "secret": {
-            "secretName": "",  # filled in per owner
-            "defaultMode": SSH_FILE_MODE,
-            "items": [],  # filled in per template: its own key pair
-        },
-    }
+@dataclass(frozen=True)
+class PodTemplate:
+    """The pod specs of a resource's replicas, before pods are named: the leader's (member 0, the only pod
+    of a single-node replica) and the workers' (None on a single node). `hash` names the template: it
+    changes with anything that changes a pod, and it is the pods' template-hash label. Built once per pass;
+    `build_replicas` copies it into each pod."""
+
+    leader: dict[str, Any]
+    worker: dict[str, Any] | None
+    hash: str
+    nodes: int = 1
 
 
-def group_template(spec: InferenceSpec, settings: Settings) -> dict[str, dict[str, Any]]:
-    """The leader's and the workers' pod specs before names are known (the template hash is taken here)."""
-    base = build_pod_spec(spec, settings)
-    (leader_container,) = base["containers"]
-    leader_container["volumeMounts"].append({"name": SSH_VOLUME, "mountPath": SSH_DIR, "readOnly": True})
-    base["volumes"].append(_ssh_volume())
-    worker = copy.deepcopy(base)
-    (worker_container,) = worker["containers"]
-    worker_container["args"] = worker_args()
+def _worker_spec(leader: dict[str, Any]) -> dict[str, Any]:
+    worker = copy.deepcopy(leader)
+    (container,) = worker["containers"]
+    container["args"] = worker_args()
     # sshd listens on the pod's own address only (never on every interface of a shared network namespace).
-    worker_container["env"].append(
-        {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}
-    )
-    worker_container["ports"] = [{"name": SSH_PORT_NAME, "containerPort": SSH_PORT, "protocol": "TCP"}]
+    container["env"].append({"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}})
+    container["ports"] = [{"name": SSH_PORT_NAME, "containerPort": SSH_PORT, "protocol": "TCP"}]
     for probe in ("startupProbe", "livenessProbe"):
-        worker_container.pop(probe, None)
+        container.pop(probe, None)
     # A worker is ready once sshd accepts connections; the group serves when its leader is ready.
-    worker_container["readinessProbe"] = {
+    container["readinessProbe"] = {
         "tcpSocket": {"port": SSH_PORT},
         "periodSeconds": 5,
         "timeoutSeconds": 3,
         "failureThreshold": 3,
     }
-    return {"leader": base, "worker": worker}
+    return worker
 
 
-def group_template_hash(spec: InferenceSpec, settings: Settings) -> str:
-    template = group_template(spec, settings)
-    return template_hash({**template, "nodes": spec.nodes, "cardsPerNode": spec.cards_per_node})
+def _unnamed_template(spec: InferenceSpec, settings: Settings) -> PodTemplate:
+    """The template with the owner's Secret names left empty: the hash describes what runs, whoever owns
+    it, so it is taken here."""
+    leader = build_pod_spec(spec, settings)
+    if not spec.multi_node:
+        return PodTemplate(leader, None, template_hash(leader))
+    (container,) = leader["containers"]
+    container["volumeMounts"].append({"name": SSH_VOLUME, "mountPath": SSH_DIR, "readOnly": True})
+    ssh_volume = {"name": SSH_VOLUME, "secret": {"secretName": "", "defaultMode": SSH_FILE_MODE, "items": []}}
+    leader["volumes"].append(ssh_volume)
+    worker = _worker_spec(leader)
+    hash_ = template_hash(
+        {"leader": leader, "worker": worker, "nodes": spec.nodes, "cardsPerNode": spec.cards_per_node}
+    )
+    return PodTemplate(leader, worker, hash_, spec.nodes)
 
 
-def _member_pod(
-    owner: Owner, pod_spec: dict[str, Any], *, hash_: str, index: int, member: int
-) -> dict[str, Any]:
-    role = ROLE_LEADER if member == 0 else ROLE_WORKER
-    name = member_name(owner, hash_, index, member)
-    labels = {
-        **common_labels(owner.name),
-        LABEL_TEMPLATE_HASH: hash_,
-        LABEL_REPLICA_INDEX: str(index),
-        LABEL_ROLE: role,
-        LABEL_GROUP_MEMBER: str(member),
-    }
-    spec = json.loads(json.dumps(pod_spec))  # an independent copy per pod
-    spec["hostname"] = name
-    spec["subdomain"] = headless_service_name(owner.name)
-    for volume in spec["volumes"]:
-        if volume["name"] == SSH_VOLUME:
-            volume["secret"]["secretName"] = ssh_secret_name(owner.name)
-            volume["secret"]["items"] = [{"key": k, "path": path} for k, path in secret_files(hash_).items()]
-    fill_owner_secrets(spec, owner.name)
-    group_selector = {LABEL_OWNER: owner.name, LABEL_TEMPLATE_HASH: hash_, LABEL_REPLICA_INDEX: str(index)}
-    spec["affinity"] = {
-        "podAntiAffinity": {
-            "requiredDuringSchedulingIgnoredDuringExecution": [
-                {"labelSelector": {"matchLabels": group_selector}, "topologyKey": HOSTNAME_TOPOLOGY}
-            ]
-        }
-    }
+def current_template_hash(spec: InferenceSpec, settings: Settings) -> str:
+    """The template hash the resource's pods should carry, single-node or multi-node."""
+    return _unnamed_template(spec, settings).hash
+
+
+def pod_template(owner: Owner, spec: InferenceSpec, settings: Settings) -> PodTemplate:
+    """The resource's pod template for this pass, its Secrets named: the operator's API key, and for a
+    group the SSH key pair of this template."""
+    template = _unnamed_template(spec, settings)
+    for pod_spec in (template.leader, template.worker):
+        if pod_spec is None:
+            continue
+        fill_owner_secrets(pod_spec, owner.name)
+        for volume in pod_spec["volumes"]:
+            if volume["name"] == SSH_VOLUME:
+                volume["secret"]["secretName"] = ssh_secret_name(owner.name)
+                files = secret_files(template.hash)
+                volume["secret"]["items"] = [{"key": key, "path": path} for key, path in files.items()]
+    return template
+
+
+def _pod(owner: Owner, pod_spec: dict[str, Any], name: str, labels: dict[str, str]) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
             "name": name,
             "namespace": owner.namespace,
-            "labels": labels,
+            "labels": {**common_labels(owner.name), **labels},
             "ownerReferences": [owner_reference(owner)],
         },
-        "spec": spec,
+        "spec": json.loads(json.dumps(pod_spec)),  # an independent copy per pod
     }
 
 
-def build_groups(owner: Owner, spec: InferenceSpec, settings: Settings) -> list[list[dict[str, Any]]]:
-    """One group of `spec.nodes` pods per replica, leader first."""
-    template = group_template(spec, settings)
-    hash_ = group_template_hash(spec, settings)
-    groups = []
+def _member_pod(
+    owner: Owner, spec: InferenceSpec, template: PodTemplate, index: int, member: int
+) -> dict[str, Any]:
+    hash_ = template.hash
+    name = member_name(owner, hash_, index, member)
+    labels = {
+        LABEL_TEMPLATE_HASH: hash_,
+        LABEL_REPLICA_INDEX: str(index),
+        LABEL_ROLE: ROLE_LEADER if member == 0 else ROLE_WORKER,
+        LABEL_GROUP_MEMBER: str(member),
+    }
+    source = template.leader if member == 0 or template.worker is None else template.worker
+    pod = _pod(owner, source, name, labels)
+    pod_spec = pod["spec"]
+    pod_spec["hostname"] = name
+    pod_spec["subdomain"] = headless_service_name(owner.name)
+    group_selector = {LABEL_OWNER: owner.name, LABEL_TEMPLATE_HASH: hash_, LABEL_REPLICA_INDEX: str(index)}
+    pod_spec["affinity"] = {
+        "podAntiAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": [
+                {"labelSelector": {"matchLabels": group_selector}, "topologyKey": HOSTNAME_TOPOLOGY}
+            ]
+        }
+    }
+    if member == 0:
+        (container,) = pod_spec["containers"]
+        hosts = group_hosts(owner, hash_, index, template.nodes)
+        container["args"] = [*container["args"], *group_args(spec, hosts)]
+    return pod
+
+
+def build_replicas(
+    owner: Owner, spec: InferenceSpec, settings: Settings, template: PodTemplate | None = None
+) -> list[list[dict[str, Any]]]:
+    """One replica per index, each its `spec.nodes` pods leader first (one pod on a single node)."""
+    template = template or pod_template(owner, spec, settings)
+    replicas = []
     for index in range(spec.replicas):
-        hosts = group_hosts(owner, hash_, index, spec.nodes)
-        members = []
-        for member in range(spec.nodes):
-            pod = _member_pod(
-                owner,
-                template["leader" if member == 0 else "worker"],
-                hash_=hash_,
-                index=index,
-                member=member,
-            )
-            if member == 0:
-                (container,) = pod["spec"]["containers"]
-                container["args"] = leader_args(spec, hosts)
-            members.append(pod)
-        groups.append(members)
-    return groups
+        if template.worker is None:
+            labels = {LABEL_TEMPLATE_HASH: template.hash, LABEL_REPLICA_INDEX: str(index)}
+            replicas.append([_pod(owner, template.leader, pod_name(owner, template.hash, index), labels)])
+        else:
+            replicas.append([_member_pod(owner, spec, template, index, m) for m in range(template.nodes)])
+    return replicas
 
 
 def build_headless_service(owner: Owner) -> dict[str, Any]:
@@ -208,8 +232,3 @@ def build_headless_service(owner: Owner) -> dict[str, Any]:
             "ports": [{"name": SSH_PORT_NAME, "port": SSH_PORT, "targetPort": SSH_PORT, "protocol": "TCP"}],
         },
     }
-
-
-def current_template_hash(spec: InferenceSpec, settings: Settings) -> str:
-    """The template hash the resource's pods should carry, single-node or multi-node."""
-    return group_template_hash(spec, settings) if spec.multi_node else desired_template_hash(spec, settings)

@@ -1,4 +1,5 @@
-"""Latency: when a measurement is due (pure), a Benchmark RPC per ready pod (grpc.aio), the summary (pure).
+"""Latency: when a measurement is due and which pods to measure (pure), a Benchmark RPC per ready pod
+(grpc.aio), the summary (pure).
 
 The blog's method runs server-side in the runtime (batch 1, greedy, `maxNewTokens` tokens, EOS ignored);
 the operator only asks each ready pod for it and keeps the median over pods in `status.latency`.
@@ -16,6 +17,7 @@ from typing import Any
 import grpc
 from bloomz_api.proto import generate_pb2, generate_pb2_grpc
 
+from . import pods as podview
 from .backoff import jittered, stable_fraction
 from .constants import BENCHMARK_ANNOTATION, BENCHMARK_NOW
 from .spec import BenchmarkSpec
@@ -101,6 +103,35 @@ def benchmark_due(
     if jitter_key is not None:
         interval = jittered(interval, stable_fraction(jitter_key, str(latency["measuredAt"])))
     return now >= parse_time(str(latency["measuredAt"])) + timedelta(seconds=interval)
+
+
+def pod_address(ip: str, port: int) -> str:
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
+def benchmark_targets(observed: Sequence[Mapping[str, Any]], current_hash: str, port: int) -> list[PodTarget]:
+    """The pods to measure, by name: the current template's serving pods with an address. A multi-node
+    replica serves, and is measured, on its leader (its workers only run ranks)."""
+    return [
+        PodTarget(podview.name_of(pod), pod_address(ip, port))
+        for pod in sorted(observed, key=podview.name_of)
+        if podview.hash_of(pod) == current_hash
+        and not podview.is_worker(pod)
+        and podview.is_ready(pod)
+        and not podview.is_terminating(pod)
+        and (ip := podview.pod_ip(pod))
+    ]
+
+
+def measured_message(latency: Mapping[str, Any], measurements: Sequence[PodMeasurement]) -> str | None:
+    """The LatencyMeasured event's text; None when no pod answered."""
+    if "seconds" not in latency:
+        return None
+    answered = sum(m.error is None for m in measurements)
+    return (
+        f"{latency['maxNewTokens']} tokens in {latency['seconds']} s "
+        f"({latency['tokensPerSecond']} tokens/s, median over {answered} pod(s))"
+    )
 
 
 def benchmark_request(bench: BenchmarkSpec) -> generate_pb2.BenchmarkRequest:

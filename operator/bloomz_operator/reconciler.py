@@ -20,8 +20,8 @@ from kubernetes.client.rest import ApiException
 from . import pods as podview
 from .access import api_key_secret_name, service_endpoints
 from .apikeys import build_api_key_secret, generate_api_key
-from .builders import Owner, build_pods, build_service, service_endpoint
-from .groups import build_groups, build_headless_service, current_template_hash, headless_service_name
+from .builders import Owner, build_service, service_endpoint
+from .groups import build_headless_service, build_replicas, headless_service_name, pod_template
 from .kubeapi import KubeAPI, describe_api_error
 from .latency import format_time
 from .ownership import Conflict, conflict, with_conflicts
@@ -29,17 +29,15 @@ from .planning import (
     Action,
     CreatePod,
     DeletePod,
-    GroupFailure,
     RolloutGate,
-    find_broken_groups,
     hold_rollout,
-    plan_groups,
-    plan_pods,
+    plan_replicas,
     rollout_finished,
     settings_rollout,
 )
 from .policy import violations
 from .protection import build_disruption_budget, build_network_policy
+from .replicas import ReplicaFailure, find_broken
 from .scaling import selector_string
 from .settings import Settings
 from .spec import SpecError, parse_spec
@@ -81,25 +79,23 @@ def reconcile(
     except SpecError as error:
         status = invalid_spec_status(str(error), generation, old_status, owner)
         return Outcome(status=status, events=status_events(old_status, status))
-    current_hash = current_template_hash(parsed, settings)
+    template = pod_template(owner, parsed, settings)
+    current_hash = template.hash
     observed = podview.owned_by(api.list_pods(owner.namespace, owner.name), owner.uid)
     in_use = {h for pod in observed if (h := podview.hash_of(pod))}
     conflicts = _ensure_objects(api, settings, owner, parsed.multi_node, current_hash, in_use, logger)
     if parsed.api_key_secret:
         key_conflict = _ensure_api_key(api, owner, logger)
         conflicts += [key_conflict] if key_conflict is not None else []
-    failures: list[GroupFailure] = []
+    failures: list[ReplicaFailure] = []
     actions: list[Action] = []
     units: list[list[dict[str, Any]]] = []
     # An object with one of our names is someone else's: create and delete no pod until that is resolved.
-    if not conflicts and parsed.multi_node:
-        units = build_groups(owner, parsed, settings)
-        failures = find_broken_groups(units, observed)
-        actions = plan_groups(units, observed, max_surge=parsed.max_surge)
-    elif not conflicts:
-        desired = build_pods(owner, parsed, settings)
-        units = [[pod] for pod in desired]
-        actions = plan_pods(desired, observed, max_surge=parsed.max_surge)
+    if not conflicts:
+        units = build_replicas(owner, parsed, settings, template)
+        # A single pod that ends is simply replaced; a group that loses a member is reported.
+        failures = find_broken(units, observed) if parsed.multi_node else []
+        actions = plan_replicas(units, observed, max_surge=parsed.max_surge)
     status_hash = current_hash
     if gate is not None and settings_rollout(old_status, generation, current_hash):
         if gate.admit(owner.uid, time.monotonic()):

@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from bloomz_api import constants as api_constants
+
 from .constants import BENCHMARK_MAX_NEW_TOKENS, BENCHMARK_PROMPT
 
 DEFAULT_MOUNT_PATH = "/models"
@@ -17,13 +19,13 @@ DEFAULT_MOUNT_PATH = "/models"
 
 @dataclass(frozen=True)
 class GenerationSpec:
-    max_input_tokens: int = 2048
-    max_new_tokens: int = 1024
-    max_batch_size: int = 8
-    max_queue_size: int = 64
-    batch_wait_ms: int = 5
-    kv_cache: bool = True
-    hpu_graphs: bool = True
+    max_input_tokens: int = api_constants.MAX_INPUT_TOKENS
+    max_new_tokens: int = api_constants.MAX_NEW_TOKENS
+    max_batch_size: int = api_constants.MAX_BATCH_SIZE
+    max_queue_size: int = api_constants.MAX_QUEUE_SIZE
+    batch_wait_ms: int = api_constants.BATCH_WAIT_MS
+    kv_cache: bool = api_constants.KV_CACHE
+    hpu_graphs: bool = api_constants.HPU_GRAPHS
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,8 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from . import pods as podview
+from .replicas import group as group_replicas
+from .replicas import serves
 
 IMAGE_ERRORS = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull")
 CONFIG_ERRORS = ("CreateContainerConfigError", "CreateContainerError", "RunContainerError")
@@ -136,28 +138,19 @@ def compute_status(
 ) -> dict[str, Any]:
     """The status block, given the owned pods (any template) and the desired replica count.
 
-    `nodes` > 1: each replica is a group of that many pods, which counts (and serves) as one replica only
-    when it is complete and its leader is ready."""
+    Each replica is a group of `nodes` pods (one on a single node), which counts (and serves) as one
+    replica only when it is complete and its leader is ready."""
     live = [pod for pod in observed if not podview.is_terminating(pod)]
     # The conditions speak about the current template's pods (the ones the spec asked for).
     current = [pod for pod in live if podview.hash_of(pod) == current_hash]
-    if nodes == 1:
-        ready_count = sum(podview.is_ready(pod) for pod in live)
-        diagnoses = [diagnose(pod) for pod in sorted(current, key=podview.name_of)]
-        missing = max(0, replicas - len(current))
-        current_ready = sum(d.ready for d in diagnoses)
-        live_replicas = len(live)
-    else:
-        groups = _groups(live)
-        # Groups of an earlier template may have had another size: complete as far as can be told.
-        ready_count = sum(
-            _group_serves(pods, nodes if key[0] == current_hash else None) for key, pods in groups.items()
-        )
-        current_groups = {key: pods for key, pods in groups.items() if key[0] == current_hash}
-        diagnoses = [diagnose_member(pod) for pod in sorted(current, key=podview.name_of)]
-        missing = max(0, replicas - len(current_groups))
-        current_ready = sum(_group_serves(pods, nodes) for pods in current_groups.values())
-        live_replicas = len(groups)
+    units = group_replicas(live)
+    # Replicas of an earlier template may have had another size: complete as far as can be told.
+    ready_count = sum(serves(pods, nodes if key[0] == current_hash else None) for key, pods in units.items())
+    current_units = [pods for key, pods in units.items() if key[0] == current_hash]
+    diagnoses = [diagnose_member(pod) for pod in sorted(current, key=podview.name_of)]
+    missing = max(0, replicas - len(current_units))
+    current_ready = sum(serves(pods, nodes) for pods in current_units)
+    live_replicas = len(units)
 
     if replicas == 0:
         conditions = [
@@ -221,29 +214,6 @@ def compute_status(
     if generation is not None:
         status["observedGeneration"] = generation
     return status
-
-
-def _groups(live: Sequence[Mapping[str, Any]]) -> dict[tuple[str | None, str], list[Mapping[str, Any]]]:
-    groups: dict[tuple[str | None, str], list[Mapping[str, Any]]] = {}
-    for pod in live:
-        index = podview.index_of(pod)
-        key = (podview.hash_of(pod), str(index) if index is not None else podview.name_of(pod))
-        groups.setdefault(key, []).append(pod)
-    return groups
-
-
-def _group_serves(pods: Sequence[Mapping[str, Any]], nodes: int | None) -> bool:
-    """A complete group whose leader is ready (old single-node pods: the pod is ready)."""
-    leaders = [pod for pod in pods if podview.member_of(pod) == 0]
-    if podview.role_of(pods[0]) is None:  # a single-node pod of an earlier template
-        return all(podview.is_ready(pod) for pod in pods)
-    alive = all(not podview.is_finished(pod) for pod in pods)
-    return (
-        (nodes is None or len(pods) == nodes)
-        and alive
-        and bool(leaders)
-        and all(podview.is_ready(p) for p in leaders)
-    )
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ uncounted (probes and grpcurl need no key). The only place domain errors meet gR
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -97,36 +98,33 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             )
         return handler
 
+    @contextlib.asynccontextmanager
+    async def _call(self, method: str, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+        """Around one call, unary or streaming: the key checked first, the result counted, a domain error
+        turned into its status code."""
+        try:
+            self._check_key(context)
+            yield
+        except asyncio.CancelledError:
+            self._count(method, grpc.StatusCode.CANCELLED)
+            raise
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            await self._fail(method, exc, context)
+        self._count(method, grpc.StatusCode.OK)
+
     def _wrap_unary(self, method: str, inner: Any) -> Callable[..., Awaitable[Any]]:
         async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            try:
-                self._check_key(context)
-                result = await inner(request, context)
-            except asyncio.CancelledError:
-                self._count(method, grpc.StatusCode.CANCELLED)
-                raise
-            except grpc.aio.AbortError:
-                raise
-            except Exception as exc:
-                await self._fail(method, exc, context)
-            self._count(method, grpc.StatusCode.OK)
-            return result
+            async with self._call(method, context):
+                return await inner(request, context)
 
         return unary
 
     def _wrap_stream(self, method: str, inner: Any) -> Callable[..., AsyncIterator[Any]]:
         async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            try:
-                self._check_key(context)
+            async with self._call(method, context):
                 async for message in inner(request, context):
                     yield message
-            except asyncio.CancelledError:
-                self._count(method, grpc.StatusCode.CANCELLED)
-                raise
-            except grpc.aio.AbortError:
-                raise
-            except Exception as exc:
-                await self._fail(method, exc, context)
-            self._count(method, grpc.StatusCode.OK)
 
         return stream

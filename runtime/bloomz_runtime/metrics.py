@@ -7,6 +7,7 @@ none renamed in Python.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
@@ -37,6 +38,10 @@ class RuntimeMetrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = RequestCounter(r)
+
+        def histogram(name: str, documentation: str, buckets: Sequence[float]) -> Histogram:
+            return Histogram(name, documentation, buckets=buckets, registry=r)
+
         # What an autoscaler scales on: requests waiting for a batch row, and the rows in use.
         self.queue_depth = Gauge(
             "bloomz_waiting_requests", "requests waiting to join the running batch", registry=r
@@ -48,25 +53,21 @@ class RuntimeMetrics:
         self.http_requests = Counter(
             "bloomz_http_requests", "HTTP API requests by route and status", ["route", "status"], registry=r
         )
-        self.batch_size = Histogram(
-            "bloomz_batch_size", "rows per engine step", buckets=(1, 2, 4, 8, 16, 32, 64), registry=r
-        )
+        self.batch_size = histogram("bloomz_batch_size", "rows per engine step", (1, 2, 4, 8, 16, 32, 64))
         self.kv_cache_slots_used = Gauge(
             "bloomz_kv_cache_slots_used",
             "token positions the running rows hold in the KV cache (prompt + generated tokens)",
             registry=r,
         )
-        self.request_duration = Histogram(
+        self.request_duration = histogram(
             "bloomz_request_duration_seconds",
             "end-to-end latency of a finished request: accepted -> last token or error",
-            buckets=_REQUEST_BUCKETS,
-            registry=r,
+            _REQUEST_BUCKETS,
         )
-        self.request_queue_time = Histogram(
+        self.request_queue_time = histogram(
             "bloomz_request_queue_time_seconds",
             "accepted -> admitted into the running batch",
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
+            _LATENCY_BUCKETS,
         )
         self.finished_requests = Counter(
             "bloomz_request_finished",
@@ -74,24 +75,19 @@ class RuntimeMetrics:
             ["finish_reason"],
             registry=r,
         )
-        self.time_to_first_token = Histogram(
-            "bloomz_time_to_first_token_seconds",
-            "accepted -> first new token",
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
+        self.time_to_first_token = histogram(
+            "bloomz_time_to_first_token_seconds", "accepted -> first new token", _LATENCY_BUCKETS
         )
-        self.time_per_output_token = Histogram(
+        self.time_per_output_token = histogram(
             "bloomz_time_per_output_token_seconds",
             "mean time per new token after the first, per request",
-            buckets=_TOKEN_BUCKETS,
-            registry=r,
+            _TOKEN_BUCKETS,
         )
-        self.greedy_rescored = Histogram(
+        self.greedy_rescored = histogram(
             "bloomz_greedy_rescored_tokens",
             "vocabulary entries the int8 lm_head screen left for float32 rescoring, per forward pass "
             "(above 1/16 of the vocabulary the pass used the whole float32 lm_head)",
-            buckets=(1, 4, 16, 64, 256, 1024, 4096, 16384, 65536),
-            registry=r,
+            (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536),
         )
         self.tokens_generated = Counter("bloomz_generated_tokens", "new tokens produced", registry=r)
         self.prompt_tokens = Counter("bloomz_prompt_tokens", "prompt tokens prefilled", registry=r)

@@ -24,7 +24,7 @@ import psutil
 import pytest
 import yaml
 from bloomz_sandbox.node.addresses import port_listening
-from helpers import LIFECYCLE_UNREACHED_RULES
+from helpers import LIFECYCLE_UNREACHED_RULES, conditions
 from helpers import wait_for as poll_until
 
 pytestmark = pytest.mark.slow
@@ -129,10 +129,6 @@ class MainJob:
 def prepare_workdir(workdir: Path, checkpoint: Path) -> None:
     """The session's tiny checkpoint where the example's hostPath is: the job then skips building it."""
     shutil.copytree(checkpoint, workdir / MODEL_ON_NODE)
-
-
-def conditions(resource: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {c["type"]: c for c in (resource.get("status") or {}).get("conditions") or []}
 
 
 def pods_of(job: MainJob, instance: str) -> list[dict[str, Any]]:

@@ -25,6 +25,7 @@ from bloomz_api.proto import generate_pb2_grpc as pb_grpc
 from bloomz_sandbox.node.addresses import port_listening
 from bloomz_sandbox.node.processes import processes_with_env
 from bloomz_sandbox.stack import Sandbox, SandboxOptions
+from helpers import conditions
 from helpers import wait_for as poll_until
 
 pytestmark = pytest.mark.slow
@@ -41,10 +42,6 @@ PORTS = (50051, 9090, 2222)
 
 
 wait_for = partial(poll_until, timeout=WAIT_S, interval=1.0)
-
-
-def conditions(resource: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {c["type"]: c for c in (resource.get("status") or {}).get("conditions") or []}
 
 
 def role(pod: dict[str, Any]) -> str:

@@ -30,6 +30,7 @@ from bloomz_api.proto import generate_pb2_grpc as pb_grpc
 from bloomz_operator.kubeapi import USER_AGENT
 from bloomz_sandbox.stack import Sandbox, SandboxOptions
 from fault_figures import FaultReport
+from helpers import conditions
 from helpers import wait_for as poll_until
 
 pytestmark = pytest.mark.slow
@@ -43,10 +44,6 @@ ERRORS_S = 15.0  # the API answers the operator 500 for this long...
 STALL_S = 30.0  # ...then holds each of its requests this long
 
 wait_for = partial(poll_until, timeout=WAIT_S, interval=1.0)
-
-
-def conditions(resource: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {c["type"]: c for c in (resource.get("status") or {}).get("conditions") or []}
 
 
 def live_pods(sandbox: Sandbox) -> list[dict[str, Any]]:

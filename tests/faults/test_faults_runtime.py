@@ -22,6 +22,7 @@ from bloomz_runtime.watchdog import EXIT_STUCK
 from fault_figures import FaultReport
 from grpc_health.v1 import health_pb2
 from helpers import RuntimeProcess, health_status, run_runtime, start_runtime, stop_runtime, wait_for_serving
+from helpers import greedy_request as greedy
 
 pytestmark = pytest.mark.slow
 
@@ -39,12 +40,6 @@ def generate(stub: pb_grpc.TextGenerationStub, request: pb.GenerateRequest, time
     except grpc.RpcError as error:
         return code_of(error)
     return "OK"
-
-
-def greedy(prompt: str, new_tokens: int) -> pb.GenerateRequest:
-    return pb.GenerateRequest(
-        prompt=prompt, parameters=pb.GenerationParameters(max_new_tokens=new_tokens, ignore_eos=True)
-    )
 
 
 @pytest.fixture(scope="module")

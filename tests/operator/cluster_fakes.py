@@ -8,7 +8,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from bloomz_operator.planning import Action, CreatePod, DeletePod
+from bloomz_operator.builders import Owner
+from bloomz_operator.groups import build_replicas
+from bloomz_operator.planning import Action, CreatePod, DeletePod, plan_replicas
+from bloomz_operator.settings import Settings
+from bloomz_operator.spec import InferenceSpec
 from kubernetes.client.rest import ApiException
 
 
@@ -41,6 +45,16 @@ def name(pod: dict[str, Any]) -> str:
 
 def names(pods: Sequence[dict[str, Any]]) -> list[str]:
     return [name(p) for p in pods]
+
+
+def build_pods(owner: Owner, spec: InferenceSpec, settings: Settings) -> list[dict[str, Any]]:
+    """Every pod of every replica, replica by replica, leader first."""
+    return [pod for replica in build_replicas(owner, spec, settings) for pod in replica]
+
+
+def plan_pods(desired: Sequence[dict[str, Any]], seen: Sequence[Any], *, max_surge: int = 0) -> list[Action]:
+    """The planner over single-node replicas (one pod each)."""
+    return plan_replicas([[pod] for pod in desired], seen, max_surge=max_surge)
 
 
 def creates(actions: Sequence[Any]) -> list[str]:

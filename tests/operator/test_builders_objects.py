@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from bloomz_operator.builders import Owner, build_pods, build_service, pod_name, template_hash
+from bloomz_operator.builders import Owner, build_service, pod_name, template_hash
 from bloomz_operator.groups import build_headless_service, headless_service_name, member_name
 from bloomz_operator.settings import DeviceSettings, Settings
 from bloomz_operator.spec import parse_spec
+from cluster_fakes import build_pods
 
 OWNER = Owner(name="big", namespace="ml", uid="uid-big")
 LABELS = {
@@ -103,7 +104,7 @@ def test_names_fit_kubernetes_limits() -> None:
 def test_every_built_object_matches_the_kubernetes_schemas() -> None:
     """Strict: a misspelt or unknown key anywhere in a pod, Service or Secret is refused."""
     import kubernetes_validate
-    from bloomz_operator.groups import build_groups
+    from bloomz_operator.groups import build_replicas
     from bloomz_operator.sshkeys import build_ssh_secret, generate_key_pair
 
     objects: list[dict[str, Any]] = [build_service(OWNER), build_service(OWNER, leaders_only=True)]
@@ -117,7 +118,7 @@ def test_every_built_object_matches_the_kubernetes_schemas() -> None:
         }
         objects += build_pods(OWNER, parse_spec(spec), Settings())
     objects += [
-        p for g in build_groups(OWNER, parse_spec({"model": "m", "cards": 16}), Settings()) for p in g
+        p for g in build_replicas(OWNER, parse_spec({"model": "m", "cards": 16}), Settings()) for p in g
     ]
     objects.append(build_ssh_secret(OWNER, generate_key_pair("test"), "0123456789"))
     for obj in objects:
@@ -149,11 +150,12 @@ def test_the_model_size_comes_from_the_last_path_part() -> None:
 
 
 def test_ports_probes_and_flags_of_a_group() -> None:
-    from bloomz_operator.builders import desired_template_hash
-    from bloomz_operator.groups import build_groups, current_template_hash, group_template_hash
+    from bloomz_operator.builders import build_pod_spec
+    from bloomz_operator.constants import LABEL_TEMPLATE_HASH
+    from bloomz_operator.groups import build_replicas, current_template_hash
 
     spec = parse_spec({"model": "m", "cards": 16})
-    leader, worker = build_groups(OWNER, spec, Settings())[0]
+    leader, worker = build_replicas(OWNER, spec, Settings())[0]
     for pod in (leader, worker):
         (container,) = pod["spec"]["containers"]
         assert {port["protocol"] for port in container["ports"]} == {"TCP"}
@@ -166,8 +168,8 @@ def test_ports_probes_and_flags_of_a_group() -> None:
     }
     args = leader["spec"]["containers"][0]["args"]
     assert args[args.index("--workers-timeout-s") + 1] == "600"
-    assert current_template_hash(spec, Settings()) == group_template_hash(spec, Settings())
-    assert group_template_hash(spec, Settings()) != desired_template_hash(spec, Settings())
+    assert leader["metadata"]["labels"][LABEL_TEMPLATE_HASH] == current_template_hash(spec, Settings())
+    assert current_template_hash(spec, Settings()) != template_hash(build_pod_spec(spec, Settings()))
 
 
 def test_paths_keep_their_own_letters() -> None:

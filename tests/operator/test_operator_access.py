@@ -8,12 +8,13 @@ from typing import Any
 
 from bloomz_operator.access import API_KEYS_DIR, api_key_secret_name, service_endpoints
 from bloomz_operator.apikeys import build_api_key_secret, generate_api_key, secret_value
-from bloomz_operator.builders import Owner, build_pods, desired_template_hash
-from bloomz_operator.groups import build_groups
+from bloomz_operator.builders import Owner
+from bloomz_operator.groups import build_replicas, current_template_hash
 from bloomz_operator.handlers import latency_access
 from bloomz_operator.latency import Access
 from bloomz_operator.settings import Settings
 from bloomz_operator.spec import parse_spec
+from cluster_fakes import build_pods
 
 OWNER = Owner(name="svc", namespace="team", uid="uid-9")
 SPEC: dict[str, Any] = {
@@ -53,7 +54,7 @@ def test_keys_of_users_and_operator_are_projected_into_one_directory() -> None:
     assert volumes["tls"] == {"name": "tls", "secret": {"secretName": "svc-tls"}}
     mounts = {m["name"]: m for m in _container(pod)["volumeMounts"]}
     assert mounts["api-keys"]["readOnly"] and mounts["tls"]["mountPath"] == "/etc/bloomz/tls"
-    leader = build_groups(OWNER, parse_spec({**SPEC, "cards": 4, "cardsPerNode": 2}), Settings())[0][0]
+    leader = build_replicas(OWNER, parse_spec({**SPEC, "cards": 4, "cardsPerNode": 2}), Settings())[0][0]
     leader_sources = {v["name"]: v for v in leader["spec"]["volumes"]}["api-keys"]["projected"]["sources"]
     assert leader_sources[1]["secret"]["name"] == "svc-api-key"
 
@@ -61,10 +62,10 @@ def test_keys_of_users_and_operator_are_projected_into_one_directory() -> None:
 def test_template_hash_does_not_depend_on_the_owner_but_on_the_access_spec() -> None:
     spec = parse_spec(SPEC)
     (pod,) = build_pods(OWNER, spec, Settings())
-    assert pod["metadata"]["labels"]["inference.bloomz.dev/template-hash"] == desired_template_hash(
+    assert pod["metadata"]["labels"]["inference.bloomz.dev/template-hash"] == current_template_hash(
         spec, Settings()
     )
-    assert desired_template_hash(spec, Settings()) != desired_template_hash(
+    assert current_template_hash(spec, Settings()) != current_template_hash(
         parse_spec({**SPEC, "tls": None}), Settings()
     )
 

@@ -12,7 +12,7 @@ from typing import Any, cast
 
 import pytest
 from bloomz_operator.backoff import backoff_delay, jittered, stable_fraction
-from bloomz_operator.builders import Owner, build_pods
+from bloomz_operator.builders import Owner
 from bloomz_operator.kubeapi import OWNED_PODS_SELECTOR, KubeAPI, describe_api_error
 from bloomz_operator.latency import benchmark_due, format_time
 from bloomz_operator.planning import (
@@ -20,14 +20,13 @@ from bloomz_operator.planning import (
     DeletePod,
     RolloutGate,
     hold_rollout,
-    plan_pods,
     rollout_finished,
     settings_rollout,
 )
 from bloomz_operator.reconciler import api_error_reason, failed_pass_status, reconcile
 from bloomz_operator.settings import DeviceSettings, Settings, SettingsError, parse_settings
 from bloomz_operator.spec import BenchmarkSpec, parse_spec
-from cluster_fakes import FakeAPI
+from cluster_fakes import FakeAPI, build_pods, plan_pods
 from kubernetes.client.rest import ApiException
 
 LOG = logging.getLogger("test")
@@ -322,19 +321,19 @@ def test_kopfs_own_calls_are_bounded_and_pods_are_watched_with_the_selector() ->
 
 
 def test_holding_a_rollout_keeps_whole_multi_node_groups() -> None:
-    from bloomz_operator.groups import build_groups
-    from bloomz_operator.planning import plan_groups
+    from bloomz_operator.groups import build_replicas
+    from bloomz_operator.planning import plan_replicas
 
     spec = parse_spec({"model": "bigscience/bloomz", "cards": 16, "cardsPerNode": 8, "replicas": 2})
-    old = [ready(p) for group in build_groups(OWNER, spec, Settings()) for p in group]
+    old = [ready(p) for group in build_replicas(OWNER, spec, Settings()) for p in group]
     hpu = replace(Settings().devices["hpu"], image="gaudi:2")
-    new_groups = build_groups(OWNER, spec, replace(Settings(), devices={**Settings().devices, "hpu": hpu}))
-    actions = plan_groups(new_groups, old)
+    new_groups = build_replicas(OWNER, spec, replace(Settings(), devices={**Settings().devices, "hpu": hpu}))
+    actions = plan_replicas(new_groups, old)
     assert any(isinstance(a, DeletePod) and a.reason == "template changed" for a in actions)
     assert hold_rollout(actions, old, new_groups) == []
     # Group 1 was evicted and is gone: it comes back whole, on the new template; group 0 keeps serving.
     group0 = [p for p in old if p["metadata"]["labels"]["inference.bloomz.dev/replica-index"] == "0"]
-    held = hold_rollout(plan_groups(new_groups, group0), group0, new_groups)
+    held = hold_rollout(plan_replicas(new_groups, group0), group0, new_groups)
     assert sorted(a.name for a in held if isinstance(a, CreatePod)) == sorted(
         p["metadata"]["name"] for p in new_groups[1]
     )

@@ -14,6 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
+import helpers
 import kopf
 import kubernetes
 import pytest
@@ -37,18 +38,9 @@ pytestmark = pytest.mark.slow
 
 
 def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 60.0) -> T:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = probe()
-        except kubernetes.client.ApiException as error:
-            last = error
-        else:
-            if last:
-                return last
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}; last seen: {last!r}")
+    """Poll until `probe` returns something truthy; an ApiException (not created yet) is "not yet"."""
+    found: T = helpers.wait_for(what, probe, timeout, retry_on=(kubernetes.client.ApiException,))
+    return found
 
 
 @pytest.fixture

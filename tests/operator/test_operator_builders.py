@@ -12,7 +12,6 @@ from bloomz_operator import constants
 from bloomz_operator.builders import (
     Owner,
     build_pod_spec,
-    build_pods,
     build_service,
     model_size_billions,
     runtime_args,
@@ -24,6 +23,7 @@ from bloomz_operator.builders import (
 from bloomz_operator.ownership import owner_tag
 from bloomz_operator.settings import Settings, parse_settings
 from bloomz_operator.spec import parse_spec
+from cluster_fakes import build_pods
 
 ROOT = Path(__file__).resolve().parents[2]
 OWNER = Owner(name="bloomz-7b1", namespace="ml", uid="uid-1")

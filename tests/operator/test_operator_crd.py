@@ -5,12 +5,15 @@ from __future__ import annotations
 import copy
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import pytest
 import yaml
+from bloomz_api.constants import GENERATION_DEFAULTS
+from bloomz_api.options import ServeOptions, parse_options
 from bloomz_operator import constants
 from bloomz_operator.spec import BenchmarkSpec, GenerationSpec, parse_spec
 
@@ -211,15 +214,20 @@ def test_operator_defaults_equal_the_crd_defaults(schema: dict[str, Any]) -> Non
     defaulted = apply_defaults(schema, minimal())["spec"]
     assert parse_spec(defaulted) == parse_spec(minimal()["spec"])
     gen = schema["properties"]["spec"]["properties"]["generation"]["properties"]
-    assert {k: v["default"] for k, v in gen.items()} == {
-        "maxInputTokens": GenerationSpec.max_input_tokens,
-        "maxNewTokens": GenerationSpec.max_new_tokens,
-        "maxBatchSize": GenerationSpec.max_batch_size,
-        "maxQueueSize": GenerationSpec.max_queue_size,
-        "batchWaitMs": GenerationSpec.batch_wait_ms,
-        "kvCache": GenerationSpec.kv_cache,
-        "hpuGraphs": GenerationSpec.hpu_graphs,
-    }
+    assert {k: v["default"] for k, v in gen.items()} == GENERATION_DEFAULTS
+    assert GenerationSpec() == GenerationSpec(
+        max_input_tokens=GENERATION_DEFAULTS["maxInputTokens"],
+        max_new_tokens=GENERATION_DEFAULTS["maxNewTokens"],
+        max_batch_size=GENERATION_DEFAULTS["maxBatchSize"],
+        max_queue_size=GENERATION_DEFAULTS["maxQueueSize"],
+        batch_wait_ms=GENERATION_DEFAULTS["batchWaitMs"],
+        kv_cache=GENERATION_DEFAULTS["kvCache"],
+        hpu_graphs=GENERATION_DEFAULTS["hpuGraphs"],
+    )
+    # The runtime's own defaults (its flags and ServeOptions) are the same: a pod and a bare launcher agree.
+    parsed = parse_options(["--model", "m", "--device", "cpu"], environ={})
+    for key, value in asdict(GenerationSpec()).items():
+        assert getattr(parsed, key) == getattr(ServeOptions, key) == value, key
     bench = schema["properties"]["spec"]["properties"]["benchmark"]["properties"]
     assert {k: v["default"] for k, v in bench.items()} == {
         "enabled": BenchmarkSpec.enabled,

@@ -12,7 +12,7 @@ from typing import Any, cast
 import jsonschema
 import pytest
 import yaml
-from bloomz_operator.builders import Owner, build_pod_spec, build_pods, build_service, template_hash
+from bloomz_operator.builders import Owner, build_pod_spec, build_service, template_hash
 from bloomz_operator.constants import (
     LABEL_GROUP_MEMBER,
     LABEL_REPLICA_INDEX,
@@ -22,22 +22,22 @@ from bloomz_operator.constants import (
 )
 from bloomz_operator.groups import (
     SSH_DIR,
-    build_groups,
     build_headless_service,
+    build_replicas,
     current_template_hash,
     group_hosts,
-    group_template_hash,
     headless_service_name,
 )
 from bloomz_operator.kubeapi import KubeAPI
 from bloomz_operator.ownership import owner_tag
-from bloomz_operator.planning import find_broken_groups, plan_groups
+from bloomz_operator.planning import plan_replicas
 from bloomz_operator.reconciler import reconcile
+from bloomz_operator.replicas import find_broken
 from bloomz_operator.settings import Settings
 from bloomz_operator.spec import SpecError, parse_spec
 from bloomz_operator.sshkeys import build_ssh_secret, generate_key_pair, ssh_secret_name, template_hashes
 from bloomz_operator.status import compute_status
-from cluster_fakes import FakeAPI, creates, deletes, names, observed
+from cluster_fakes import FakeAPI, build_pods, creates, deletes, names, observed
 from cryptography.hazmat.primitives import serialization
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,7 +48,7 @@ LOG = logging.getLogger("test")
 
 
 def groups_of(spec: dict[str, Any], **extra: Any) -> list[list[dict[str, Any]]]:
-    return build_groups(OWNER, parse_spec({**spec, **extra}), Settings())
+    return build_replicas(OWNER, parse_spec({**spec, **extra}), Settings())
 
 
 def container(pod: dict[str, Any]) -> dict[str, Any]:
@@ -156,7 +156,7 @@ def test_single_node_resources_are_built_exactly_as_before() -> None:
 def test_a_group_is_a_leader_and_workers_with_stable_dns_names() -> None:
     groups = groups_of(SPEC_16, replicas=2)
     assert [len(g) for g in groups] == [2, 2]
-    hash_ = group_template_hash(parse_spec(SPEC_16 | {"replicas": 2}), Settings())
+    hash_ = current_template_hash(parse_spec(SPEC_16 | {"replicas": 2}), Settings())
     for index, group in enumerate(groups):
         names = [p["metadata"]["name"] for p in group]
         tag = owner_tag(OWNER.uid)
@@ -246,10 +246,10 @@ def test_spec_env_overrides_the_scale_out_default() -> None:
 
 
 def test_template_hash_follows_the_group_shape() -> None:
-    base = group_template_hash(parse_spec(SPEC_16), Settings())
-    assert base == group_template_hash(parse_spec(dict(SPEC_16)), Settings())
-    assert base != group_template_hash(parse_spec(SPEC_16 | {"cards": 32}), Settings())
-    assert base != group_template_hash(parse_spec(SPEC_16 | {"cards": 16, "cardsPerNode": 4}), Settings())
+    base = current_template_hash(parse_spec(SPEC_16), Settings())
+    assert base == current_template_hash(parse_spec(dict(SPEC_16)), Settings())
+    assert base != current_template_hash(parse_spec(SPEC_16 | {"cards": 32}), Settings())
+    assert base != current_template_hash(parse_spec(SPEC_16 | {"cards": 16, "cardsPerNode": 4}), Settings())
     assert base != current_template_hash(parse_spec(SPEC_16 | {"cards": 8}), Settings())
 
 
@@ -312,11 +312,11 @@ def test_secret_holds_the_key_pair_and_belongs_to_the_resource() -> None:
 
 def test_groups_are_created_whole_and_left_alone_once_there() -> None:
     want = groups_of(SPEC_16, replicas=2)
-    assert creates(plan_groups(want, [])) == names(want[0]) + names(want[1])
+    assert creates(plan_replicas(want, [])) == names(want[0]) + names(want[1])
     running = [observed(p) for g in want for p in g]
-    assert plan_groups(want, running) == []
+    assert plan_replicas(want, running) == []
     loading = [observed(p, ready=False) for g in want for p in g]
-    assert plan_groups(want, loading) == []
+    assert plan_replicas(want, loading) == []
 
 
 def test_a_failed_worker_takes_its_whole_group_down_and_the_group_comes_back() -> None:
@@ -324,7 +324,7 @@ def test_a_failed_worker_takes_its_whole_group_down_and_the_group_comes_back() -
     group0 = [observed(p) for p in want[0]]
     group0[2] = observed(want[0][2], phase="Failed", ready=False, reason="Evicted", message="node lost")
     group1 = [observed(p) for p in want[1]]
-    (failure,) = find_broken_groups(want, group0 + group1)
+    (failure,) = find_broken(want, group0 + group1)
     assert (failure.group, failure.pod, failure.role, failure.reason) == (
         0,
         names(want[0])[2],
@@ -332,15 +332,15 @@ def test_a_failed_worker_takes_its_whole_group_down_and_the_group_comes_back() -
         "Evicted",
     )
     assert "node lost" in failure.message
-    actions = plan_groups(want, group0 + group1)
+    actions = plan_replicas(want, group0 + group1)
     assert sorted(deletes(actions)) == sorted(names(want[0])) and creates(actions) == []
     assert all(names(want[0])[2] in a.reason for a in actions)  # type: ignore[union-attr]
     # While its pods terminate, the group holds its devices: nothing is created.
     going = [observed(p, terminating=True) for p in want[0]]
-    assert plan_groups(want, going + group1) == []
-    assert find_broken_groups(want, going + group1) == []
+    assert plan_replicas(want, going + group1) == []
+    assert find_broken(want, going + group1) == []
     # Once every pod of it is gone, the group is created again, whole.
-    assert creates(plan_groups(want, group1)) == names(want[0])
+    assert creates(plan_replicas(want, group1)) == names(want[0])
 
 
 @pytest.mark.parametrize("member", [0, 1])
@@ -348,19 +348,19 @@ def test_a_deleted_or_vanished_member_recreates_the_group(member: int) -> None:
     want = groups_of(SPEC_16)
     other = 1 - member
     vanished = [observed(want[0][other])]
-    (failure,) = find_broken_groups(want, vanished)
+    (failure,) = find_broken(want, vanished)
     assert failure.reason == "MemberLost" and failure.role == ("leader" if member == 0 else "worker")
-    assert deletes(plan_groups(want, vanished)) == [names(want[0])[other]]
+    assert deletes(plan_replicas(want, vanished)) == [names(want[0])[other]]
     deleted = [observed(want[0][member], terminating=True), observed(want[0][other])]
-    (failure,) = find_broken_groups(want, deleted)
+    (failure,) = find_broken(want, deleted)
     assert failure.reason == "MemberDeleted"
-    assert deletes(plan_groups(want, deleted)) == [names(want[0])[other]]
+    assert deletes(plan_replicas(want, deleted)) == [names(want[0])[other]]
 
 
 def test_scale_down_removes_whole_groups() -> None:
     big = groups_of(SPEC_16, replicas=3)
     small = groups_of(SPEC_16, replicas=1)
-    actions = plan_groups(small, [observed(p) for g in big for p in g])
+    actions = plan_replicas(small, [observed(p) for g in big for p in g])
     # Leaders first: a leader drains its accepted requests while its workers still run its ranks.
     assert sorted(deletes(actions)) == sorted([names(big[1])[0], names(big[2])[0]]) and creates(actions) == []
     draining = [
@@ -368,35 +368,35 @@ def test_scale_down_removes_whole_groups() -> None:
         for index, g in enumerate(big)
         for member, p in enumerate(g)
     ]
-    assert plan_groups(small, draining) == []
+    assert plan_replicas(small, draining) == []
     # Once a leader is gone, its workers go.
     leaders_gone = [
         observed(p) for index, g in enumerate(big) for member, p in enumerate(g) if index == 0 or member > 0
     ]
-    assert sorted(deletes(plan_groups(small, leaders_gone))) == sorted([names(big[1])[1], names(big[2])[1]])
+    assert sorted(deletes(plan_replicas(small, leaders_gone))) == sorted([names(big[1])[1], names(big[2])[1]])
 
 
 def test_switching_a_ready_single_node_replica_to_a_group_deletes_before_creating() -> None:
     (old,) = build_pods(OWNER, parse_spec({"model": "bigscience/bloomz", "cards": 8}), Settings())
     want = groups_of(SPEC_16)
-    step1 = plan_groups(want, [observed(old)])
+    step1 = plan_replicas(want, [observed(old)])
     assert deletes(step1) == names([old]) and creates(step1) == []  # never 8 + 16 cards at once
-    assert plan_groups(want, [observed(old, terminating=True)]) == []
-    assert creates(plan_groups(want, [])) == names(want[0])
+    assert plan_replicas(want, [observed(old, terminating=True)]) == []
+    assert creates(plan_replicas(want, [])) == names(want[0])
 
 
 def test_rollout_with_surge_replaces_a_ready_group_only_once_the_new_one_serves() -> None:
     old = groups_of(SPEC_16)
     new = groups_of(SPEC_16, generation={"maxBatchSize": 4})
     old_pods = [observed(p) for p in old[0]]
-    step1 = plan_groups(new, old_pods, max_surge=1)
+    step1 = plan_replicas(new, old_pods, max_surge=1)
     assert creates(step1) == names(new[0]) and deletes(step1) == []
     loading = old_pods + [observed(p, ready=False) for p in new[0]]
-    assert plan_groups(new, loading, max_surge=1) == []
+    assert plan_replicas(new, loading, max_surge=1) == []
     serving = old_pods + [observed(p) for p in new[0]]
-    assert deletes(plan_groups(new, serving, max_surge=1)) == [names(old[0])[0]]  # the leader drains first
+    assert deletes(plan_replicas(new, serving, max_surge=1)) == [names(old[0])[0]]  # the leader drains first
     workers_left = old_pods[1:] + [observed(p) for p in new[0]]
-    assert deletes(plan_groups(new, workers_left, max_surge=1)) == names(old[0])[1:]
+    assert deletes(plan_replicas(new, workers_left, max_surge=1)) == names(old[0])[1:]
 
 
 # --- status ---------------------------------------------------------------------------------------------

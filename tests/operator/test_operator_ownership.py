@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 from typing import Any, cast
 
-from bloomz_operator.builders import Owner, build_pods, owner_reference
-from bloomz_operator.groups import build_groups
+from bloomz_operator.builders import Owner, owner_reference
+from bloomz_operator.groups import build_replicas
 from bloomz_operator.kubeapi import KubeAPI
 from bloomz_operator.ownership import CONFLICT_REASON, conflict, controlled_by, owner_tag
 from bloomz_operator.reconciler import clean_up, reconcile
 from bloomz_operator.settings import Settings
 from bloomz_operator.spec import parse_spec
+from cluster_fakes import build_pods
 from test_operator_multinode import OWNER, SPEC_16, FakeAPI
 
 LOG = logging.getLogger("test")
@@ -69,7 +70,7 @@ def test_pod_names_are_unique_per_owner_and_dns_labels() -> None:
     assert owner_tag("uid-1") != owner_tag("uid-2")
     longest = Owner("n" * 253, "ml", "uid-3")
     group_spec = parse_spec(SPEC_16 | {"replicas": 1000})
-    last = build_groups(longest, group_spec, Settings())[-1][-1]
+    last = build_replicas(longest, group_spec, Settings())[-1][-1]
     assert len(last["metadata"]["name"]) <= 63 and last["spec"]["hostname"] == last["metadata"]["name"]
 
 

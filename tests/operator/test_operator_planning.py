@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from bloomz_operator.builders import Owner, build_pods
-from bloomz_operator.planning import DeletePod, plan_pods
+from bloomz_operator.builders import Owner
+from bloomz_operator.planning import DeletePod
 from bloomz_operator.settings import Settings
 from bloomz_operator.spec import parse_spec
-from cluster_fakes import creates, deletes, name, observed
+from cluster_fakes import build_pods, creates, deletes, name, observed, plan_pods
 
 OWNER = Owner(name="b", namespace="ns", uid="u")
 

@@ -6,8 +6,8 @@ import copy
 from typing import Any
 
 import pytest
-from bloomz_operator.builders import build_pod_spec
-from bloomz_operator.groups import group_template
+from bloomz_operator.builders import Owner, build_pod_spec
+from bloomz_operator.groups import pod_template
 from bloomz_operator.podsecurity import level_of, violations
 from bloomz_operator.settings import Settings, parse_settings
 from bloomz_operator.spec import parse_spec
@@ -34,7 +34,8 @@ def test_each_device_meets_its_documented_level(device: str) -> None:
 @pytest.mark.parametrize("device", sorted(LEVELS))
 def test_multi_node_leaders_and_workers_meet_the_same_level(device: str) -> None:
     spec = spec_for(device, cards=4, cardsPerNode=2)
-    for pod_spec in group_template(spec, Settings()).values():
+    template = pod_template(Owner("o", "ns", "u"), spec, Settings())
+    for pod_spec in (template.leader, template.worker):
         assert level_of(pod_spec) == LEVELS[device]
 
 

@@ -7,14 +7,15 @@ from typing import Any
 
 import kubernetes_validate
 import pytest
-from bloomz_operator.builders import Owner, build_pods, build_service
+from bloomz_operator.builders import Owner, build_service
 from bloomz_operator.constants import LABEL_OWNER
-from bloomz_operator.groups import build_groups, build_headless_service
+from bloomz_operator.groups import build_headless_service, build_replicas
 from bloomz_operator.policy import NetworkSettings
 from bloomz_operator.protection import build_disruption_budget, build_network_policy
 from bloomz_operator.settings import Settings, parse_settings
 from bloomz_operator.spec import parse_spec
 from bloomz_operator.sshkeys import build_ssh_secret, generate_key_pair
+from cluster_fakes import build_pods
 
 OWNER = Owner(name="bloomz-7b1", namespace="team-a", uid="0f1e2d3c-aaaa-bbbb-cccc-000000000001")
 KUBERNETES_VERSION = "1.31.0"
@@ -79,7 +80,7 @@ def built_objects() -> list[dict[str, Any]]:
         spec = parse_spec({"model": "bigscience/bloomz-7b1", "device": device, "cards": 2, "replicas": 2})
         objects += build_pods(OWNER, spec, settings)
         group_spec = parse_spec({"model": "bigscience/bloomz", "device": device, "cards": 16})
-        objects += [pod for group in build_groups(OWNER, group_spec, settings) for pod in group]
+        objects += [pod for group in build_replicas(OWNER, group_spec, settings) for pod in group]
     objects += [build_service(OWNER), build_service(OWNER, leaders_only=True), build_headless_service(OWNER)]
     objects.append(build_ssh_secret(OWNER, generate_key_pair(comment="test"), "0123456789"))
     objects += [build_network_policy(OWNER, settings.network), build_disruption_budget(OWNER)]

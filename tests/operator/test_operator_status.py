@@ -7,15 +7,17 @@ import logging
 from typing import Any
 
 import pytest
-from bloomz_operator.builders import Owner, build_pods, desired_template_hash
+from bloomz_operator.builders import Owner
+from bloomz_operator.groups import current_template_hash
 from bloomz_operator.reconciler import reconcile
 from bloomz_operator.settings import Settings
 from bloomz_operator.spec import SpecError, parse_spec
 from bloomz_operator.status import compute_status, diagnose, status_events
+from cluster_fakes import build_pods
 
 OWNER = Owner(name="b", namespace="ns", uid="u")
 SPEC = parse_spec({"model": "bigscience/bloomz-7b1", "cards": 8, "replicas": 1})
-HASH = desired_template_hash(SPEC, Settings())
+HASH = current_template_hash(SPEC, Settings())
 NOW = "2026-01-01T00:00:00Z"
 UNSCHEDULABLE = "0/3 nodes are available: 3 Insufficient habana.ai/gaudi."
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from bloomz_operator.builders import Owner, build_pods
+from bloomz_operator.builders import Owner
 from bloomz_operator.planning import CreatePod, DeletePod, RolloutGate, hold_rollout
 from bloomz_operator.settings import Settings
 from bloomz_operator.spec import parse_spec
-from cluster_fakes import name, observed
+from cluster_fakes import build_pods, name, observed
 
 OWNER = Owner(name="h", namespace="ns", uid="u")
 

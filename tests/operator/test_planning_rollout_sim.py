@@ -14,13 +14,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from bloomz_operator.builders import Owner, build_pods
+from bloomz_operator.builders import Owner
 from bloomz_operator.constants import LABEL_GROUP_MEMBER, LABEL_REPLICA_INDEX, LABEL_TEMPLATE_HASH
-from bloomz_operator.groups import build_groups
-from bloomz_operator.planning import DeletePod, GroupFailure, find_broken_groups, plan_groups, plan_pods
+from bloomz_operator.groups import build_replicas
+from bloomz_operator.planning import DeletePod, plan_replicas
+from bloomz_operator.replicas import ReplicaFailure, find_broken
 from bloomz_operator.settings import Settings
 from bloomz_operator.spec import parse_spec
-from cluster_fakes import SimCluster, creates, deletes, name, names, observed
+from cluster_fakes import SimCluster, build_pods, creates, deletes, name, names, observed
 
 OWNER = Owner(name="b", namespace="ns", uid="u")
 MAX_TICKS = 60
@@ -57,7 +58,7 @@ def serving_units(pods: Sequence[dict[str, Any]], size: int) -> int:
 
 @dataclass(frozen=True)
 class Shape:
-    """Single-node replicas (plan_pods) or groups of `nodes` pods (plan_groups)."""
+    """Single-node replicas (one pod each) or groups of `nodes` pods."""
 
     nodes: int
 
@@ -69,14 +70,12 @@ class Shape:
         spec = parse_spec(self.spec(model, replicas))
         if self.nodes == 1:
             return [[pod] for pod in build_pods(OWNER, spec, Settings())]
-        return build_groups(OWNER, spec, Settings())
+        return build_replicas(OWNER, spec, Settings())
 
     def plan(
         self, groups: list[list[dict[str, Any]]], observed: list[dict[str, Any]], surge: int
     ) -> list[Any]:
-        if self.nodes == 1:
-            return plan_pods([g[0] for g in groups], observed, max_surge=surge)
-        return plan_groups(groups, observed, max_surge=surge)
+        return plan_replicas(groups, observed, max_surge=surge)
 
 
 SINGLE, PAIR = Shape(1), Shape(2)
@@ -398,25 +397,25 @@ def test_a_broken_group_is_reported_by_the_member_that_broke_it() -> None:
     (l0, w0), (l1, w1) = groups
     n = name
     cases = [
-        ([observed(l0)], GroupFailure(0, n(w0), "worker", "MemberLost", f"pod {n(w0)} is gone")),
+        ([observed(l0)], ReplicaFailure(0, n(w0), "worker", "MemberLost", f"pod {n(w0)} is gone")),
         (
             [observed(l0, terminating=True), observed(w0)],
-            GroupFailure(0, n(l0), "leader", "MemberDeleted", f"pod {n(l0)} was deleted"),
+            ReplicaFailure(0, n(l0), "leader", "MemberDeleted", f"pod {n(l0)} was deleted"),
         ),
         (
             [observed(l0, phase="Failed", ready=False), observed(w0)],
-            GroupFailure(0, n(l0), "leader", "PodFailed", f"pod {n(l0)}: pod Failed"),
+            ReplicaFailure(0, n(l0), "leader", "PodFailed", f"pod {n(l0)}: pod Failed"),
         ),
         (
             [observed(l0), observed(w0, phase="Failed", ready=False, reason="Evicted", message="low memory")],
-            GroupFailure(0, n(w0), "worker", "Evicted", f"pod {n(w0)}: low memory"),
+            ReplicaFailure(0, n(w0), "worker", "Evicted", f"pod {n(w0)}: low memory"),
         ),
     ]
     for seen, failure in cases:
-        assert find_broken_groups(groups, seen) == [failure]
+        assert find_broken(groups, seen) == [failure]
     # A group with nothing left is not broken (it is simply recreated); the next one still is checked.
-    assert find_broken_groups(groups, [observed(l1)]) == [
-        GroupFailure(1, n(w1), "worker", "MemberLost", f"pod {n(w1)} is gone")
+    assert find_broken(groups, [observed(l1)]) == [
+        ReplicaFailure(1, n(w1), "worker", "MemberLost", f"pod {n(w1)} is gone")
     ]
 
 

@@ -7,11 +7,12 @@ import copy
 from typing import Any
 
 import pytest
-from bloomz_operator.builders import Owner, build_pods
-from bloomz_operator.groups import build_groups
+from bloomz_operator.builders import Owner
+from bloomz_operator.groups import build_replicas
 from bloomz_operator.settings import Settings
 from bloomz_operator.spec import parse_spec
 from bloomz_operator.status import Diagnosis, compute_status, diagnose, diagnose_member, status_events
+from cluster_fakes import build_pods
 
 OWNER = Owner(name="b", namespace="ns", uid="u")
 NOW, EARLIER = "2026-01-02T00:00:00Z", "2026-01-01T00:00:00Z"
@@ -23,7 +24,7 @@ def single(replicas: int = 2, model: str = "m/a") -> list[dict[str, Any]]:
 
 def pairs(replicas: int = 1) -> list[list[dict[str, Any]]]:
     spec = {"model": "m/a", "cards": 16, "cardsPerNode": 8, "replicas": replicas}
-    return build_groups(OWNER, parse_spec(spec), Settings())
+    return build_replicas(OWNER, parse_spec(spec), Settings())
 
 
 def labels(pod: dict[str, Any]) -> dict[str, str]:
@@ -475,7 +476,7 @@ def test_groups_missing_stray_and_of_another_size() -> None:
         strays.append(stray)
     assert group_status([serving(leader), loading(worker), *strays])["replicas"] == 3
     spec = {"model": "m/b", "cards": 24, "cardsPerNode": 8, "replicas": 1}
-    three = build_groups(OWNER, parse_spec(spec), Settings())[0]
+    three = build_replicas(OWNER, parse_spec(spec), Settings())[0]
     assert group_status([serving(p) for p in three])["readyReplicas"] == 1  # an earlier shape still serves
 
 

@@ -11,7 +11,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import grpc
 import pytest
 from bloomz_api.proto import generate_pb2 as pb
 from bloomz_api.proto import generate_pb2_grpc as pb_grpc
-from helpers import start_runtime, stop_runtime, wait_for_serving
+from helpers import start_runtime, stop_runtime, wait_for, wait_for_serving
 from runtime_reference import PROMPTS, Reference
 
 pytestmark = pytest.mark.slow
@@ -115,7 +114,4 @@ def test_two_node_group_serves_from_the_leader_and_equals_single_node_greedy(
             log = rt.log()
     assert code == 0, log[-5000:]
     # Nothing of the group outlives the leader: no rank and no orted left on the worker "node".
-    deadline = time.monotonic() + 60
-    while processes_with(marker) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert processes_with(marker) == []
+    wait_for("no process of the group left", lambda: processes_with(marker) == [], 60, 0.5)

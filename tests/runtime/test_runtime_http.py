@@ -10,7 +10,6 @@ import json
 import os
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ import pytest
 from bloomz_api.proto import generate_pb2 as pb
 from bloomz_api.proto import generate_pb2_grpc as pb_grpc
 from bloomz_runtime.tiny import _WORDS as tiny_words
-from helpers import RuntimeProcess, free_port, run_runtime
+from helpers import RuntimeProcess, free_port, metric, run_runtime, wait_until_idle
 from runtime_reference import PROMPTS, Reference
 
 MAX_INPUT = 64
@@ -84,26 +83,6 @@ def raw(
         return response.status, json.loads(response.read() or b"null")
     finally:
         conn.close()
-
-
-def metric(runtime: RuntimeProcess, name: str, **labels: str) -> float:
-    body = (
-        urllib.request.urlopen(f"http://127.0.0.1:{runtime.metrics_port}/metrics", timeout=10).read().decode()
-    )
-    total = 0.0
-    for line in body.splitlines():
-        if not (line.startswith(name + " ") or line.startswith(name + "{")):
-            continue
-        if all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
-def wait_until_idle(runtime: RuntimeProcess) -> None:
-    deadline = time.monotonic() + 60
-    while metric(runtime, "bloomz_running_requests") + metric(runtime, "bloomz_waiting_requests") != 0:
-        assert time.monotonic() < deadline, "runtime never went idle"
-        time.sleep(0.1)
 
 
 def test_greedy_text_over_http_equals_grpc_and_transformers(

@@ -11,7 +11,6 @@ import json
 import signal
 import ssl
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from helpers import RuntimeProcess, free_port, run_runtime
+from helpers import RuntimeProcess, free_port, metric, run_runtime
 from runtime_reference import PROMPTS
 
 KEY = "tls-key"
@@ -135,11 +134,6 @@ def tls_client(rt: RuntimeProcess, ca: Path | None) -> openai.OpenAI:
         base_url=f"https://127.0.0.1:{rt.http_port}/v1", api_key=KEY, max_retries=0,
         http_client=openai.DefaultHttpx2Client(verify=verify),
     )  # fmt: skip
-
-
-def metric(rt: RuntimeProcess, name: str) -> float:
-    body = urllib.request.urlopen(f"http://127.0.0.1:{rt.metrics_port}/metrics", timeout=10).read().decode()
-    return sum(float(line.split()[1]) for line in body.splitlines() if line.startswith(name + " "))
 
 
 def test_loading_is_503_on_health_and_on_requests(runtime: RuntimeProcess) -> None:

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import time
-import urllib.request
 from pathlib import Path
 
 import grpc
 import pytest
 from bloomz_api.proto import generate_pb2 as pb
 from bloomz_api.proto import generate_pb2_grpc as pb_grpc
-from helpers import run_runtime
+from helpers import metric, run_runtime, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -18,13 +16,6 @@ pytestmark = pytest.mark.slow
 def long_request(n: int = 400) -> pb.GenerateRequest:
     return pb.GenerateRequest(
         prompt="DeepSpeed is", parameters=pb.GenerationParameters(max_new_tokens=n, ignore_eos=True)
-    )
-
-
-def queue_depth(metrics_port: int) -> float:
-    body = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
-    return next(
-        float(line.split()[1]) for line in body.splitlines() if line.startswith("bloomz_waiting_requests ")
     )
 
 
@@ -36,9 +27,7 @@ def test_full_queue_is_resource_exhausted(tiny_checkpoint: Path) -> None:
         next(running)  # occupies the only batch slot
         waiting = stub.Generate.future(long_request(5), timeout=300)
         # Wait until the second request sits in the queue (the server reports the depth).
-        deadline = time.monotonic() + 60
-        while queue_depth(rt.metrics_port) < 1 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_for("the second request in the queue", lambda: metric(rt, "bloomz_waiting_requests") >= 1)
         with pytest.raises(grpc.RpcError) as refused:
             stub.Generate(long_request(1), timeout=60)
         assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED

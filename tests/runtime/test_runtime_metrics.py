@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +14,8 @@ import grpc
 import pytest
 from bloomz_api.proto import generate_pb2 as pb
 from bloomz_api.proto import generate_pb2_grpc as pb_grpc
-from helpers import RuntimeProcess, run_runtime
+from helpers import RuntimeProcess, run_runtime, wait_for
+from helpers import greedy_request as greedy
 
 pytestmark = pytest.mark.slow
 
@@ -38,11 +38,6 @@ def scrape(rt: RuntimeProcess) -> dict[str, float]:
     return samples
 
 
-def greedy(prompt: str, n: int, request_id: str) -> pb.GenerateRequest:
-    params = pb.GenerationParameters(max_new_tokens=n, ignore_eos=True)
-    return pb.GenerateRequest(prompt=prompt, parameters=params, request_id=request_id)
-
-
 def request_lines(rt: RuntimeProcess) -> dict[str, dict[str, Any]]:
     lines = {}
     for line in rt.log().splitlines():
@@ -62,9 +57,8 @@ def test_known_traffic_moves_every_series_by_what_it_was(runtime: RuntimeProcess
         with pytest.raises(grpc.RpcError):
             stub.Generate(pb.GenerateRequest(prompt="", request_id="req-bad"), timeout=60)
     idle = ("bloomz_waiting_requests", "bloomz_running_requests", "bloomz_kv_cache_slots_used")
-    deadline = time.monotonic() + 30
-    while any(scrape(runtime).get(name) != 0 for name in idle) and time.monotonic() < deadline:
-        time.sleep(0.1)  # the engine's next pass drops the finished rows
+    # the engine's next pass drops the finished rows
+    wait_for("idle gauges at 0", lambda: all(scrape(runtime).get(name) == 0 for name in idle), 30, 0.1)
     after = scrape(runtime)
 
     def delta(name: str) -> float:
@@ -109,9 +103,7 @@ def test_a_cancelled_stream_ends_with_its_code_in_the_log_line(runtime: RuntimeP
         call = stub.GenerateStream(greedy("DeepSpeed is", 1000, "req-gone"), timeout=60)
         next(call)  # the first token: the request runs, then its caller goes away
         call.cancel()
-    deadline = time.monotonic() + 30
-    while "req-gone" not in request_lines(runtime) and time.monotonic() < deadline:
-        time.sleep(0.1)
+    wait_for("the cancelled request's log line", lambda: "req-gone" in request_lines(runtime), 30, 0.1)
     line = request_lines(runtime)["req-gone"]
     assert (line["code"], line["finish_reason"]) == ("CANCELLED", "error")
     assert 1 <= line["generated_tokens"] < 1000

@@ -16,6 +16,7 @@ from bloomz_api.proto import generate_pb2 as pb
 from bloomz_api.proto import generate_pb2_grpc as pb_grpc
 from bloomz_runtime.dist import SHM_DIR, deepspeed_shm_prefix
 from helpers import free_port, start_runtime, stop_runtime, wait_for_serving
+from helpers import greedy_request as greedy
 from runtime_reference import PROMPTS, Reference
 
 pytestmark = pytest.mark.slow
@@ -49,12 +50,6 @@ def serve_ranks(launcher_pid: int) -> list[int]:
             if b"bloomz_runtime.serve" in cmdline:
                 ranks.append(pid)
     return ranks
-
-
-def greedy(prompt: str, n: int) -> pb.GenerateRequest:
-    return pb.GenerateRequest(
-        prompt=prompt, parameters=pb.GenerationParameters(max_new_tokens=n, ignore_eos=True)
-    )
 
 
 def job_shm_segments(master_port: int) -> list[Path]:

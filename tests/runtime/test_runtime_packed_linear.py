@@ -21,10 +21,14 @@ def test_packing_applies_to_float32_only() -> None:
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("shape", [(1, 64), (3, 64), (16, 64), (2, 5, 64)])
 def test_packed_linear_equals_linear(bias: bool, shape: tuple[int, ...]) -> None:
-    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
     linear = torch.nn.Linear(64, 96, bias=bias)
+    with torch.no_grad():  # seeded weights: nn.Linear's own init reads the global RNG
+        linear.weight.copy_(torch.randn(96, 64, generator=g) * 0.1)
+        if linear.bias is not None:
+            linear.bias.copy_(torch.randn(96, generator=g))
     packed = PackedLinear(linear)
-    x = torch.randn(*shape)
+    x = torch.randn(*shape, generator=g)
     with torch.inference_mode():
         expected = linear(x)
         got = packed(x)

@@ -16,7 +16,8 @@ from bloomz_api.proto import generate_pb2 as pb
 from bloomz_api.proto import generate_pb2_grpc as pb_grpc
 from bloomz_runtime.tiny import _WORDS as tiny_words
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
-from helpers import RuntimeProcess, run_runtime, wait_for
+from helpers import RuntimeProcess, metric, run_runtime, wait_until_idle
+from helpers import greedy_request as greedy
 from runtime_reference import PROMPTS, Reference
 
 MAX_INPUT = 64
@@ -38,23 +39,6 @@ def runtime(tiny_checkpoint: Path) -> Iterator[RuntimeProcess]:
 def stub(runtime: RuntimeProcess) -> Iterator[pb_grpc.TextGenerationStub]:
     with grpc.insecure_channel(runtime.target) as channel:
         yield pb_grpc.TextGenerationStub(channel)
-
-
-def greedy(prompt: str, n: int, **kw: object) -> pb.GenerateRequest:
-    return pb.GenerateRequest(
-        prompt=prompt, parameters=pb.GenerationParameters(max_new_tokens=n, ignore_eos=True, **kw)
-    )
-
-
-def metric(runtime: RuntimeProcess, name: str) -> float:
-    body = (
-        urllib.request.urlopen(f"http://127.0.0.1:{runtime.metrics_port}/metrics", timeout=10).read().decode()
-    )
-    total = 0.0
-    for line in body.splitlines():
-        if line.startswith(name + " ") or line.startswith(name + "{"):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 def test_greedy_generate_equals_transformers(stub: pb_grpc.TextGenerationStub, hf_greedy: Reference) -> None:
@@ -153,10 +137,6 @@ def test_seeded_sampling_is_reproducible(stub: pb_grpc.TextGenerationStub) -> No
 
     assert sample(3) == sample(3)
     assert len({tuple(sample(s)) for s in range(4)}) > 1
-
-
-def wait_until_idle(runtime: RuntimeProcess) -> None:
-    wait_for("no running requests", lambda: metric(runtime, "bloomz_running_requests") == 0, 60, 0.1)
 
 
 def test_cancelled_stream_stops_generating(runtime: RuntimeProcess, stub: pb_grpc.TextGenerationStub) -> None:

@@ -9,6 +9,7 @@ from bloomz_runtime.sampling import (
     RowSampler,
     apply_repetition_penalty,
     choose_tokens,
+    draw_on_device,
     filter_top_k,
     filter_top_p,
     needs_logits,
@@ -205,3 +206,27 @@ def test_the_missing_logits_error_says_so() -> None:
     with pytest.raises(RuntimeError) as error:
         choose_tokens(StepScores(greedy=torch.tensor([1])), [RowSampler(SamplingParams(do_sample=True), [0])])
     assert str(error.value) == "a sampling row got a step without logits"
+
+
+def first_bin_past(probs: list[float], uniform: float) -> int:
+    """The documented rule: the first index whose cumulative probability exceeds uniform x total."""
+    total = sum(probs)
+    cumulative = 0.0
+    for index, p in enumerate(probs):
+        cumulative += p
+        if cumulative > uniform * total:
+            return index
+    raise AssertionError("no bin")
+
+
+def test_a_device_draw_is_the_first_bin_past_a_seeded_uniform() -> None:
+    """Unnormalized on purpose (the draw scales by the total); zero-probability tokens never come up;
+    three draws from one generator follow its sequence of single uniforms."""
+    probs = [1.0, 0.0, 2.0, 3.0, 0.0, 4.0]
+    for seed in range(50):
+        generator = torch.Generator().manual_seed(seed)
+        twin = torch.Generator().manual_seed(seed)
+        for _ in range(3):
+            uniform = float(torch.rand((1,), generator=twin, dtype=torch.float64))
+            drawn = draw_on_device(torch.tensor(probs), generator)
+            assert drawn == first_bin_past(probs, uniform) and probs[drawn] > 0

@@ -15,9 +15,12 @@ from bloomz_runtime.validation import (
     MAX_STOP_STRINGS,
     Limits,
     SamplingParams,
+    ValidatedParams,
+    longest_token_bytes,
     validate_parameters,
     validate_prompt,
     validate_prompt_tokens,
+    validate_total_tokens,
 )
 
 LIMITS = Limits(max_input_tokens=32, max_new_tokens=100)
@@ -184,3 +187,10 @@ def test_the_emptiness_messages_are_exact() -> None:
         with pytest.raises(InvalidArgument) as error:
             check()
         assert str(error.value) == expected
+
+
+def test_an_empty_vocabulary_still_bounds_a_token_at_2_bytes_and_no_total_limit_refuses_nothing() -> None:
+    assert longest_token_bytes([]) == 2
+    assert longest_token_bytes(["ab", "é"]) == 4  # "ab" and "é" are 2 UTF-8 bytes each
+    unlimited = Limits(max_input_tokens=10, max_new_tokens=5, max_total_tokens=None)
+    validate_total_tokens(10**6, ValidatedParams(max_new_tokens=5, sampling=SamplingParams()), unlimited)

@@ -21,6 +21,7 @@ import kubernetes.client as k8s
 import pytest
 import yaml
 from bloomz_sandbox.apiserver import SandboxAPIServer
+from helpers import wait_for
 from kubernetes.client.exceptions import ApiException
 
 REPO = Path(__file__).resolve().parents[2]
@@ -812,9 +813,7 @@ def test_pod_logs_are_served_and_followed(
     reader.start()
     with log_file.open("a") as stream:
         stream.write("SERVING\n")
-    deadline = time.monotonic() + 30
-    while b"SERVING\n" not in received and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for("the appended log line", lambda: b"SERVING\n" in received, 30, 0.05)
     assert received == [b"SERVING\n"]
     core.delete_namespaced_pod("lp", ns)
     assert done.wait(30), "following did not end with the pod"
@@ -938,9 +937,7 @@ def test_kopf_operator_handles_create_and_delete(
         def current() -> dict[str, Any]:
             return get_gadget(custom, "default", "kopf-smoke")
 
-        deadline = time.monotonic() + 60
-        while current().get("status", {}).get("phase") != "Seen" and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_for("the handler's status", lambda: current().get("status", {}).get("phase") == "Seen", 60, 0.1)
         seen = current()
         assert seen["status"]["phase"] == "Seen"
         assert seen["metadata"]["finalizers"] == ["kopf.zalando.org/KopfFinalizerMarker"]
