@@ -28,7 +28,9 @@ class TokenEvent:
 @dataclass(frozen=True)
 class FinishedEvent:
     reason: str
-    text: str  # any text held back until the end (stop-string prefix, incomplete character)
+    # Streaming: any text held back until the end (stop-string prefix, incomplete character);
+    # otherwise the whole continuation.
+    text: str
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,7 @@ class GenerationRequest:
         deadline: float | None = None,
         urgent: bool = False,
         label: str = "",
+        stream: bool = True,
     ) -> None:
         self.id = f"r{next(_ids)}"
         self.label = label
@@ -70,6 +73,10 @@ class GenerationRequest:
         self.deadline = deadline
         # Skip the idle engine's batch-gathering wait (benchmarks measure batch-1 latency).
         self.urgent = urgent
+        # Without a stream the caller only wants the end: the text is kept here and goes out with the
+        # FinishedEvent, so a step costs the event loop one wake-up per finished row, not one per token.
+        self.stream = stream
+        self.pieces: list[str] = []
         self.sampler = RowSampler(params.sampling, prompt_ids)
         self.detokenizer = IncrementalDetokenizer(tokenizer)
         self.stop_matcher = StopMatcher(params.stop)
@@ -103,7 +110,10 @@ class GenerationRequest:
         emit, matched = self.stop_matcher.feed(piece)
         if matched:
             reason = FINISH_STOP
-        self.sink(TokenEvent(emit, token))
+        if self.stream:
+            self.sink(TokenEvent(emit, token))
+        else:
+            self.pieces.append(emit)
         if reason is None and len(self.generated) >= self.params.max_new_tokens:
             reason = FINISH_LENGTH
         if reason is not None:
@@ -116,6 +126,8 @@ class GenerationRequest:
         if reason != FINISH_STOP:
             tail, _ = self.stop_matcher.feed(self.detokenizer.flush())
             tail += self.stop_matcher.flush()
+        if not self.stream:
+            tail = "".join(self.pieces) + tail
         self.sink(FinishedEvent(reason, tail))
 
     def fail(self, error: BaseException, now: float) -> None:

@@ -170,6 +170,8 @@ class RequestQueue:
     def take(self, slots: int) -> tuple[list[Waiting], list[Waiting]]:
         """(requests to admit now, requests that left while waiting)."""
         with self._cond:
+            if not self._items:  # the usual case while a batch decodes: nothing to sort out
+                return [], []
             admit, keep, gone = split_admissible(
                 list(self._items), slots, time.monotonic(), self.prefill_budget
             )

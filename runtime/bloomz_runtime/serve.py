@@ -113,7 +113,12 @@ async def run_leader(opts: ServeOptions, ctx: DistContext) -> int:
     )  # fmt: skip
     queue = RequestQueue(opts.max_queue_size, opts.max_prefill_tokens)
     coordinator = Coordinator(
-        engine, ControlChannel(ctx), queue, metrics, opts.max_batch_size, opts.batch_wait_ms / 1000.0
+        engine,
+        ControlChannel(ctx, opts.max_batch_size),
+        queue,
+        metrics,
+        opts.max_batch_size,
+        opts.batch_wait_ms / 1000.0,
     )
     if opts.warms_up_largest and not stopping.is_set():
         await asyncio.to_thread(_warm_up_largest, opts, coordinator)
@@ -198,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
-            worker_loop(_load_engine(opts, ctx), ControlChannel(ctx))
+            worker_loop(_load_engine(opts, ctx), ControlChannel(ctx, opts.max_batch_size))
             code = 0
         except Exception:
             log.exception("rank %d failed", ctx.rank)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import statistics
+import threading
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -93,6 +94,33 @@ def proto_params(msg: pb.GenerationParameters | None) -> dict[str, Any]:
     return {field.name: value for field, value in msg.ListFields()}
 
 
+class EventRelay:
+    """Hands the engine thread's events to the event loop with one wake-up per batch of them.
+
+    ``call_soon_threadsafe`` writes to the loop's self-pipe and wakes it, taking the GIL from the
+    engine thread each time; per token of every row that is several hand-offs per step. Here the
+    first event posted after a drain schedules one drain; events posted before it runs ride along.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._lock = threading.Lock()
+        self._pending: list[tuple[asyncio.Queue[Event], Event]] = []
+
+    def post(self, queue: asyncio.Queue[Event], event: Event) -> None:
+        with self._lock:
+            self._pending.append((queue, event))
+            if len(self._pending) > 1:
+                return  # a drain is already scheduled
+        self.loop.call_soon_threadsafe(self._drain)
+
+    def _drain(self) -> None:
+        with self._lock:
+            batch, self._pending = self._pending, []
+        for queue, event in batch:
+            queue.put_nowait(event)
+
+
 class TextGenerationService(pb_grpc.TextGenerationServicer):
     """The servicer, and the engine front both protocols use (``prepare``, ``submit``, ``run_to_end``).
 
@@ -112,6 +140,7 @@ class TextGenerationService(pb_grpc.TextGenerationServicer):
         # a tokenizer object is not shared between concurrent calls).
         self._tokenizing = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tokenize")
         self._token_bytes = 1
+        self._relay: EventRelay | None = None
         # True while health says SERVING (loaded, warmed up, not draining); HTTP /health reads it.
         self.serving = False
 
@@ -140,9 +169,15 @@ class TextGenerationService(pb_grpc.TextGenerationServicer):
         label: str = "",
         warming_up: bool = False,
         protocol: str = DEFAULT_PROTOCOL,
+        stream: bool = True,
     ) -> tuple[GenerationRequest, asyncio.Queue[Event]]:
+        """Queue one request; its events arrive on the returned queue. ``stream``: a TokenEvent per
+        token; otherwise only the end, whose FinishedEvent carries the whole text."""
         att = self._ready(warming_up)
         loop = asyncio.get_running_loop()
+        if self._relay is None or self._relay.loop is not loop:
+            self._relay = EventRelay(loop)
+        relay = self._relay
         events: asyncio.Queue[Event] = asyncio.Queue()
 
         def sink(event: Event) -> None:
@@ -150,11 +185,11 @@ class TextGenerationService(pb_grpc.TextGenerationServicer):
                 requestlog.report(
                     self.metrics, requestlog.finished_request(req, event, protocol, time.monotonic())
                 )
-            loop.call_soon_threadsafe(events.put_nowait, event)
+            relay.post(events, event)
 
         deadline = time.monotonic() + deadline_s if deadline_s is not None else None
         req = GenerationRequest(
-            prompt_ids, params, att.runner.tokenizer, att.runner.eos_id, sink, deadline, urgent, label
+            prompt_ids, params, att.runner.tokenizer, att.runner.eos_id, sink, deadline, urgent, label, stream
         )
         att.queue.put(req)
         self.metrics.queue_depth.set(len(att.queue))
@@ -209,7 +244,9 @@ class TextGenerationService(pb_grpc.TextGenerationServicer):
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> pb.GenerateResponse:
         ids, params = await self._prepare(request)
-        req, events = self.submit(ids, params, context.time_remaining(), label=request.request_id)
+        req, events = self.submit(
+            ids, params, context.time_remaining(), label=request.request_id, stream=False
+        )
         text, reason = await self.run_to_end(req, events)
         return pb.GenerateResponse(
             text=text,
@@ -302,7 +339,9 @@ class TextGenerationService(pb_grpc.TextGenerationServicer):
         params = ValidatedParams(max_new_tokens=new_tokens, sampling=SamplingParams(), ignore_eos=True)
         runs: list[GenerationRequest] = []
         for i in range(warmup + iterations):
-            req, events = self.submit(ids, params, context.time_remaining(), urgent=True, label="benchmark")
+            req, events = self.submit(
+                ids, params, context.time_remaining(), urgent=True, label="benchmark", stream=False
+            )
             await self.run_to_end(req, events)
             if i >= warmup:
                 runs.append(req)

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from bloomz_api.options import ServeOptions
+from bloomz_runtime.backends import cpu
 from bloomz_runtime.backends.cpu import CpuBackend, PackedLinear, can_pack_linears, pack_linears
 from bloomz_runtime.dist import DistContext
 
@@ -45,14 +46,31 @@ def test_pack_linears_replaces_only_plain_linear_layers() -> None:
     model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.GELU(), _Subclass(8, 4))
     nested = torch.nn.Sequential(torch.nn.Linear(4, 2))
     model.add_module("nested", nested)
-    assert pack_linears(model) == 2
+    assert pack_linears(model, min_elements=0) == 2
     assert isinstance(model[0], PackedLinear)
     assert type(model[2]) is _Subclass
     assert isinstance(nested[0], PackedLinear)
 
 
+def test_pack_linears_leaves_small_matrices_to_mkl() -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(1024, 1024), torch.nn.Linear(1024, 1023))
+    assert pack_linears(model) == 1
+    assert isinstance(model[0], PackedLinear)
+    assert type(model[1]) is torch.nn.Linear
+
+
+def test_auto_leaves_a_small_model_unpacked_and_unscreened(tiny_checkpoint: Path) -> None:
+    """The tiny model's matrices are below both sizes: plain MKL matmuls and the float32 head."""
+    runner = CpuBackend().load(ServeOptions(model=str(tiny_checkpoint), device="cpu"), DistContext(0, 1, 0))
+    assert getattr(runner, "greedy_head", None) is None
+    assert not any(isinstance(m, PackedLinear) for m in runner.model.modules())
+
+
 @pytest.mark.parametrize("screened", [True, False], ids=["screened-greedy", "float32-head"])
-def test_cpu_backend_packs_one_rank_float32(tiny_checkpoint: Path, screened: bool) -> None:
+def test_cpu_backend_packs_one_rank_float32(
+    tiny_checkpoint: Path, screened: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cpu, "PACK_MIN_ELEMENTS", 0)  # the tiny model's matrices are below the size
     opts = ServeOptions(model=str(tiny_checkpoint), device="cpu", screened_greedy=screened)
     runner = CpuBackend().load(opts, DistContext(0, 1, 0))
     builder = getattr(runner, "screen_builder", None)

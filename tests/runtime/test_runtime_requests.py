@@ -12,10 +12,12 @@ from bloomz_runtime.scheduler import RequestQueue
 from bloomz_runtime.validation import SamplingParams, ValidatedParams
 
 
-def make(tokenizer: Any, n: int = 5, stop: tuple[str, ...] = (), ignore_eos: bool = False):
+def make(
+    tokenizer: Any, n: int = 5, stop: tuple[str, ...] = (), ignore_eos: bool = False, stream: bool = True
+):
     events: list[object] = []
     params = ValidatedParams(max_new_tokens=n, sampling=SamplingParams(), stop=stop, ignore_eos=ignore_eos)
-    req = GenerationRequest([5, 6], params, tokenizer, tokenizer.eos_token_id, events.append)
+    req = GenerationRequest([5, 6], params, tokenizer, tokenizer.eos_token_id, events.append, stream=stream)
     return req, events
 
 
@@ -55,6 +57,25 @@ def test_stop_string_finishes_and_cuts_the_text(tokenizer: Any) -> None:
         req.add_token(t, 0.0)
     assert req.finish_reason == "stop"
     assert text_of(events) == " one two "
+
+
+@pytest.mark.parametrize("stop", [(), ("three",), ("fou",)])
+def test_without_a_stream_only_the_end_is_sent_with_the_same_text(
+    tokenizer: Any, stop: tuple[str, ...]
+) -> None:
+    ids = tokenizer(" one two three four \u00e9t\u00e9", add_special_tokens=False).input_ids
+    texts = []
+    for stream in (True, False):
+        req, events = make(tokenizer, n=len(ids), stop=stop, stream=stream)
+        for t in ids:
+            if req.done:
+                break
+            req.add_token(t, 0.0)
+        assert req.done
+        texts.append(text_of(events))
+        if not stream:
+            assert len(events) == 1 and isinstance(events[0], FinishedEvent)
+    assert texts[0] == texts[1] and texts[0]
 
 
 def test_failure_is_reported(tokenizer: Any) -> None:
