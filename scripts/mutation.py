@@ -156,7 +156,11 @@ MODULES = (
         "requests", "bloomz_runtime/requests.py", (RT + "runtime_requests.py", RT + "request_lifecycle.py")
     ),
     Module("text", "bloomz_runtime/text.py", (RT + "runtime_text.py", RT + "text_streaming.py")),
-    Module("greedy_head", "bloomz_runtime/backends/greedy_head.py", (RT + "greedy_head.py",)),
+    Module(
+        "greedy_head",
+        "bloomz_runtime/backends/greedy_head.py",
+        (RT + "greedy_head.py", RT + "screen_store.py"),  # the screen store hands a stored screen back in
+    ),
     Module(
         "options",
         "bloomz_api/options.py",
