@@ -35,7 +35,9 @@ def test_a_new_request_waits_unmarked(tokenizer: Any) -> None:
     second, _ = request(tokenizer)
     assert first.id.startswith("r") and first.id != second.id
     assert first.prompt_ids == PROMPT and first.generated == [] and events == []
-    assert first.label == "" and first.urgent is False and first.cancelled is False
+    assert (
+        first.label == "" and first.urgent is False and first.cancelled is False and first.shut_down is False
+    )
     assert first.deadline is None and not first.expired(1e12)
     assert first.finish_reason is None and not first.done
     labelled, _ = request(tokenizer, label="bench", urgent=True, deadline=5.0)
