@@ -184,6 +184,17 @@ MODULES = (
         "mpijob",
         "bloomz_runtime/mpijob.py",
         (RT + "placement.py", RT + "launch_rendering.py", RT + "runtime_launch.py", RT + "multinode.py"),
+        # the rendering and placement; detect_mpi_major runs `mpirun --version` (the placement tests run it)
+        (
+            "hostfile_text",
+            "binding_flags",
+            "runtime_param_flags",
+            "render",
+            "socket_shares",
+            "hpu_binding",
+            "device_binding",
+            "parse_mpi_major",
+        ),
     ),
     Module("topology", "bloomz_runtime/topology.py", (RT + "placement.py",)),
 )

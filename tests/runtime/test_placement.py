@@ -174,8 +174,9 @@ def test_group_command_open_mpi_5_uses_prrte_names() -> None:
 
 
 def test_a_group_needs_its_hostfile() -> None:
-    with pytest.raises(ValueError, match="hostfile"):
+    with pytest.raises(ValueError) as refused:
         render(replace(GROUP, hostfile=None))
+    assert str(refused.value) == "a job over several hosts needs its hostfile written first"
 
 
 @pytest.mark.parametrize(
@@ -190,8 +191,9 @@ def test_version_from_mpirun_output(text: str, major: int) -> None:
 
 
 def test_version_output_of_something_else_is_refused() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError) as refused:
         parse_mpi_major("HYDRA build details:\n    Version: 4.1\n")
+    assert str(refused.value) == "not Open MPI's version output: 'HYDRA build details:\\n    Version: 4.1'"
 
 
 def test_installed_mpirun_version_is_detected() -> None:
@@ -212,10 +214,41 @@ def test_sysfs_reader_pairs_core_and_package_ids(tmp_path: Path) -> None:
         (topo / "core_id").write_text(f"{core}\n")
         (topo / "physical_package_id").write_text(f"{package}\n")
     (tmp_path / "cpu8").mkdir()  # offline: no topology directory
+    (tmp_path / "cpu10").mkdir()  # offline too, and listed between cpu1 and cpu2
     (tmp_path / "cpufreq").mkdir()
     topology = read_sysfs(tmp_path)
     assert (topology.sockets, topology.physical_cores, topology.logical_cpus) == (2, 4, 8)
     assert topology.restricted({0, 4}).physical_cores == 1
+
+
+def test_a_sysfs_without_cpus_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(OSError) as refused:
+        read_sysfs(tmp_path)
+    assert str(refused.value) == f"no CPU topology under {tmp_path}"
+
+
+def test_without_sysfs_the_topology_comes_from_lscpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    from bloomz_runtime import topology as module
+
+    from_sysfs = read_sysfs()
+
+    def unreadable() -> CpuTopology:
+        raise OSError("no sysfs here")
+
+    monkeypatch.setattr(module, "read_sysfs", unreadable)
+    assert current_topology().cpus == from_sysfs.restricted(os.sched_getaffinity(0)).cpus
+
+
+def test_the_topology_is_limited_to_this_process_cpuset(monkeypatch: pytest.MonkeyPatch) -> None:
+    asked: list[int] = []
+    first = min(os.sched_getaffinity(0))
+
+    def affinity(pid: int) -> set[int]:
+        asked.append(pid)
+        return {first}
+
+    monkeypatch.setattr(os, "sched_getaffinity", affinity)
+    assert [c.cpu for c in current_topology().cpus] == [first] and asked == [0]
 
 
 def test_this_machine_is_read_within_its_cpuset() -> None:
@@ -228,3 +261,54 @@ def test_device_binding_per_device() -> None:
     assert device_binding("cuda", None, 8) == Binding()
     assert device_binding("cpu", None, 8) == Binding(oversubscribe=True)
     assert device_binding("hpu", None, 8) == Binding()  # topology unknown: unbound, never refused
+
+
+def test_one_rank_per_node_is_bound_to_every_physical_core() -> None:
+    # 80 cores do not fit one socket's 40: by slot
+    assert hpu_binding(recorded("2x40-ht"), 1) == Binding(map_by="slot", pe=80)
+    single = CpuTopology((LogicalCpu(cpu=0, core=0, socket=0),))
+    assert hpu_binding(single, 1) == Binding(map_by="slot", pe=1)  # one core, one socket: by slot
+
+
+def test_sockets_of_two_cores_map_by_socket() -> None:
+    """Only one-core sockets (a VM's) map by slot; two cores per socket are a real socket's share."""
+    small = CpuTopology(tuple(LogicalCpu(cpu=i, core=i % 2, socket=i // 2) for i in range(4)))
+    assert hpu_binding(small, 2) == Binding(map_by="socket", pe=2)
+
+
+LSCPU_LINES = "0,0,0\n1,1,0\n2,0,1\n3,1,1\n"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        LSCPU_LINES,  # no header: CPU,Core,Socket
+        "# CPU,Core,Socket\n" + LSCPU_LINES,
+        "#CPU,Core,Socket\n\n" + LSCPU_LINES.replace("\n", "\n\n"),  # blank lines anywhere
+        "# Socket,CPU,Core\n0,0,0\n0,1,1\n1,2,0\n1,3,1\n",  # the header names the order
+        "# Core,Socket,CPU\n0,0,0\n1,0,1\n0,1,2\n1,1,3\n",
+        "# CPU,Core,Socket,Node,,L1d:L1i\n0,0,0,0,,0:0\n1,1,0,0,,1:1\n2,0,1,1,,2:2\n3,1,1,1,,3:3\n",
+    ],
+)
+def test_lscpu_columns_are_read_by_their_header(text: str) -> None:
+    topology = parse_lscpu(text)
+    assert [(c.cpu, c.core, c.socket) for c in topology.cpus] == [(0, 0, 0), (1, 1, 0), (2, 0, 1), (3, 1, 1)]
+
+
+def test_a_header_without_the_three_columns_keeps_the_default_order() -> None:
+    assert parse_lscpu("# CPU,Core\n" + LSCPU_LINES).cpus == parse_lscpu(LSCPU_LINES).cpus
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("0,0,0\nx,0,0\n", "not an `lscpu -p` line: 'x,0,0'"),
+        ("0,0\n", "not an `lscpu -p` line: '0,0'"),
+        ("# CPU,Core,Socket\n", "no CPUs in the `lscpu -p` output"),
+        ("", "no CPUs in the `lscpu -p` output"),
+    ],
+)
+def test_what_is_not_lscpu_output_is_refused_with_the_line(text: str, message: str) -> None:
+    with pytest.raises(ValueError) as refused:
+        parse_lscpu(text)
+    assert str(refused.value) == message
