@@ -196,6 +196,12 @@ def test_version_output_of_something_else_is_refused() -> None:
     assert str(refused.value) == "not Open MPI's version output: 'HYDRA build details:\\n    Version: 4.1'"
 
 
+def test_a_long_version_output_is_quoted_to_80_characters() -> None:
+    with pytest.raises(ValueError) as refused:
+        parse_mpi_major("y" * 100)
+    assert str(refused.value) == f"not Open MPI's version output: {'y' * 80!r}"
+
+
 def test_installed_mpirun_version_is_detected() -> None:
     mpirun = shutil.which("mpirun")
     if mpirun is None:
