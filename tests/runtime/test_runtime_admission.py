@@ -129,16 +129,20 @@ def test_why_a_request_left_early() -> None:
 
 @dataclass
 class ScriptedEngine:
-    """Always picks token 7; blocks in apply() while `hold` is clear (a hung collective)."""
+    """Always picks token 7; blocks in apply() while `hold` is clear (a hung collective), and clears it
+    itself once `pause_after` steps have run (so a test can stop the engine at a known step)."""
 
     hold: threading.Event = field(default_factory=threading.Event)
     rows: int = 0
     steps: list[Step] = field(default_factory=list)
+    pause_after: int | None = None
 
     def __post_init__(self) -> None:
         self.hold.set()
 
     def apply(self, step: Step) -> StepScores | None:
+        if self.pause_after is not None and len(self.steps) >= self.pause_after:
+            self.hold.clear()
         self.hold.wait()
         self.steps.append(step)
         self.rows += len(step.admit) - len(step.drop)
@@ -222,7 +226,9 @@ def test_a_stuck_step_is_seen_and_its_requests_answered_unavailable(tokenizer: A
 
 
 def test_requests_left_when_a_drain_ends_get_unavailable(tokenizer: Any) -> None:
-    engine = ScriptedEngine()
+    # The engine stops in its second step (a busy machine could otherwise finish every token before
+    # the test holds it), so the second request stays queued.
+    engine = ScriptedEngine(pause_after=1)
     running: list[Event] = []
     waiting: list[Event] = []
     queue = RequestQueue(8)
@@ -230,10 +236,10 @@ def test_requests_left_when_a_drain_ends_get_unavailable(tokenizer: Any) -> None
     try:
         queue.put(request(tokenizer, running.append, new_tokens=10_000))
         wait_for("the first token", lambda: running, 30)
-        engine.hold.clear()  # hold the batch so the second request stays queued
         wait_for("the next step to start", lambda: coordinator.step_started is not None, 30)
         queue.put(request(tokenizer, waiting.append))
         coordinator.shut_down_all()
+        engine.pause_after = None
         engine.hold.set()
         for events in (running, waiting):
             wait_for("an answer", lambda e=events: isinstance(e[-1], FailedEvent) if e else False, 30)
