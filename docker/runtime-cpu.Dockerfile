@@ -32,7 +32,8 @@ LABEL org.opencontainers.image.title="bloomz-runtime-cpu" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.licenses="Apache-2.0"
 # Open MPI runs the ranks. g++ stays: DeepSpeed JIT-compiles its shared-memory all-reduce for the node's
-# own CPU (-march=native) when the first process group starts, so it cannot be prebuilt portably.
+# own CPU (-march=native) when the first process group starts, so it cannot be prebuilt portably; the
+# ranks build it under a lock of their own that a killed build cannot leave held (bloomz_runtime.shm_op).
 # Debian package versions follow the base image's tag, which pins them (hence no DL3008 pins).
 # openssh: multi-node replicas (docs/multinode.md): worker pods run sshd, the leader's mpirun reaches them by ssh.
 # hadolint ignore=DL3008

@@ -10,7 +10,15 @@ want=$(cat constraints-cpu.txt pyproject.toml | sha256sum | cut -c1-16)
 
 bash scripts/install-tools.sh
 
+# DeepSpeed's CPU all-reduce op, built here rather than by the first multi-rank start (a start killed
+# mid-build leaves torch's lock file behind; runtime/bloomz_runtime/shm_op.py); about 1 s once built.
+# Into TORCH_EXTENSIONS_DIR (the Makefile's per-checkout folder). A machine without g++ still sets up.
+build_shm_op() {
+  .venv/bin/python -m bloomz_runtime.shm_op || echo "[setup] warning: DeepSpeed's all-reduce op did not build" >&2
+}
+
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ]; then
+  build_shm_op
   exit 0
 fi
 echo "[setup] Python environment in .venv (pinned by constraints-cpu.txt)"
@@ -24,3 +32,4 @@ pip install -q --no-build-isolation -c constraints-cpu.txt "deepspeed==0.19.8"
 pip install -q -c constraints-cpu.txt -e ".[test]"
 .venv/bin/python -c "import torch, transformers, deepspeed, grpc, kopf; print('[setup] torch', torch.__version__, 'transformers', transformers.__version__, 'deepspeed', deepspeed.__version__)"
 echo "$want" > "$STAMP"
+build_shm_op

@@ -20,6 +20,7 @@ from bloomz_runtime.backends.screen_store import ScreenSource
 from bloomz_runtime.backends.sharded_head import ShardedScreenedGreedyHead, deepspeed_lm_head_shard
 from bloomz_runtime.dist import DistContext, unlink_own_shm_segment
 from bloomz_runtime.multinode import avoid_shared_memory_all_reduce_across_nodes
+from bloomz_runtime.shm_op import load_shm_op
 
 # Rows a running batch usually holds; oneDNN picks its weight layout for this many (any count works).
 PACKED_BATCH_HINT = 16
@@ -105,6 +106,7 @@ class CpuBackend:
         if ctx.world_size > 1:
             import deepspeed
 
+            load_shm_op()  # under a lock of ours, never stuck on a baton a killed build left
             # AutoTP: DeepSpeed splits the linear layers across ranks and all-reduces their outputs;
             # the HF modules (and so the KV cache layout the engine relies on) stay as they are.
             engine = deepspeed.init_inference(
