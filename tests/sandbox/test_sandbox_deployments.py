@@ -5,7 +5,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from bloomz_sandbox.controllers.deployments import HASH_LABEL, orphans, plan, pod_from_template, template_hash
+from bloomz_sandbox.controllers.deployments import HASH_LABEL, plan, pod_from_template, template_hash
+from bloomz_sandbox.controllers.polling import orphans
 
 TEMPLATE = {
     "metadata": {"labels": {"app": "op"}},
@@ -109,6 +110,6 @@ def test_pods_of_a_deleted_deployment_are_orphans_and_no_other_pod_is() -> None:
     bare = _pod("bare-1", deployment)
     del bare["metadata"]["ownerReferences"]
     pods = [mine, unlabelled, owned_by_a_job, bare]
-    assert orphans(["d-1"], pods) == []
-    assert orphans(["d-2"], pods) == [mine]
-    assert orphans([], pods) == [mine]
+    assert orphans("Deployment", ["d-1"], pods) == []
+    assert orphans("Deployment", ["d-2"], pods) == [mine]
+    assert orphans("Deployment", [], pods) == [mine]

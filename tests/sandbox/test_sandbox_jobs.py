@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from bloomz_sandbox.controllers.jobs import CONTROLLER_UID_LABEL, orphans, plan_job, pod_from_job
+from bloomz_sandbox.controllers.jobs import CONTROLLER_UID_LABEL, plan_job, pod_from_job
+from bloomz_sandbox.controllers.polling import orphans
 from bloomz_sandbox.node.pod_status import Termination, fallback_message
 
 JOB: dict[str, Any] = {
@@ -85,6 +86,6 @@ def test_pods_of_a_deleted_job_are_orphans_and_no_other_pod_is() -> None:
     bare = pod_from_job(JOB)
     del bare["metadata"]["ownerReferences"]
     pods = [mine, unlabelled, of_a_deployment, bare]
-    assert orphans(["u1"], pods) == []
-    assert orphans(["u2"], pods) == [mine]
-    assert orphans([], pods) == [mine]
+    assert orphans("Job", ["u1"], pods) == []
+    assert orphans("Job", ["u2"], pods) == [mine]
+    assert orphans("Job", [], pods) == [mine]

@@ -17,18 +17,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
-import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 
-log = logging.getLogger(__name__)
+from bloomz_sandbox.controllers.polling import MADE_BY_LABEL, PollingController, ignore
 
-HASH_LABEL = "pod-template-hash"
+HASH_LABEL = MADE_BY_LABEL["Deployment"]
 JSON = Mapping[str, Any]
 
 
@@ -146,20 +143,6 @@ def plan(deployment: JSON, pods: Sequence[JSON]) -> Plan:
     return result
 
 
-def orphans(deployment_uids: Sequence[str], pods: Sequence[JSON]) -> list[JSON]:
-    """Pods made by this controller (template hash label, owned by a Deployment) whose Deployment is gone."""
-    live = set(deployment_uids)
-    return [
-        p
-        for p in pods
-        if HASH_LABEL in ((p.get("metadata") or {}).get("labels") or {})
-        and any(
-            ref.get("kind") == "Deployment" and ref.get("uid") not in live
-            for ref in (p.get("metadata") or {}).get("ownerReferences") or []
-        )
-    ]
-
-
 def _same_status(stored: JSON, wanted: JSON) -> bool:
     def strip(status: JSON) -> Any:
         return {
@@ -173,77 +156,34 @@ def _same_status(stored: JSON, wanted: JSON) -> bool:
     return bool(strip(stored or {}) == strip(wanted))
 
 
-class DeploymentController:
+class DeploymentController(PollingController):
     """Polls Deployments and pods (every ``resync_seconds``) and applies ``plan``; start()/stop()."""
 
+    kind = "Deployment"
+
     def __init__(self, api_client: client.ApiClient, resync_seconds: float = 0.5) -> None:
+        super().__init__(api_client, resync_seconds)
         self.apps: Any = client.AppsV1Api(api_client)
-        self.core: Any = client.CoreV1Api(api_client)
-        self.resync_seconds = resync_seconds
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
-    def start(self) -> DeploymentController:
-        self._thread = threading.Thread(target=self._loop, name="sandbox-deployments", daemon=True)
-        self._thread.start()
-        return self
+    def list_owners(self, **kwargs: Any) -> Any:
+        return self.apps.list_deployment_for_all_namespaces(**kwargs)
 
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-            self._thread = None
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.reconcile_once()
-            except Exception:  # the API going away at shutdown, or a bug: logged, retried next round
-                if not self._stop.is_set():
-                    log.exception("sandbox deployment controller: reconcile failed")
-            self._stop.wait(self.resync_seconds)
-
-    def _list(self, call: Any) -> list[dict[str, Any]]:
-        return list(json.loads(call(_preload_content=False).data)["items"])
-
-    def reconcile_once(self) -> None:
-        deployments = self._list(self.apps.list_deployment_for_all_namespaces)
-        pods = self._list(self.core.list_pod_for_all_namespaces)
-        # A pod created from a list taken just before its Deployment was deleted outlives the garbage
-        # collection of that Deployment; the real garbage collector deletes such dangling dependents.
-        for pod in orphans([d["metadata"]["uid"] for d in deployments], pods):
-            with _ignore(404):
-                self.core.delete_namespaced_pod(
-                    pod["metadata"]["name"], pod["metadata"]["namespace"], _preload_content=False
-                )
+    def reconcile(self, deployments: list[dict[str, Any]], pods: list[dict[str, Any]], now: float) -> None:
         for deployment in deployments:
             if deployment["metadata"].get("deletionTimestamp"):
                 continue
             namespace = deployment["metadata"]["namespace"]
             steps = plan(deployment, [p for p in pods if p["metadata"].get("namespace") == namespace])
             for name in steps.delete:
-                with _ignore(404):
+                with ignore(404):
                     self.core.delete_namespaced_pod(name, namespace, _preload_content=False)
             for pod in steps.create:
                 self.core.create_namespaced_pod(namespace, pod, _preload_content=False)
             if not _same_status(deployment.get("status") or {}, steps.status):
-                with _ignore(404):
+                with ignore(404):
                     self.apps.patch_namespaced_deployment_status(
                         deployment["metadata"]["name"],
                         namespace,
                         {"status": steps.status},
                         _preload_content=False,
                     )
-
-
-class _ignore:
-    """Suppress an ApiException of one status (a pod or Deployment deleted meanwhile)."""
-
-    def __init__(self, status: int) -> None:
-        self.status = status
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> bool:
-        return isinstance(exc, ApiException) and exc.status == self.status

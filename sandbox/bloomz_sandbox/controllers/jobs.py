@@ -13,21 +13,17 @@ completions 1, `restartPolicy: Never`); ``plan`` (pure) decides, the controller 
 from __future__ import annotations
 
 import json
-import logging
-import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from kubernetes import client
 
-from bloomz_sandbox.controllers.deployments import _ignore
+from bloomz_sandbox.controllers.polling import MADE_BY_LABEL, PollingController, ignore
 from bloomz_sandbox.node.pod_status import rfc3339
 
-log = logging.getLogger(__name__)
-
 JOB_NAME_LABELS = ("batch.kubernetes.io/job-name", "job-name")
-CONTROLLER_UID_LABEL = "batch.kubernetes.io/controller-uid"
+CONTROLLER_UID_LABEL = MADE_BY_LABEL["Job"]
 DEFAULT_BACKOFF_LIMIT = 6
 JSON = Mapping[str, Any]
 
@@ -141,70 +137,24 @@ def plan_job(job: JSON, pods: Sequence[JSON], now: float) -> JobPlan:
     return result
 
 
-def orphans(job_uids: Sequence[str], pods: Sequence[JSON]) -> list[JSON]:
-    """Pods made by this controller (controller-uid label, owned by a Job) whose Job is gone."""
-    live = set(job_uids)
-    return [
-        p
-        for p in pods
-        if CONTROLLER_UID_LABEL in ((p.get("metadata") or {}).get("labels") or {})
-        and any(
-            ref.get("kind") == "Job" and ref.get("uid") not in live
-            for ref in (p.get("metadata") or {}).get("ownerReferences") or []
-        )
-    ]
-
-
 def _controlled_by(pod: JSON, uid: str) -> bool:
     refs = (pod.get("metadata") or {}).get("ownerReferences") or ()
     return any(ref.get("uid") == uid and ref.get("controller") for ref in refs)
 
 
-class JobController:
+class JobController(PollingController):
     """Polls Jobs and pods (every ``resync_seconds``) and applies ``plan_job``; start()/stop()."""
 
+    kind = "Job"
+
     def __init__(self, api_client: client.ApiClient, resync_seconds: float = 0.5) -> None:
+        super().__init__(api_client, resync_seconds)
         self.batch: Any = client.BatchV1Api(api_client)
-        self.core: Any = client.CoreV1Api(api_client)
-        self.resync_seconds = resync_seconds
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
-    def start(self) -> JobController:
-        self._thread = threading.Thread(target=self._loop, name="sandbox-jobs", daemon=True)
-        self._thread.start()
-        return self
+    def list_owners(self, **kwargs: Any) -> Any:
+        return self.batch.list_job_for_all_namespaces(**kwargs)
 
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-            self._thread = None
-
-    def _loop(self) -> None:
-        import time
-
-        while not self._stop.is_set():
-            try:
-                self.reconcile_once(time.time())
-            except Exception:  # the API going away at shutdown, or a bug: logged, retried next round
-                if not self._stop.is_set():
-                    log.exception("sandbox job controller: reconcile failed")
-            self._stop.wait(self.resync_seconds)
-
-    def _list(self, call: Any) -> list[dict[str, Any]]:
-        return list(json.loads(call(_preload_content=False).data)["items"])
-
-    def reconcile_once(self, now: float) -> None:
-        jobs = self._list(self.batch.list_job_for_all_namespaces)
-        pods = self._list(self.core.list_pod_for_all_namespaces)
-        # A pod created from a list taken just before its Job was deleted outlives the garbage collection
-        # of that Job; the real garbage collector deletes such dangling dependents.
-        for pod in orphans([j["metadata"]["uid"] for j in jobs], pods):
-            with _ignore(404):
-                self.core.delete_namespaced_pod(
-                    pod["metadata"]["name"], pod["metadata"]["namespace"], _preload_content=False
-                )
+    def reconcile(self, jobs: list[dict[str, Any]], pods: list[dict[str, Any]], now: float) -> None:
         for job in jobs:
             meta = job["metadata"]
             if meta.get("deletionTimestamp"):
@@ -219,7 +169,7 @@ class JobController:
             for pod in steps.create:
                 self.core.create_namespaced_pod(namespace, pod, _preload_content=False)
             if _comparable(job.get("status") or {}) != _comparable(steps.status):
-                with _ignore(404):
+                with ignore(404):
                     self.batch.patch_namespaced_job_status(
                         meta["name"], namespace, {"status": steps.status}, _preload_content=False
                     )
