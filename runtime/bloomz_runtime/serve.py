@@ -29,6 +29,7 @@ from bloomz_runtime.http import HttpServer, create_app, load_chat_template, star
 from bloomz_runtime.launch import LEADER_PIDFILE_ENV
 from bloomz_runtime.lifetime import die_with_parent
 from bloomz_runtime.metrics import RuntimeMetrics
+from bloomz_runtime.passing_thread import in_passing_thread
 from bloomz_runtime.requestlog import JsonFormatter
 from bloomz_runtime.scheduler import RequestQueue, largest_prefill
 from bloomz_runtime.server import TextGenerationService, set_health, start_grpc_server
@@ -104,8 +105,9 @@ async def run_leader(opts: ServeOptions, ctx: DistContext) -> int:
         loop.add_signal_handler(sig, stopping.set)
 
     started = time.monotonic()
-    # Loading runs in a thread so health checks are answered (NOT_SERVING) meanwhile.
-    engine = await asyncio.to_thread(_load_engine, opts, ctx)
+    # Loading runs in a thread so health checks are answered (NOT_SERVING) meanwhile; one that ends
+    # with it, so the engine thread's OpenMP pool is the only one left (passing_thread.py).
+    engine = await in_passing_thread(_load_engine, opts, ctx, name="load")
     runner = engine.runner
     metrics.model_info.info(
         {"model": opts.model_name, "device": opts.device, "dtype": opts.torch_dtype_name,
@@ -121,7 +123,7 @@ async def run_leader(opts: ServeOptions, ctx: DistContext) -> int:
         opts.batch_wait_ms / 1000.0,
     )
     if opts.warms_up_largest and not stopping.is_set():
-        await asyncio.to_thread(_warm_up_largest, opts, coordinator)
+        await in_passing_thread(_warm_up_largest, opts, coordinator, name="warm-up")
     coordinator.start()
     service.attach(runner, coordinator, queue)
     chat.bos_token = getattr(runner.tokenizer, "bos_token", None) or ""
