@@ -14,7 +14,7 @@ import os
 import signal
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bloomz_api.constants import BENCHMARK_PROMPT
 from bloomz_api.options import ServeOptions, parse_options
@@ -25,14 +25,18 @@ from bloomz_runtime.commands import ControlChannel
 from bloomz_runtime.coordinator import Coordinator, worker_loop
 from bloomz_runtime.dist import DistContext, init_distributed, shorten_collective_timeout
 from bloomz_runtime.engine import BatchEngine
-from bloomz_runtime.http import HttpServer, create_app, load_chat_template, start_http_server
+from bloomz_runtime.http.chat import load_chat_template
 from bloomz_runtime.launch import LEADER_PIDFILE_ENV
 from bloomz_runtime.lifetime import die_with_parent
 from bloomz_runtime.metrics import RuntimeMetrics
+from bloomz_runtime.passing_thread import in_passing_thread
 from bloomz_runtime.requestlog import JsonFormatter
 from bloomz_runtime.scheduler import RequestQueue, largest_prefill
 from bloomz_runtime.server import TextGenerationService, set_health, start_grpc_server
 from bloomz_runtime.watchdog import FLUSH_S, exit_stuck, fail_all, overdue, stuck_error
+
+if TYPE_CHECKING:
+    from bloomz_runtime.http import HttpServer
 
 log = logging.getLogger("bloomz_runtime.serve")
 MPI_RANK_ENV = "OMPI_COMM_WORLD_RANK"  # set by Open MPI in every rank it starts
@@ -90,6 +94,9 @@ async def run_leader(opts: ServeOptions, ctx: DistContext) -> int:
     http: HttpServer | None = None
     chat = load_chat_template(opts.chat_template)
     if opts.http_port:
+        # Imported only here: FastAPI and uvicorn are a few tenths of a second of start-up.
+        from bloomz_runtime.http import create_app, start_http_server
+
         app = create_app(service, opts.model_name, chat, metrics, api_keys)
         http = await start_http_server(
             app, opts.bind_host, opts.http_port, opts.tls_cert_file, opts.tls_key_file
@@ -104,8 +111,9 @@ async def run_leader(opts: ServeOptions, ctx: DistContext) -> int:
         loop.add_signal_handler(sig, stopping.set)
 
     started = time.monotonic()
-    # Loading runs in a thread so health checks are answered (NOT_SERVING) meanwhile.
-    engine = await asyncio.to_thread(_load_engine, opts, ctx)
+    # Loading runs in a thread so health checks are answered (NOT_SERVING) meanwhile; one that ends
+    # with it, so the engine thread's OpenMP pool is the only one left (passing_thread.py).
+    engine = await in_passing_thread(_load_engine, opts, ctx, name="load")
     runner = engine.runner
     metrics.model_info.info(
         {"model": opts.model_name, "device": opts.device, "dtype": opts.torch_dtype_name,
@@ -121,7 +129,7 @@ async def run_leader(opts: ServeOptions, ctx: DistContext) -> int:
         opts.batch_wait_ms / 1000.0,
     )
     if opts.warms_up_largest and not stopping.is_set():
-        await asyncio.to_thread(_warm_up_largest, opts, coordinator)
+        await in_passing_thread(_warm_up_largest, opts, coordinator, name="warm-up")
     coordinator.start()
     service.attach(runner, coordinator, queue)
     chat.bos_token = getattr(runner.tokenizer, "bos_token", None) or ""

@@ -370,7 +370,9 @@ class TextGenerationService(pb_grpc.TextGenerationServicer):
         """Exercise prefill, decode, and joining a running batch before reporting SERVING."""
         att = self._ready(warming_up=True)
         ids = list(att.runner.tokenizer(BENCHMARK_PROMPT, add_special_tokens=False).input_ids)
-        params = ValidatedParams(max_new_tokens=4, sampling=SamplingParams(), ignore_eos=True)
+        # Three tokens: the second request, submitted while the first's second step runs, joins the
+        # batch at its third (with two the first could be done before the second is admitted).
+        params = ValidatedParams(max_new_tokens=3, sampling=SamplingParams(), ignore_eos=True)
         first, first_events = self.submit(ids, params, urgent=True, label="warmup", warming_up=True)
         # Once the first has its first token it is in the batch and the queue is empty again
         # (even a queue of one has room); the second then joins the running batch.

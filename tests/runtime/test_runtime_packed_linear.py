@@ -93,3 +93,40 @@ def test_cpu_backend_packs_one_rank_float32(
         assert not any(type(m) is torch.nn.Linear for m in runner.model.modules())
         # The tied embedding keeps its own weight for the lookup.
         assert runner.model.transformer.word_embeddings.weight.shape[0] == head.out_features
+
+
+def test_kernel_by_rows() -> None:
+    assert [cpu.uses_plain_kernel(rows) for rows in (1, 2, 3, 4, 16)] == [True, True, False, False, False]
+
+
+@pytest.mark.parametrize("shape", [(1, 64), (2, 64), (1, 2, 64), (2, 1, 64)])
+def test_one_or_two_rows_equal_linear_exactly(shape: tuple[int, ...]) -> None:
+    g = torch.Generator().manual_seed(1)
+    linear = torch.nn.Linear(64, 96)
+    with torch.no_grad():
+        linear.weight.copy_(torch.randn(96, 64, generator=g))
+        linear.bias.copy_(torch.randn(96, generator=g))
+    x = torch.randn(*shape, generator=g)
+    with torch.inference_mode():
+        assert torch.equal(PackedLinear(linear)(x), linear(x))
+
+
+def test_without_the_plain_copy_every_call_is_packed(monkeypatch: pytest.MonkeyPatch) -> None:
+    linear = torch.nn.Linear(64, 96)
+    calls: list[int] = []
+    real = torch.ops.mkldnn._linear_pointwise
+
+    def counting(*args: object) -> torch.Tensor:
+        calls.append(1)
+        return real(*args)
+
+    kept, packed_only = PackedLinear(linear), PackedLinear(linear, keep_plain=False)
+    assert kept.weight is linear.weight and packed_only.weight is None
+    monkeypatch.setattr(cpu, "_linear_pointwise", counting)
+    with torch.inference_mode():
+        kept(torch.randn(1, 64))
+        assert calls == []
+        kept(torch.randn(3, 64))
+        assert calls == [1]
+        packed_only(torch.randn(1, 64))
+        assert calls == [1, 1]

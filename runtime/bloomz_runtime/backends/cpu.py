@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import torch
+import torch.nn.functional as F
 from bloomz_api.options import ServeOptions
 
 from bloomz_runtime.backends.base import ModelRunner, count_parameters, torch_dtype
@@ -29,6 +31,15 @@ PACKED_BATCH_HINT = 16
 # screen's extra small ops more than the whole head (a 1024 x 256 head: 280 against 30 us).
 PACK_MIN_ELEMENTS = 2**20
 SCREEN_MIN_ELEMENTS = 2**22
+# Up to this many rows MKL's gemv on the plain [out, in] weight beats the packed call (560m body
+# linears, 2 cores: 42 against 48 ms at 1 row, 45 against 50 at 2); from 4 rows on it is 1.6-1.9x
+# slower than the packed one. Keeping both costs one more float32 copy of every packed matrix.
+PLAIN_MAX_ROWS = 2
+
+
+def uses_plain_kernel(rows: int) -> bool:
+    """Whether a call of ``rows`` input rows goes to MKL on the plain weight (when it is kept)."""
+    return rows <= PLAIN_MAX_ROWS
 
 
 def can_pack_linears(dtype: torch.dtype) -> bool:
@@ -42,26 +53,36 @@ def can_pack_linears(dtype: torch.dtype) -> bool:
     )
 
 
+def _linear_pointwise(*args: Any) -> torch.Tensor:
+    return torch.ops.mkldnn._linear_pointwise(*args)
+
+
 class PackedLinear(torch.nn.Module):
     """``nn.Linear`` with its weight reordered once into oneDNN's blocked layout.
 
     MKL's sgemm on a plain [out, in] weight is slow for a decode batch of a few rows (16 rows cost
     2.2x one row, 15 rows 5x; profile of 16 concurrent clients: 87 % of a step in these matmuls);
-    oneDNN on a prepacked weight costs about the same as MKL for one row and 0.65x for 16. Results
-    equal ``F.linear``'s up to float32 rounding.
+    oneDNN on a prepacked weight costs 0.65x of MKL's time for 16 rows but 1.1x for one or two.
+    With ``keep_plain`` the plain weight stays too and calls of up to PLAIN_MAX_ROWS rows use it
+    (then they equal ``F.linear`` exactly); packed results equal it up to float32 rounding.
     """
 
-    def __init__(self, linear: torch.nn.Linear, batch_hint: int = PACKED_BATCH_HINT) -> None:
+    def __init__(
+        self, linear: torch.nn.Linear, batch_hint: int = PACKED_BATCH_HINT, keep_plain: bool = True
+    ) -> None:
         super().__init__()
         self.in_features = linear.in_features
         self.out_features = linear.out_features
         with torch.no_grad():
             packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), batch_hint)
         self.register_buffer("packed_weight", packed, persistent=False)
+        self.weight = linear.weight if keep_plain else None
         self.bias = linear.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.mkldnn._linear_pointwise(x, self.packed_weight, self.bias, "none", [], "")
+        if self.weight is not None and uses_plain_kernel(x.numel() // self.in_features):
+            return F.linear(x, self.weight, self.bias)
+        return _linear_pointwise(x, self.packed_weight, self.bias, "none", [], "")
 
 
 def pack_linears(
