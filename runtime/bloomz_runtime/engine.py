@@ -107,8 +107,25 @@ class BatchEngine:
         self.runner.set_cache_tensors(self.cache, kv)
         self.mask = torch.cat([past_mask, new_mask], dim=1)
         scores, self.cache = self.runner.forward(ids, self.mask, self.cache, logits=logits)
+        self._close_gaps(len(tokens), past_mask.shape[1])
         self.rows.extend(row for row, _ in admit)
         return scores
+
+    def _close_gaps(self, running: int, past: int) -> None:
+        """Drop the running rows' padding positions and the newcomers' empty past from the cache, as
+        if they had joined apart: every later decode step would otherwise copy and attend over them."""
+        kv, mask = self.runner.cache_tensors(self.cache), self.mask
+        old_kv = [
+            (
+                torch.cat([k[:running, :, :past], k[:running, :, -1:]], dim=2),
+                torch.cat([v[:running, :, :past], v[:running, :, -1:]], dim=2),
+            )
+            for k, v in kv
+        ]
+        old_mask = torch.cat([mask[:running, :past], mask[:running, -1:]], dim=1)
+        new_kv = [(k[running:, :, past:], v[running:, :, past:]) for k, v in kv]
+        kv, self.mask = concat_rows(old_kv, old_mask, new_kv, mask[running:, past:])
+        self.runner.set_cache_tensors(self.cache, kv)
 
     def _prefill(self, admit: tuple[tuple[str, tuple[int, ...]], ...], logits: bool) -> StepScores:
         if self.slots is not None:

@@ -113,6 +113,29 @@ def test_newcomers_prefilled_in_the_decode_pass_match_solo_generate(
     assert passes[1 : 1 + len(mixed)] == mixed
 
 
+def test_a_fused_step_leaves_the_cache_as_joining_apart_does(
+    runner: ModelRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No padding positions stay behind in the cache (later steps would copy and attend over them)."""
+    caches = []
+    for fuse in (True, False):
+        monkeypatch.setattr(engine_module, "fuses_prefill", lambda running, longest, fuse=fuse: fuse)
+        engine = BatchEngine(runner)
+        engine.apply(Step(admit=(("a", (5, 6, 7, 8, 9, 10, 11, 12)),)))
+        engine.apply(Step(decode=(13,)))
+        engine.apply(Step(decode=(14,), admit=(("b", (20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31)),)))
+        caches.append((engine.mask, runner.cache_tensors(engine.cache)))
+    (fused_mask, fused_kv), (apart_mask, apart_kv) = caches
+    assert fused_mask.tolist() == apart_mask.tolist()
+    assert fused_mask.shape == (2, 12)
+    for (fk, fv), (ak, av) in zip(fused_kv, apart_kv, strict=True):
+        assert fk.shape == ak.shape and fv.shape == av.shape
+        used = fused_mask.bool()[:, None, :, None]
+        assert torch.allclose(fk * used, ak * used, atol=1e-5) and torch.allclose(
+            fv * used, av * used, atol=1e-5
+        )
+
+
 def test_the_tiny_cpu_runner_screens_greedy_steps(runner: ModelRunner) -> None:
     """So the greedy tests here run the int8-screened lm_head, not only the float32 one."""
     assert getattr(runner, "greedy_head", None) is not None
