@@ -13,6 +13,7 @@ import torch
 from bloomz_runtime.backends.base import ModelRunner, StepScores
 from bloomz_runtime.commands import Step
 from bloomz_runtime.kvcache import concat_rows, left_pad_prompts, ones_column, select_rows
+from bloomz_runtime.scheduler import fuses_prefill
 
 
 class BatchEngine:
@@ -32,6 +33,8 @@ class BatchEngine:
         """Run one step; returns the last position's scores in row order (None if no rows)."""
         if step.drop:
             self._drop(step.drop)
+        if step.decode and step.admit and self._can_fuse(step.admit):
+            return self._fused(step.decode, step.admit, step.logits)
         parts: list[StepScores] = []
         if step.decode:
             parts.append(self._decode(step.decode, step.logits))
@@ -70,6 +73,59 @@ class BatchEngine:
             self.ids = torch.cat([self.ids, new], dim=1)
             scores, _ = self.runner.forward(self.ids, self.mask, None, use_cache=False, logits=logits)
         return scores
+
+    def _can_fuse(self, admit: tuple[tuple[str, tuple[int, ...]], ...]) -> bool:
+        # Every rank decides the same from the same step (no flag travels with it). Graph-compiling
+        # devices (static shapes) keep their separate prefill and decode shapes.
+        if self.slots is not None or not self.kv_cache or self.cache is None:
+            return False
+        if getattr(self.runner, "static_shapes", False):
+            return False
+        longest = self.runner.prompt_length(max(len(ids) for _, ids in admit))
+        return fuses_prefill(len(self.rows), longest)
+
+    def _fused(
+        self, tokens: tuple[int, ...], admit: tuple[tuple[str, tuple[int, ...]], ...], logits: bool
+    ) -> StepScores:
+        """Decode the running rows and prefill the newcomers in one forward pass (one weight read).
+
+        Each running row's token is left-padded to the newcomers' prompt length; the newcomers get
+        masked-out cache positions for the running rows' past. Masked positions weigh exactly zero
+        and ALiBi positions come from the mask, so every row computes what it would apart.
+        """
+        if len(tokens) != len(self.rows):
+            raise RuntimeError(f"decode got {len(tokens)} tokens for {len(self.rows)} rows")
+        prompts = [list(ids) for _, ids in admit]
+        length = self.runner.prompt_length(max(len(p) for p in prompts))
+        ids, new_mask = left_pad_prompts([[t] for t in tokens] + prompts, self.runner.pad_id, length)
+        kv = self.runner.cache_tensors(self.cache)
+        empty = [
+            (k.new_zeros((len(admit), *k.shape[1:])), v.new_zeros((len(admit), *v.shape[1:]))) for k, v in kv
+        ]
+        empty_mask = self.mask.new_zeros((len(admit), self.mask.shape[1]))
+        kv, past_mask = concat_rows(kv, self.mask, empty, empty_mask)
+        self.runner.set_cache_tensors(self.cache, kv)
+        self.mask = torch.cat([past_mask, new_mask], dim=1)
+        scores, self.cache = self.runner.forward(ids, self.mask, self.cache, logits=logits)
+        self._close_gaps(len(tokens), past_mask.shape[1])
+        self.rows.extend(row for row, _ in admit)
+        return scores
+
+    def _close_gaps(self, running: int, past: int) -> None:
+        """Drop the running rows' padding positions and the newcomers' empty past from the cache, as
+        if they had joined apart: every later decode step would otherwise copy and attend over them."""
+        kv, mask = self.runner.cache_tensors(self.cache), self.mask
+        old_kv = [
+            (
+                torch.cat([k[:running, :, :past], k[:running, :, -1:]], dim=2),
+                torch.cat([v[:running, :, :past], v[:running, :, -1:]], dim=2),
+            )
+            for k, v in kv
+        ]
+        old_mask = torch.cat([mask[:running, :past], mask[:running, -1:]], dim=1)
+        new_kv = [(k[running:, :, past:], v[running:, :, past:]) for k, v in kv]
+        kv, self.mask = concat_rows(old_kv, old_mask, new_kv, mask[running:, past:])
+        self.runner.set_cache_tensors(self.cache, kv)
 
     def _prefill(self, admit: tuple[tuple[str, tuple[int, ...]], ...], logits: bool) -> StepScores:
         if self.slots is not None:

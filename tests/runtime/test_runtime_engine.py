@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from bloomz_api.options import ServeOptions
+from bloomz_runtime import engine as engine_module
 from bloomz_runtime.backends.base import ModelRunner
 from bloomz_runtime.backends.cpu import CpuBackend
 from bloomz_runtime.commands import Step
@@ -86,6 +87,53 @@ def test_rows_joining_and_leaving_match_solo_generate(
     out = run_staggered(runner, mode != "no-kv-cache", lengths, logits=mode != "screened-greedy")
     for i in range(len(PROMPTS)):
         assert out[str(i)] == reference[i][: lengths[i]], PROMPTS[i]
+
+
+@pytest.mark.parametrize("fuse", [True, False], ids=["fused", "apart"])
+@pytest.mark.parametrize("logits", [True, False], ids=["float32-head", "screened-greedy"])
+def test_newcomers_prefilled_in_the_decode_pass_match_solo_generate(
+    runner: ModelRunner,
+    reference: list[list[int]],
+    fuse: bool,
+    logits: bool,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every step that both decodes and admits runs one forward pass when fused, two apart; the
+    tokens are the same either way."""
+    monkeypatch.setattr(engine_module, "fuses_prefill", lambda running, longest: fuse)
+    passes: list[int] = []
+    forward = runner.forward
+    monkeypatch.setattr(runner, "forward", lambda *a, **k: passes.append(a[0].shape[0]) or forward(*a, **k))
+    lengths = [NEW_TOKENS, 3, NEW_TOKENS, 7, NEW_TOKENS]
+    out = run_staggered(runner, True, lengths, logits=logits)
+    for i in range(len(PROMPTS)):
+        assert out[str(i)] == reference[i][: lengths[i]], PROMPTS[i]
+    # Steps 2 to 5 each admit one prompt beside 1, 2, 3 and 3 running rows (prompt 1 left after 3).
+    mixed = [2, 3, 4, 4] if fuse else [1, 1, 2, 1, 3, 1, 3, 1]
+    assert passes[1 : 1 + len(mixed)] == mixed
+
+
+def test_a_fused_step_leaves_the_cache_as_joining_apart_does(
+    runner: ModelRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No padding positions stay behind in the cache (later steps would copy and attend over them)."""
+    caches = []
+    for fuse in (True, False):
+        monkeypatch.setattr(engine_module, "fuses_prefill", lambda running, longest, fuse=fuse: fuse)
+        engine = BatchEngine(runner)
+        engine.apply(Step(admit=(("a", (5, 6, 7, 8, 9, 10, 11, 12)),)))
+        engine.apply(Step(decode=(13,)))
+        engine.apply(Step(decode=(14,), admit=(("b", (20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31)),)))
+        caches.append((engine.mask, runner.cache_tensors(engine.cache)))
+    (fused_mask, fused_kv), (apart_mask, apart_kv) = caches
+    assert fused_mask.tolist() == apart_mask.tolist()
+    assert fused_mask.shape == (2, 12)
+    for (fk, fv), (ak, av) in zip(fused_kv, apart_kv, strict=True):
+        assert fk.shape == ak.shape and fv.shape == av.shape
+        used = fused_mask.bool()[:, None, :, None]
+        assert torch.allclose(fk * used, ak * used, atol=1e-5) and torch.allclose(
+            fv * used, av * used, atol=1e-5
+        )
 
 
 def test_the_tiny_cpu_runner_screens_greedy_steps(runner: ModelRunner) -> None:

@@ -162,3 +162,23 @@ def test_take_all_empties_and_closes_the_queue() -> None:
     assert len(q) == 0 and not q.wait_for_items(timeout=0.0)
     with pytest.raises(Unavailable):
         q.put(Item())
+
+
+@pytest.mark.parametrize(
+    ("running", "longest", "fused"),
+    [
+        (0, 16, False),  # nothing runs: a plain prefill
+        (1, 16, True),  # 15 padding tokens
+        (2, 17, True),  # exactly the 32 a weight read is worth
+        (2, 18, False),  # 34
+        (15, 16, False),  # 225: decode apart, then prefill
+        (32, 1, True),  # one-token prompts add no padding
+        (33, 2, False),
+    ],
+)
+def test_newcomers_share_the_decode_pass_while_padding_costs_less_than_a_weight_read(
+    running: int, longest: int, fused: bool
+) -> None:
+    assert scheduler.FUSE_PAD_TOKENS == 32
+    assert scheduler.fuses_prefill(running, longest) is fused
+    assert scheduler.fuses_prefill(running, longest, pad_tokens=running * (longest - 1)) is (running > 0)
