@@ -79,7 +79,7 @@ class BatchEngine:
         # devices (static shapes) keep their separate prefill and decode shapes.
         if self.slots is not None or not self.kv_cache or self.cache is None:
             return False
-        if getattr(self.runner, "static_shapes", False):
+        if self.runner.static_shapes:
             return False
         longest = self.runner.prompt_length(max(len(ids) for _, ids in admit))
         return fuses_prefill(len(self.rows), longest)

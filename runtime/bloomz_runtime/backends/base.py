@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import torch
 from bloomz_api.options import ServeOptions
@@ -66,6 +66,8 @@ class ModelRunner:
     backend: str
     parameters: int = 0
     versions: dict[str, str] = field(default_factory=dict)
+    # Graph-compiling devices keep fixed prefill and decode shapes (no fused prefill+decode step).
+    static_shapes: ClassVar[bool] = False
 
     @property
     def pad_id(self) -> int:

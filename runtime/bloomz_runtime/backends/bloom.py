@@ -182,7 +182,6 @@ class BloomRunner(ModelRunner):
     so their shapes change only every ``cache_chunk`` tokens and compiled graphs are reused.
     """
 
-    static_shapes: bool = False
     cache_chunk: int = GrowingCache.CHUNK
     # Exact greedy ids without the full float32 projection (CPU, float32); None: always project.
     greedy_head: ScreenedGreedyHead | ShardedScreenedGreedyHead | None = None
